@@ -1,0 +1,3 @@
+"""S3 → Lambda → PostgreSQL CSV ingestion: contracts, streaming validation, atomic loads, receipts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,238 @@
+"""PostgreSQL adapter: tables described with SQLAlchemy Core, data moved with psycopg's COPY.
+
+The ledger (``ingest_files``) records every delivery's outcome. A partial unique index allows one
+``loaded`` row per content MD5: the load and its ledger row commit in one transaction, so the same
+content loads exactly once even when deliveries race (the loser waits on the index, then skips).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.dialects import postgresql as pg
+
+from ..contract import Contract
+
+LEDGER_TABLE = "ingest_files"
+STATUSES = ("loaded", "rejected", "skipped", "failed")
+
+metadata = sa.MetaData()
+
+ledger = sa.Table(
+    LEDGER_TABLE,
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("md5", sa.String(32), nullable=False),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("object_key", sa.Text, nullable=False),
+    sa.Column("contract", sa.Text),
+    sa.Column("table_name", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("rows_total", sa.BigInteger),
+    sa.Column("rows_valid", sa.BigInteger),
+    sa.Column("rows_rejected", sa.BigInteger),
+    sa.Column("rows_loaded", sa.BigInteger),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("encoding", sa.Text),
+    sa.Column("delimiter", sa.Text),
+    sa.Column("compression", sa.Text),
+    sa.Column("processed_key", sa.Text),
+    sa.Column("errors_key", sa.Text),
+    sa.Column("request_id", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("duration_ms", sa.Integer),
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ingest_files_status_check"),
+    sa.Index("ingest_files_loaded_md5", "md5", unique=True, postgresql_where=sa.text("status = 'loaded'")),
+    sa.Index("ingest_files_md5", "md5"),
+    sa.Index("ingest_files_finished_at", "finished_at"),
+)
+
+_COLUMN_TYPES: dict[str, Any] = {
+    "text": sa.Text,
+    "integer": sa.Integer,
+    "bigint": sa.BigInteger,
+    "double": sa.Double,
+    "boolean": sa.Boolean,
+    "date": sa.Date,
+    "timestamptz": lambda: sa.DateTime(timezone=True),
+}
+
+
+def column_type(col: Any) -> Any:
+    if col.type == "numeric":
+        return sa.Numeric(col.precision, col.scale) if col.precision else sa.Numeric()
+    return _COLUMN_TYPES[col.type]()
+
+
+def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Table:
+    """The table a contract loads: its columns, keys, and two lineage columns."""
+    meta = meta if meta is not None else sa.MetaData()
+    columns: list[Any] = [
+        sa.Column(c.name, column_type(c), primary_key=c.primary_key, nullable=not c.required, unique=c.unique,
+                  comment=c.description or None)  # fmt: skip
+        for c in contract.columns
+    ]
+    if contract.load_mode == "upsert" and not contract.primary_key:
+        columns.append(sa.UniqueConstraint(*contract.upsert_key, name=f"{contract.table}_upsert_key"))
+    columns += [
+        sa.Column("_ingest_md5", sa.String(32), nullable=False, comment="MD5 of the file that wrote this row"),
+        sa.Column("_ingest_loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    ]
+    return sa.Table(contract.table, meta, *columns, comment=contract.description or None)
+
+
+def staging_table(contract: Contract) -> sa.Table:
+    """A temporary copy of the target's columns, without constraints, dropped at commit."""
+    return sa.Table(
+        f"_ingest_stage_{contract.table}",
+        sa.MetaData(),
+        *(sa.Column(c.name, column_type(c)) for c in contract.columns),
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DROP",
+    )
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """Accept a libpq URL (postgresql://…) and select the psycopg 3 driver for SQLAlchemy."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix):]
+    return database_url
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    id: int
+    bucket: str
+    object_key: str
+    finished_at: Any
+
+
+class Database:
+    def __init__(self, database_url: str, connect_timeout: int = 10):
+        self.engine = sa.create_engine(
+            sqlalchemy_url(database_url),
+            pool_size=1,
+            max_overflow=4,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": connect_timeout, "application_name": "ingest"},
+        )
+        self._ready_tables: set[str] = set()
+        self._lock = threading.Lock()
+
+    def ensure_tables(self, contract: Contract | None = None) -> None:
+        """Create the ledger and the contract's table when absent (once per process)."""
+        wanted = [LEDGER_TABLE] + ([contract.table] if contract else [])
+        if all(t in self._ready_tables for t in wanted):
+            return
+        with self._lock, self.engine.begin() as conn:
+            # Serialize DDL across concurrent functions: CREATE TABLE IF NOT EXISTS can still race.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ingest.ddl'))"))
+            ledger.create(conn, checkfirst=True)
+            if contract:
+                target_table(contract).create(conn, checkfirst=True)
+        self._ready_tables.update(wanted)
+
+    def find_loaded(self, md5: str) -> LoadedFile | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at)
+                .where(ledger.c.md5 == md5, ledger.c.status == "loaded")
+            ).first()  # fmt: skip
+        return LoadedFile(*row) if row else None
+
+    def record(self, entry: Mapping[str, Any]) -> int:
+        """Write one ledger row on its own (outcomes other than a load)."""
+        self.ensure_tables()
+        with self.engine.begin() as conn:
+            return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
+
+    def begin_load(self, contract: Contract, md5: str) -> Load:
+        self.ensure_tables(contract)
+        return Load(self.engine, contract, md5)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Load:
+    """The unit of work around one file: COPY into staging, then merge and ledger row in one commit."""
+
+    def __init__(self, engine: sa.Engine, contract: Contract, md5: str):
+        self.contract = contract
+        self.md5 = md5
+        self.target = target_table(contract)
+        self.staging = staging_table(contract)
+        self._conn = engine.connect()
+        self._transaction = self._conn.begin()
+        self.staging.create(self._conn)
+        driver = self._conn.connection.driver_connection
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
+            sql.Identifier(self.staging.name), sql.SQL(", ").join(sql.Identifier(n) for n in contract.column_names)
+        )
+        self._cursor = driver.cursor()  # type: ignore[union-attr]
+        self._copy_context = self._cursor.copy(statement)
+        self._copy = self._copy_context.__enter__()
+        self._copy_open = True
+        self.rows_loaded = 0
+
+    def write(self, data: bytes) -> None:
+        self._copy.write(data)
+
+    def _finish_copy(self, error: BaseException | None = None) -> None:
+        if self._copy_open:
+            self._copy_open = False
+            exc_type = type(error) if error else None
+            self._copy_context.__exit__(exc_type, error, error.__traceback__ if error else None)
+
+    def commit(self, ledger_entry: Mapping[str, Any]) -> int | None:
+        """Merge staging into the target and commit with the ledger row; None if already loaded."""
+        self._finish_copy()
+        conn = self._conn
+        ledger_id = conn.execute(
+            pg.insert(ledger).values(**ledger_entry, status="loaded")
+            .on_conflict_do_nothing(index_elements=["md5"], index_where=ledger.c.status == "loaded")
+            .returning(ledger.c.id)
+        ).scalar()  # fmt: skip
+        if ledger_id is None:  # the same content was loaded meanwhile, by another delivery
+            self.rollback()
+            return None
+        self.rows_loaded = self._merge()
+        conn.execute(sa.update(ledger).where(ledger.c.id == ledger_id).values(rows_loaded=self.rows_loaded))
+        self._transaction.commit()
+        self._conn.close()
+        return int(ledger_id)
+
+    def _merge(self) -> int:
+        names = list(self.contract.column_names)
+        source = sa.select(*(self.staging.c[n] for n in names), sa.literal(self.md5, sa.String(32)))
+        into = [*names, "_ingest_md5"]
+        if self.contract.load_mode == "replace":
+            self._conn.execute(sa.delete(self.target))
+        if self.contract.load_mode == "upsert":
+            statement = pg.insert(self.target).from_select(into, source)
+            key = set(self.contract.upsert_key)
+            updates = {n: statement.excluded[n] for n in into if n not in key}
+            updates["_ingest_loaded_at"] = sa.func.now()
+            statement = statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+        else:
+            statement = sa.insert(self.target).from_select(into, source)
+        return int(self._conn.execute(statement).rowcount)
+
+    def rollback(self, error: BaseException | None = None) -> None:
+        try:
+            self._finish_copy(error or RuntimeError("load abandoned"))
+        except Exception:  # noqa: BLE001 - the COPY is being abandoned; its own error adds nothing
+            pass
+        finally:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+            self._conn.close()

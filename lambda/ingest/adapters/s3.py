@@ -1,0 +1,106 @@
+"""S3 adapter: stream an object in chunks, hash it, and write outputs with bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+CHUNK_BYTES = 1024 * 1024
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts must be at least 5 MiB, except the last
+_PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str
+
+    @property
+    def etag_md5(self) -> str | None:
+        """The content MD5 when the ETag is one (single-part uploads without KMS), else None."""
+        match = _PLAIN_MD5_ETAG.match(self.etag)
+        return match.group(1) if match else None
+
+
+class ObjectStore:
+    def __init__(self, client: Any):
+        self.client = client
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        response = self.client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(size=response["ContentLength"], etag=response["ETag"])
+
+    def chunks(self, bucket: str, key: str, etag: str | None = None) -> Iterator[bytes]:
+        """The object's bytes in chunks; with ``etag``, fail if the object changed since it was read."""
+        extra = {"IfMatch": etag} if etag else {}
+        body = self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK_BYTES)
+        finally:
+            body.close()
+
+    def md5(self, bucket: str, key: str, etag: str | None = None) -> str:
+        digest = hashlib.md5(usedforsecurity=False)
+        for chunk in self.chunks(bucket, key, etag):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+    def writer(self, bucket: str, key: str, content_type: str) -> StreamingWriter:
+        return StreamingWriter(self.client, bucket, key, content_type)
+
+
+class StreamingWriter:
+    """Writes an object of any size in PART_BYTES parts; nothing appears unless ``close`` is called.
+
+    A small object is written with one PutObject at ``close``; a large one becomes a multipart upload
+    that ``abort`` cancels, so a rejected file leaves no half-written output behind.
+    """
+
+    def __init__(self, client: Any, bucket: str, key: str, content_type: str):
+        self.client, self.bucket, self.key, self.content_type = client, bucket, key, content_type
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self.bytes_written = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.bytes_written += len(data)
+        if len(self._buffer) >= PART_BYTES:
+            self._send_part()
+
+    def _send_part(self) -> None:
+        if self._upload_id is None:
+            self._upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+            )["UploadId"]
+        number = len(self._parts) + 1
+        response = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
+        )
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self._buffer.clear()
+
+    def close(self) -> None:
+        if self._upload_id is None:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer),
+                                   ContentType=self.content_type)  # fmt: skip
+        else:
+            if self._buffer:
+                self._send_part()
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+            )
+        self._buffer.clear()
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
+            self._upload_id = None
+        self._buffer.clear()

@@ -1,0 +1,333 @@
+"""Table contracts: which object keys feed which table, and what a valid row looks like.
+
+A contract is data (a TOML file under ``lambda/contracts/``); this module parses and checks it and
+matches object keys against the patterns contracts claim. A key that no contract claims, or that two
+contracts claim, is refused: the pipeline never guesses.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+#: Column types a contract may name, with the PostgreSQL type each one is stored as.
+COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "date", "timestamptz")
+LOAD_MODES = ("append", "replace", "upsert")
+UNKNOWN_COLUMN_POLICIES = ("reject", "ignore")
+NORMALIZERS = ("lower", "upper", "collapse_whitespace")
+DEFAULT_NULL_VALUES = ("", "NA", "N/A", "null", "NULL", "None")
+DEFAULT_DATE_FORMATS = ("YYYY-MM-DD",)
+#: Compression suffixes that are transport, not part of the name a contract claims.
+COMPRESSION_SUFFIXES = (".gz",)
+
+# PostgreSQL folds unquoted identifiers to lower case and truncates at 63 bytes; we accept only names
+# that need no quoting at all, so that what the contract says is exactly what lands in the database.
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RESERVED_COLUMN_PREFIX = "_ingest"
+
+
+class ContractError(ValueError):
+    """A contract file is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str = "text"
+    required: bool = False
+    primary_key: bool = False
+    unique: bool = False
+    min: Decimal | None = None
+    max: Decimal | None = None
+    pattern: str | None = None
+    allowed: tuple[str, ...] | None = None
+    normalize: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()  # dates only
+    precision: int | None = None  # numeric only
+    scale: int | None = None  # numeric only
+    max_length: int | None = None  # text only
+    description: str = ""
+
+    @property
+    def is_key(self) -> bool:
+        return self.primary_key or self.unique
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    table: str
+    keys: tuple[str, ...]
+    columns: tuple[Column, ...]
+    load_mode: str = "append"
+    upsert_key: tuple[str, ...] = ()
+    unknown_columns: str = "reject"
+    max_rejected_share: float = 0.0
+    null_values: tuple[str, ...] = DEFAULT_NULL_VALUES
+    description: str = ""
+    source: str = ""
+    _key_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.primary_key)
+
+    def claims(self, key: str) -> bool:
+        name = strip_compression_suffix(key)
+        return any(p.fullmatch(name) for p in self._key_patterns)
+
+
+def strip_compression_suffix(key: str) -> str:
+    for suffix in COMPRESSION_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` and ``?`` stay inside one path segment; ``**`` crosses segments."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+# --- parsing ----------------------------------------------------------------------------------------
+
+_COLUMN_FIELDS = {
+    "name", "type", "required", "primary_key", "unique", "min", "max", "pattern", "allowed",
+    "normalize", "aliases", "formats", "precision", "scale", "max_length", "description",
+}  # fmt: skip
+_CONTRACT_FIELDS = {
+    "table", "keys", "columns", "load", "unknown_columns", "max_rejected_share", "null_values",
+    "description",
+}  # fmt: skip
+
+
+def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Contract:
+    where = source or name
+
+    def fail(msg: str) -> ContractError:
+        return ContractError(f"{where}: {msg}")
+
+    unknown = set(data) - _CONTRACT_FIELDS
+    if unknown:
+        raise fail(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(_CONTRACT_FIELDS)}")
+    table = data.get("table")
+    if not isinstance(table, str) or not IDENTIFIER.match(table):
+        raise fail(f"table must be a lower-case SQL identifier ([a-z_][a-z0-9_]*), got {table!r}")
+    keys = data.get("keys")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+        raise fail("keys must be a non-empty list of object-key globs")
+    raw_columns = data.get("columns")
+    if not isinstance(raw_columns, list) or not raw_columns:
+        raise fail("columns must be a non-empty list of [[columns]] tables")
+    columns = tuple(_parse_column(c, fail) for c in raw_columns)
+
+    seen: set[str] = set()
+    for col in columns:
+        for label in (col.name, *col.aliases):
+            if label in seen:
+                raise fail(f"column name or alias {label!r} is used twice")
+            seen.add(label)
+
+    load = data.get("load", {"mode": "append"})
+    if not isinstance(load, dict):
+        raise fail("load must be a table: load = { mode = \"append\" | \"replace\" | \"upsert\", key = [...] }")
+    mode = load.get("mode", "append")
+    if mode not in LOAD_MODES:
+        raise fail(f"load.mode must be one of {LOAD_MODES}, got {mode!r}")
+    names = [c.name for c in columns]
+    upsert_key: tuple[str, ...] = ()
+    if mode == "upsert":
+        upsert_key = tuple(load.get("key") or [c.name for c in columns if c.primary_key])
+        if not upsert_key:
+            raise fail("load.mode = 'upsert' needs load.key or a primary_key column")
+        missing = [k for k in upsert_key if k not in names]
+        if missing:
+            raise fail(f"load.key names unknown column(s) {missing}")
+        pk = [c.name for c in columns if c.primary_key]
+        if pk and sorted(pk) != sorted(upsert_key):
+            raise fail(f"load.key {list(upsert_key)} must be the primary key {pk}")
+    elif "key" in load:
+        raise fail("load.key is only meaningful with mode = 'upsert'")
+
+    policy = data.get("unknown_columns", "reject")
+    if policy not in UNKNOWN_COLUMN_POLICIES:
+        raise fail(f"unknown_columns must be one of {UNKNOWN_COLUMN_POLICIES}, got {policy!r}")
+    share = data.get("max_rejected_share", 0.0)
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise fail(f"max_rejected_share must be a number from 0 to 1, got {share!r}")
+    nulls = data.get("null_values", list(DEFAULT_NULL_VALUES))
+    if not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls):
+        raise fail("null_values must be a list of strings")
+
+    return Contract(
+        name=name,
+        table=table,
+        keys=tuple(keys),
+        columns=columns,
+        load_mode=mode,
+        upsert_key=upsert_key,
+        unknown_columns=policy,
+        max_rejected_share=float(share),
+        # An empty cell is always NULL: CSV cannot tell an empty string from a missing value.
+        null_values=tuple(dict.fromkeys(["", *nulls])),
+        description=str(data.get("description", "")),
+        source=source,
+        _key_patterns=tuple(glob_to_regex(k) for k in keys),
+    )
+
+
+def _parse_column(raw: Any, fail: Any) -> Column:
+    if not isinstance(raw, dict):
+        raise fail("each [[columns]] entry must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not IDENTIFIER.match(name) or name.startswith(RESERVED_COLUMN_PREFIX):
+        raise fail(f"column name must be a lower-case SQL identifier not starting with "
+                   f"{RESERVED_COLUMN_PREFIX!r}, got {name!r}")  # fmt: skip
+    unknown = set(raw) - _COLUMN_FIELDS
+    if unknown:
+        raise fail(f"column {name!r}: unknown field(s) {sorted(unknown)}")
+    ctype = raw.get("type", "text")
+    if ctype not in COLUMN_TYPES:
+        raise fail(f"column {name!r}: type must be one of {COLUMN_TYPES}, got {ctype!r}")
+    normalize = tuple(raw.get("normalize", ()))
+    bad = [n for n in normalize if n not in NORMALIZERS]
+    if bad:
+        raise fail(f"column {name!r}: unknown normalizer(s) {bad}; known: {NORMALIZERS}")
+    if normalize and ctype != "text":
+        raise fail(f"column {name!r}: normalizers apply to text columns only")
+    pattern = raw.get("pattern")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise fail(f"column {name!r}: pattern does not compile: {exc}") from None
+    bounds = {}
+    for bound in ("min", "max"):
+        if bound in raw:
+            if ctype not in ("integer", "bigint", "numeric", "double"):
+                raise fail(f"column {name!r}: {bound} applies to numeric types only")
+            try:
+                bounds[bound] = Decimal(str(raw[bound]))
+            except InvalidOperation:
+                raise fail(f"column {name!r}: {bound} must be a number, got {raw[bound]!r}") from None
+    formats = tuple(raw.get("formats", DEFAULT_DATE_FORMATS if ctype == "date" else ()))
+    if formats and ctype != "date":
+        raise fail(f"column {name!r}: formats apply to date columns only")
+    for fmt in formats:
+        if sorted(re.findall(r"YYYY|MM|DD", fmt)) != ["DD", "MM", "YYYY"]:
+            raise fail(f"column {name!r}: date format {fmt!r} must contain YYYY, MM and DD once each")
+    precision, scale = raw.get("precision"), raw.get("scale")
+    if (precision is not None or scale is not None) and ctype != "numeric":
+        raise fail(f"column {name!r}: precision/scale apply to numeric columns only")
+    if scale is not None and precision is None:
+        raise fail(f"column {name!r}: scale needs precision")
+    if precision is not None and not (isinstance(precision, int) and 1 <= precision <= 1000):
+        raise fail(f"column {name!r}: precision must be an integer from 1 to 1000")
+    if scale is not None and not (isinstance(scale, int) and 0 <= scale <= precision):
+        raise fail(f"column {name!r}: scale must be an integer from 0 to precision")
+    allowed = raw.get("allowed")
+    aliases = tuple(raw.get("aliases", ()))
+    for alias in aliases:
+        if normalize_header_name(alias) != alias:
+            raise fail(f"column {name!r}: alias {alias!r} must be written in header form "
+                       f"({normalize_header_name(alias)!r})")  # fmt: skip
+    primary_key = bool(raw.get("primary_key", False))
+    return Column(
+        name=name,
+        type=ctype,
+        required=bool(raw.get("required", False)) or primary_key,
+        primary_key=primary_key,
+        unique=bool(raw.get("unique", False)),
+        min=bounds.get("min"),
+        max=bounds.get("max"),
+        pattern=pattern,
+        allowed=tuple(str(a) for a in allowed) if allowed is not None else None,
+        normalize=normalize,
+        aliases=aliases,
+        formats=formats,
+        precision=precision,
+        scale=scale,
+        max_length=raw.get("max_length"),
+        description=str(raw.get("description", "")),
+    )
+
+
+_HEADER_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+def normalize_header_name(raw: str) -> str:
+    """Trim, case-fold, spaces and hyphens to ``_``: ``" Full-Name "`` → ``"full_name"``."""
+    return _HEADER_SEPARATORS.sub("_", raw.strip().casefold())
+
+
+# --- the set of contracts ---------------------------------------------------------------------------
+
+
+class ContractRegistry:
+    """All contracts of a deployment; answers which one (if any) claims an object key."""
+
+    def __init__(self, contracts: Iterable[Contract]):
+        self.contracts: dict[str, Contract] = {}
+        tables: dict[str, str] = {}
+        for c in contracts:
+            if c.name in self.contracts:
+                raise ContractError(f"two contracts are named {c.name!r}")
+            if c.table in tables:
+                raise ContractError(f"contracts {tables[c.table]!r} and {c.name!r} both load table {c.table!r}")
+            self.contracts[c.name] = c
+            tables[c.table] = c.name
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> ContractRegistry:
+        path = Path(directory)
+        files = sorted(path.glob("*.toml"))
+        if not files:
+            raise ContractError(f"no contracts (*.toml) in {path}")
+        return cls(load_contract_file(f) for f in files)
+
+    def match(self, key: str) -> list[Contract]:
+        return [c for c in self.contracts.values() if c.claims(key)]
+
+    def __getitem__(self, name: str) -> Contract:
+        return self.contracts[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.contracts.values())
+
+
+def load_contract_file(path: str | Path) -> Contract:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ContractError(f"{path}: not valid TOML: {exc}") from None
+    return parse_contract(path.stem, data, source=str(path))
+
+
+def default_contracts_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "contracts"

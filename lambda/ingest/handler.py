@@ -1,0 +1,68 @@
+"""The Lambda entrypoint: decode the event, hand each object to the service, report per-record failures.
+
+Handler string: ``ingest.handler.lambda_handler``.
+- SQS batch: returns ``{"batchItemFailures": [...]}`` so that only failed messages are retried.
+- Direct S3 / SNS / EventBridge event: returns the receipts; raises if any object failed, after every
+  object of the event was tried (one bad file never blocks the others).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from . import bootstrap
+from .events import ObjectRef, UnknownEvent, is_sqs_batch, object_refs
+from .receipt import Receipt
+from .service import ingest_object
+
+logger = Logger(service="ingest")
+# Return batchItemFailures even when every record failed: the outcome is the same (all retried) and the
+# response shape stays one thing for callers.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+class ObjectsFailed(RuntimeError):
+    pass
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    request_id = getattr(context, "aws_request_id", None)
+    if is_sqs_batch(event):
+        return process_partial_response(
+            event=event, record_handler=lambda record: _sqs_record(record, request_id),
+            processor=processor, context=context,
+        )  # fmt: skip
+    receipts, failures = _ingest_all(object_refs(event), request_id)
+    if failures:
+        raise ObjectsFailed("; ".join(failures))
+    return {"receipts": [r.to_dict() for r in receipts]}
+
+
+def _sqs_record(record: SQSRecord, request_id: str | None) -> list[dict[str, Any]]:
+    try:
+        body = json.loads(record.body)
+    except ValueError as exc:
+        raise UnknownEvent(f"SQS message {record.message_id} body is not JSON: {exc}") from None
+    receipts, failures = _ingest_all(object_refs(body), request_id)
+    if failures:
+        raise ObjectsFailed("; ".join(failures))
+    return [r.to_dict() for r in receipts]
+
+
+def _ingest_all(refs: list[ObjectRef], request_id: str | None) -> tuple[list[Receipt], list[str]]:
+    if not refs:
+        logger.info("nothing to ingest in this event (test event or not an object creation)")
+    deps = bootstrap.dependencies()
+    receipts, failures = [], []
+    for ref in refs:
+        try:
+            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id))
+        except Exception as exc:  # noqa: BLE001 - recorded and published by the service; report, go on
+            failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
+    return receipts, failures

@@ -1,0 +1,225 @@
+"""From a stream of bytes to CSV records, in bounded memory and without I/O of its own.
+
+The object arrives as an iterable of byte chunks. This module undoes gzip, recognises a BOM, decides the
+text encoding from a sample (UTF-8, else cp1252, else latin-1), refuses what is not text, sniffs the
+delimiter, and yields ``(line_number, fields)`` for every non-blank record, the line number being the
+physical source line where the record starts (quoted fields may span lines).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import itertools
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .rejection import FileRejected
+
+SAMPLE_BYTES = 256 * 1024
+READ_BYTES = 1024 * 1024
+DELIMITERS = (",", ";", "\t", "|")
+#: The largest single field accepted, in characters. A larger one rejects the file (csv cannot resume).
+MAX_FIELD_CHARS = 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+
+csv.field_size_limit(MAX_FIELD_CHARS)
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """What the reader found out about the bytes; recorded in the ledger and the summary."""
+
+    encoding: str  # utf-8, utf-16, cp1252 or latin-1
+    bom: bool
+    compression: str | None  # "gzip" or None
+    delimiter: str
+
+
+class _ChunkStream(io.RawIOBase):
+    """A raw, read-only file over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class _GunzipStream(io.RawIOBase):
+    """Streams gzip members out of a raw stream; a truncated or corrupt gzip becomes a rejection."""
+
+    def __init__(self, raw: io.BufferedReader):
+        self._raw = raw
+        self._zlib = zlib.decompressobj(wbits=31)
+        self._fed = False  # has the current member's decompressor seen any input?
+        self._input = b""
+        self._out = b""
+        self.compressed_offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        while not self._out:
+            if not self._input:
+                self._input = self._raw.read(READ_BYTES)
+                self.compressed_offset += len(self._input)
+                if not self._input:
+                    if self._fed and not self._zlib.eof:
+                        raise FileRejected(
+                            "truncated_gzip",
+                            f"the gzip stream ends before its end marker (after {self.compressed_offset} "
+                            "compressed bytes): the upload is truncated",
+                        )
+                    return 0
+            if self._zlib.eof:  # concatenated members are legal gzip
+                self._zlib = zlib.decompressobj(wbits=31)
+                self._fed = False
+                if not self._input.strip(b"\x00"):
+                    self._input = b""  # trailing zero padding
+                    continue
+            try:
+                self._out = self._zlib.decompress(self._input, READ_BYTES)
+            except zlib.error as exc:
+                raise FileRejected("corrupt_gzip", f"the gzip stream is corrupt: {exc}") from None
+            self._fed = True
+            self._input = self._zlib.unconsumed_tail or self._zlib.unused_data
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
+def _drain(stream: io.BufferedReader) -> Iterator[bytes]:
+    return iter(lambda: stream.read(READ_BYTES), b"")
+
+
+def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:
+    """Wrap byte chunks in a text stream, deciding compression, encoding and delimiter from a sample."""
+    raw: io.RawIOBase = _ChunkStream(chunks)
+    buffered = io.BufferedReader(raw, READ_BYTES)
+    head = buffered.peek(2)[:2]
+    compression = None
+    if head == GZIP_MAGIC:
+        compression = "gzip"
+        buffered = io.BufferedReader(_GunzipStream(buffered), READ_BYTES)  # type: ignore[arg-type]
+    sample = buffered.read(SAMPLE_BYTES)
+    if not sample:
+        what = "decompresses to nothing" if compression else "is empty (0 bytes)"
+        raise FileRejected("empty_object", f"the object {what}")
+    encoding, bom = detect_encoding(sample)
+    text_sample = sample.decode(encoding, errors="ignore")
+    if not text_sample.strip("\ufeff \t\r\n"):
+        raise FileRejected("no_header", "the object holds only whitespace: no header line")
+    delimiter = sniff_delimiter(text_sample)
+    rest = _drain(buffered)
+    stream = io.BufferedReader(_ChunkStream(itertools.chain([sample], rest)), READ_BYTES)
+    text = io.TextIOWrapper(stream, encoding=encoding, newline="", errors="strict")  # type: ignore[arg-type]
+    text._CHUNK_SIZE = READ_BYTES  # type: ignore[attr-defined]  # fewer, larger decode calls
+    return TextFormat(encoding=encoding.removesuffix("-sig"), bom=bom, compression=compression,
+                      delimiter=delimiter), text  # fmt: skip
+
+
+def detect_encoding(sample: bytes) -> tuple[str, bool]:
+    """Return the codec to read the whole object with, and whether it starts with a BOM."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig", True
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16", True
+    if _looks_binary(sample):
+        raise FileRejected("binary_content", "the object is not text: it contains NUL or other control bytes")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8", False
+    except UnicodeDecodeError as exc:
+        first_bad = exc.start
+    # Not UTF-8. If it also holds well-formed multi-byte UTF-8, it is a UTF-8 file with a corrupt byte,
+    # not a legacy-encoded one: reading it as cp1252 would silently turn every accent into mojibake.
+    decoded = sample.decode("utf-8", errors="replace")
+    if any(ord(ch) > 0x7F and ch != "\ufffd" for ch in decoded):
+        line = sample.count(b"\n", 0, first_bad) + 1
+        raise FileRejected(
+            "invalid_encoding",
+            f"the object is UTF-8 but byte {first_bad} (line {line}) is not valid UTF-8 "
+            f"({sample[first_bad:first_bad + 4]!r})",
+        )
+    try:
+        sample.decode("cp1252")
+        return "cp1252", False
+    except UnicodeDecodeError:
+        return "latin-1", False
+
+
+def _looks_binary(sample: bytes) -> bool:
+    if b"\x00" in sample:
+        return True
+    control = sum(sample.count(bytes([b])) for b in (*range(0, 9), *range(14, 27), *range(28, 32)))
+    return control > len(sample) // 100
+
+
+def sniff_delimiter(text: str) -> str:
+    """Pick the delimiter among , ; tab | that splits the sample into the most consistent columns."""
+    lines = text.splitlines(keepends=True)
+    if len(lines) > 1:
+        lines = lines[:-1]  # the last line of a sample may be cut short
+    lines = lines[:50]
+    best, best_score = ",", (0.0, 1)
+    for delimiter in DELIMITERS:
+        try:
+            rows = [r for r in csv.reader(lines, delimiter=delimiter) if r]
+        except csv.Error:
+            continue
+        if not rows or len(rows[0]) < 2:
+            continue
+        width = len(rows[0])
+        consistency = sum(len(r) == width for r in rows) / len(rows)
+        score = (consistency, width)
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def read_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` for every non-blank record; malformed CSV rejects the file."""
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    previous_line = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = previous_line + 1
+            if "field larger than field limit" in str(exc):
+                raise FileRejected(
+                    "field_too_large",
+                    f"line {line}: a field is larger than {MAX_FIELD_CHARS} characters "
+                    "(often an unbalanced quote that swallows the rest of the file)",
+                ) from None
+            raise FileRejected("malformed_csv", f"line {line}: malformed CSV: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise FileRejected(
+                "invalid_encoding",
+                f"near line {previous_line + 1}: bytes that are not valid {exc.encoding} "
+                f"({exc.object[exc.start:exc.start + 4]!r})",
+            ) from None
+        start = previous_line + 1
+        previous_line = reader.line_num
+        if fields and (len(fields) > 1 or fields[0].strip()):
+            yield start, fields

@@ -1,0 +1,366 @@
+"""Check a header against a contract (fail fast), then normalize and validate every row. Pure functions.
+
+``plan_header`` maps the file's columns onto the contract's or rejects the file with a specific reason.
+``RowValidator`` turns one record into normalized values (strings ready for CSV/COPY, ``None`` for NULL)
+or into the list of what is wrong with it: line, column, rule, offending value and a message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from .contract import Column, Contract, normalize_header_name
+from .rejection import FileRejected
+
+#: Offending values are cut to this many characters in error reports.
+MAX_REPORTED_VALUE = 200
+INT_RANGES = {"integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMERIC = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?")
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    column: str
+    rule: str
+    value: str
+    message: str
+
+
+class CellError(Exception):
+    def __init__(self, rule: str, message: str):
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+@dataclass(frozen=True)
+class HeaderPlan:
+    """Where each contract column sits in the file's records (-1: absent), and what is ignored."""
+
+    positions: tuple[int, ...]
+    width: int
+    ignored: tuple[str, ...]
+
+
+def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
+    names = [normalize_header_name(h).lstrip("\ufeff") for h in header]
+    by_label = {}
+    for col in contract.columns:
+        by_label[col.name] = col.name
+        for alias in col.aliases:
+            by_label[alias] = col.name
+
+    known = [n for n in names if n in by_label]
+    if not known:
+        expected = ",".join(contract.column_names)
+        raise FileRejected(
+            "no_header",
+            f"the first line ({_cut(','.join(header), 120)!r}) names no column of contract "
+            f"{contract.name!r}; expected a header line such as {expected!r}",
+        )
+
+    positions: dict[str, int] = {}
+    duplicates = []
+    unknown = []
+    for index, name in enumerate(names):
+        target = by_label.get(name)
+        if target is None:
+            unknown.append(name or f"(column {index + 1} has no name)")
+        elif target in positions:
+            first = header[positions[target]].strip()
+            duplicates.append(f"{header[index].strip()!r} (column {index + 1}) repeats {first!r} "
+                              f"(column {positions[target] + 1})")  # fmt: skip
+        else:
+            positions[target] = index
+    if duplicates:
+        raise FileRejected("duplicate_header", "duplicate header names: " + "; ".join(duplicates))
+    missing = [c.name for c in contract.columns if c.required and c.name not in positions]
+    if missing:
+        raise FileRejected(
+            "missing_columns",
+            f"required column(s) missing from the header: {', '.join(missing)} "
+            f"(header has: {', '.join(n for n in names if n)})",
+        )
+    if unknown and contract.unknown_columns == "reject":
+        shown = ", ".join(repr(_cut(u, 40)) for u in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        raise FileRejected(
+            "unknown_columns",
+            f"column(s) not in contract {contract.name!r}: {shown}{more} "
+            f"(the contract rejects unknown columns; known: {', '.join(contract.column_names)})",
+        )
+    return HeaderPlan(
+        positions=tuple(positions.get(c.name, -1) for c in contract.columns),
+        width=len(header),
+        ignored=tuple(unknown),
+    )
+
+
+Coercer = Callable[[str], str]
+
+
+class RowValidator:
+    """Validates records against one contract and header; remembers keys to catch duplicates in a file."""
+
+    def __init__(self, contract: Contract, plan: HeaderPlan):
+        self.contract = contract
+        self.plan = plan
+        self._nulls = frozenset(contract.null_values)
+        self._cells = [
+            (col, pos, col.required, build_coercer(col)) for col, pos in zip(contract.columns, plan.positions)
+        ]
+        # The key whose repeats within one file are rejected: the upsert key, else the primary key.
+        key = contract.upsert_key or contract.primary_key
+        self._key_indexes = [contract.column_names.index(k) for k in key]
+        self._key_label = ",".join(key)
+        self._seen_keys: dict[object, int] = {}
+        self._unique = [
+            (i, col.name, {}) for i, col in enumerate(contract.columns) if col.unique and col.name not in key
+        ]  # type: list[tuple[int, str, dict[str, int]]]
+
+    def __call__(self, line: int, fields: list[str]) -> tuple[list[str | None] | None, list[RowError]]:
+        if len(fields) != self.plan.width:
+            return None, [RowError(
+                line, "", "field_count",
+                _cut(",".join(fields), MAX_REPORTED_VALUE),
+                f"expected {self.plan.width} fields, found {len(fields)}",
+            )]  # fmt: skip
+        values: list[str | None] = []
+        errors: list[RowError] = []
+        nulls = self._nulls
+        for col, pos, required, coerce in self._cells:
+            raw = fields[pos].strip() if pos >= 0 else ""
+            if raw in nulls:
+                if required:
+                    errors.append(RowError(line, col.name, "required", raw, f"{col.name} is required"))
+                values.append(None)
+                continue
+            try:
+                values.append(coerce(raw))
+            except CellError as exc:
+                errors.append(RowError(line, col.name, exc.rule, _cut(raw, MAX_REPORTED_VALUE), exc.message))
+                values.append(None)
+        if errors:
+            return None, errors
+        if self._key_indexes:
+            key = tuple(values[i] for i in self._key_indexes)
+            first = self._seen_keys.setdefault(key, line)
+            if first != line:
+                shown = ",".join(str(k) for k in key)
+                return None, [RowError(line, self._key_label, "duplicate_key", shown,
+                                       f"{self._key_label} {shown} already appeared at line {first}")]  # fmt: skip
+        for index, name, seen in self._unique:
+            value = values[index]
+            if value is not None:
+                first = seen.setdefault(value, line)
+                if first != line:
+                    return None, [RowError(line, name, "duplicate_key", value,
+                                           f"{name} {value} already appeared at line {first}")]  # fmt: skip
+        return values, []
+
+
+def build_coercer(col: Column) -> Coercer:
+    """Compose the type parser and the column's rules into one function ``str -> str``."""
+    parse = _TYPE_PARSERS[col.type](col)
+    checks: list[Callable[[str], None]] = []
+    if col.max_length is not None:
+        limit = col.max_length
+
+        def check_length(value: str) -> None:
+            if len(value) > limit:
+                raise CellError("max_length", f"{col.name} is {len(value)} characters long; at most {limit}")
+
+        checks.append(check_length)
+    if col.pattern is not None:
+        regex = re.compile(col.pattern)
+
+        def check_pattern(value: str) -> None:
+            if not regex.search(value):
+                raise CellError("pattern", f"{col.name} {_cut(value, 60)!r} does not match {col.pattern}")
+
+        checks.append(check_pattern)
+    if col.allowed is not None:
+        allowed = frozenset(col.allowed)
+        shown = ", ".join(col.allowed[:10])
+
+        def check_allowed(value: str) -> None:
+            if value not in allowed:
+                raise CellError("allowed", f"{col.name} {_cut(value, 60)!r} is not one of: {shown}")
+
+        checks.append(check_allowed)
+    if not checks:
+        return parse
+
+    def coerce(raw: str) -> str:
+        value = parse(raw)
+        for check in checks:
+            check(value)
+        return value
+
+    return coerce
+
+
+def _text(col: Column) -> Coercer:
+    steps: list[Callable[[str], str]] = []
+    for name in col.normalize:
+        if name == "lower":
+            steps.append(str.lower)
+        elif name == "upper":
+            steps.append(str.upper)
+        elif name == "collapse_whitespace":
+            steps.append(lambda v: _WHITESPACE_RUN.sub(" ", v))
+    if not steps:
+        return lambda raw: raw
+
+    def parse(raw: str) -> str:
+        for step in steps:
+            raw = step(raw)
+        return raw
+
+    return parse
+
+
+def _range_check(col: Column) -> Callable[[object, str], None]:
+    low, high = col.min, col.max
+
+    def check(number: object, raw: str) -> None:
+        if low is not None and number < low:  # type: ignore[operator]
+            raise CellError("min", f"{col.name} {raw} is below the minimum {low}")
+        if high is not None and number > high:  # type: ignore[operator]
+            raise CellError("max", f"{col.name} {raw} is above the maximum {high}")
+
+    return check
+
+
+def _integer(col: Column) -> Coercer:
+    low, high = INT_RANGES[col.type]
+    in_range = _range_check(col)
+    has_bounds = col.min is not None or col.max is not None
+
+    def parse(raw: str) -> str:
+        if not _INTEGER.fullmatch(raw):
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an integer")
+        number = int(raw)
+        if not low <= number <= high:
+            raise CellError("type", f"{col.name} {raw} does not fit a PostgreSQL {col.type}")
+        if has_bounds:
+            in_range(number, raw)
+        return str(number)
+
+    return parse
+
+
+def _numeric(col: Column) -> Coercer:
+    in_range = _range_check(col)
+    precision, scale = col.precision, col.scale
+    max_int_digits = precision - (scale or 0) if precision is not None else None
+
+    def parse(raw: str) -> str:
+        match = _NUMERIC.fullmatch(raw)
+        if not match or not (match.group(2) or match.group(3)):
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a number")
+        sign, whole, fraction = match.group(1), match.group(2).lstrip("0"), match.group(3) or ""
+        if max_int_digits is not None and len(whole) > max_int_digits:
+            raise CellError("precision", f"{col.name} {raw} has {len(whole)} digits before the point; "
+                                         f"numeric({precision},{scale or 0}) allows {max_int_digits}")  # fmt: skip
+        if scale is not None and len(fraction.rstrip("0")) > scale:
+            raise CellError("scale", f"{col.name} {raw} has more than {scale} decimal places")
+        in_range(Decimal(raw), raw)
+        text = (sign if sign == "-" else "") + (whole or "0")
+        return text + "." + fraction if fraction else text
+
+    return parse
+
+
+def _double(col: Column) -> Coercer:
+    in_range = _range_check(col)
+
+    def parse(raw: str) -> str:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a number") from None
+        if not math.isfinite(number) or "_" in raw:
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a finite decimal number")
+        in_range(Decimal(raw), raw)
+        return repr(number)
+
+    return parse
+
+
+def _boolean(col: Column) -> Coercer:
+    def parse(raw: str) -> str:
+        word = raw.lower()
+        if word in TRUE_WORDS:
+            return "true"
+        if word in FALSE_WORDS:
+            return "false"
+        raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a boolean (true/false, t/f, yes/no, y/n, 1/0)")
+
+    return parse
+
+
+def _date(col: Column) -> Coercer:
+    formats = [(fmt, _date_regex(fmt)) for fmt in col.formats]
+    shown = " or ".join(col.formats)
+
+    def parse(raw: str) -> str:
+        for _fmt, regex in formats:
+            match = regex.fullmatch(raw)
+            if match:
+                try:
+                    return date(int(match["y"]), int(match["m"]), int(match["d"])).isoformat()
+                except ValueError:
+                    raise CellError("type", f"{col.name} {raw!r} is not a real calendar date") from None
+        raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a date in the form {shown}")
+
+    return parse
+
+
+def _date_regex(fmt: str) -> re.Pattern[str]:
+    pattern = re.escape(fmt)
+    for token, group in (("YYYY", r"(?P<y>\d{4})"), ("MM", r"(?P<m>\d{1,2})"), ("DD", r"(?P<d>\d{1,2})")):
+        pattern = pattern.replace(token, group)
+    return re.compile(pattern)
+
+
+def _timestamptz(col: Column) -> Coercer:
+    def parse(raw: str) -> str:
+        if len(raw) < 13 or raw[10] not in "T t":
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time")
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat()
+
+    return parse
+
+
+_TYPE_PARSERS: dict[str, Callable[[Column], Coercer]] = {
+    "text": _text,
+    "integer": _integer,
+    "bigint": _integer,
+    "numeric": _numeric,
+    "double": _double,
+    "boolean": _boolean,
+    "date": _date,
+    "timestamptz": _timestamptz,
+}
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[:limit] + f"…(+{len(value) - limit} chars)"
+

@@ -1,0 +1,135 @@
+"""A throwaway PostgreSQL for the embedded stack and the tests, never on the standard port 5432.
+
+Order of preference: ``DATABASE_URL`` when set (used as it is); else a cluster made with the PostgreSQL
+binaries on the machine (``initdb``/``pg_ctl`` under /usr/lib/postgresql/*/bin or on PATH); else the
+``pgserver`` wheel. As root, ``initdb`` refuses to run, so the cluster then belongs to an unprivileged
+user (``postgres`` or ``nobody``) and runs through ``runuser``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .processes import HOST, free_port
+
+DEFAULT_USER = "ingest"
+DEFAULT_DB = "ingest"
+
+
+@dataclass
+class PostgresServer:
+    url: str
+    kind: str  # "external", "cluster" or "pgserver"
+    data_dir: Path | None = None
+    bin_dir: Path | None = None
+    run_as: str | None = None
+    port: int | None = None
+
+    def stop(self, remove: bool = True) -> None:
+        if self.kind == "cluster" and self.data_dir and self.bin_dir:
+            if (self.data_dir / "postmaster.pid").exists():
+                _run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+                     self.run_as, check=False)  # fmt: skip
+        elif self.kind == "pgserver" and self.data_dir:
+            _stop_pgserver(self.data_dir)
+        if remove and self.data_dir and self.kind != "external":
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def find_bin_dir() -> Path | None:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0))
+    for directory in reversed(candidates):
+        if (Path(directory) / "initdb").exists() and (Path(directory) / "pg_ctl").exists():
+            return Path(directory)
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("pg_ctl"):
+        return Path(initdb).parent
+    return None
+
+
+def start_postgres(data_dir: Path, port: int | None = None, prefer: str | None = None) -> PostgresServer:
+    """Start a fresh cluster in ``data_dir`` (which must not exist yet) and return how to reach it."""
+    bin_dir = find_bin_dir()
+    if prefer != "pgserver" and bin_dir is not None:
+        return _start_cluster(bin_dir, data_dir, port or free_port())
+    return _start_pgserver(data_dir)
+
+
+def _unprivileged_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("running as root and no unprivileged user (postgres, nobody) to own the cluster")
+
+
+def _run(argv: list[str], run_as: str | None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if run_as:
+        argv = ["runuser", "-u", run_as, "--", *argv]
+    return subprocess.run(argv, check=check, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+def _start_cluster(bin_dir: Path, data_dir: Path, port: int) -> PostgresServer:
+    run_as = _unprivileged_user()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if run_as and not _can_reach(run_as, data_dir.parent):
+        # The repository lies where the unprivileged user cannot enter (e.g. under /root): keep the
+        # cluster in a private temp folder and point a symlink at it so `make down` still finds it.
+        real = Path(tempfile.mkdtemp(prefix="ingest-pg-"))
+        os.chmod(real, 0o755)
+        data_dir.symlink_to(real / "data")
+        data_dir = real / "data"
+    data_dir.mkdir(parents=True)
+    if run_as:
+        user = pwd.getpwnam(run_as)
+        os.chown(data_dir, user.pw_uid, user.pw_gid)
+    os.chmod(data_dir, 0o700)
+    result = _run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", DEFAULT_USER, "-A", "trust",
+                   "-E", "UTF8", "--locale=C", "--no-sync"], run_as, check=False)  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"initdb failed: {result.stderr or result.stdout}")
+    options = (f"-c listen_addresses={HOST} -p {port} -k {data_dir} -c fsync=on -c max_connections=50 "
+               "-c shared_buffers=64MB")  # fmt: skip
+    result = _run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(data_dir / "server.log"),
+                   "-w", "-t", "30", "start"], run_as, check=False)  # fmt: skip
+    if result.returncode != 0:
+        log = (data_dir / "server.log").read_text(errors="replace") if (data_dir / "server.log").exists() else ""
+        raise RuntimeError(f"pg_ctl start failed: {result.stderr or result.stdout}\n{log[-2000:]}")
+    _run([str(bin_dir / "createdb"), "-h", HOST, "-p", str(port), "-U", DEFAULT_USER, DEFAULT_DB], None)
+    return PostgresServer(url=f"postgresql://{DEFAULT_USER}@{HOST}:{port}/{DEFAULT_DB}", kind="cluster",
+                          data_dir=data_dir, bin_dir=bin_dir, run_as=run_as, port=port)  # fmt: skip
+
+
+def _can_reach(user: str, directory: Path) -> bool:
+    return _run(["test", "-x", str(directory)], user, check=False).returncode == 0
+
+
+def _start_pgserver(data_dir: Path) -> PostgresServer:
+    try:
+        import pgserver  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeError("no PostgreSQL binaries on this machine and the pgserver wheel is not installed") from exc
+    server = pgserver.get_server(str(data_dir), cleanup_mode=None)
+    server.psql(f"CREATE DATABASE {DEFAULT_DB};")
+    return PostgresServer(url=server.get_uri(DEFAULT_DB), kind="pgserver", data_dir=data_dir)
+
+
+def _stop_pgserver(data_dir: Path) -> None:
+    try:
+        import pgserver  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    if pg_ctl.exists() and (data_dir / "postmaster.pid").exists():
+        subprocess.run([str(pg_ctl), "-D", str(data_dir), "-m", "fast", "-w", "stop"], capture_output=True)

@@ -1,0 +1,93 @@
+import pytest
+
+from ingest.contract import ContractError, ContractRegistry, glob_to_regex, normalize_header_name, parse_contract
+
+MINIMAL = {"table": "t", "keys": ["incoming/t.csv"], "columns": [{"name": "a"}]}
+
+
+def test_shipped_contracts_are_exactly_as_specified(contracts):
+    users = contracts["users"]
+    assert users.table == "users"
+    assert users.keys == ("incoming/users.csv", "incoming/users_*.csv", "incoming/users/*.csv")
+    assert users.load_mode == "upsert" and users.upsert_key == ("id",)
+    assert users.max_rejected_share == 0.5
+    assert [(c.name, c.type, c.required) for c in users.columns] == [
+        ("id", "integer", True), ("email", "text", True), ("full_name", "text", True),
+        ("signup_date", "date", False), ("country", "text", False), ("age", "integer", False),
+        ("balance", "numeric", False), ("is_active", "boolean", False),
+    ]  # fmt: skip
+    test = contracts["test"]
+    assert test.load_mode == "append" and test.max_rejected_share == 0.5
+    assert [(c.name, c.type, c.required) for c in test.columns] == [
+        ("sample_id", "text", True), ("measured_at", "timestamptz", True), ("instrument", "text", True),
+        ("temperature_c", "double", False), ("ph", "numeric", False),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("incoming/users.csv", ["users"]),
+        ("incoming/users_2024.csv", ["users"]),
+        ("incoming/users/batch 1.csv", ["users"]),
+        ("incoming/users/batch.csv.gz", ["users"]),
+        ("incoming/users/a/b.csv", []),  # * stays within one path segment
+        ("incoming/users.txt", []),
+        ("users.csv", []),
+        ("incoming/test.csv", ["test"]),
+        ("incoming/test_x.csv", ["test"]),
+        ("incoming/inventory.csv", []),
+    ],
+)
+def test_keys_map_to_contracts_or_to_nothing(contracts, key, expected):
+    assert [c.name for c in contracts.match(key)] == expected
+
+
+def test_glob_star_does_not_cross_segments_but_double_star_does():
+    assert glob_to_regex("a/*.csv").fullmatch("a/x.csv")
+    assert not glob_to_regex("a/*.csv").fullmatch("a/b/x.csv")
+    assert glob_to_regex("a/**.csv").fullmatch("a/b/x.csv")
+
+
+def test_header_names_are_normalized():
+    assert normalize_header_name("  Full-Name ") == "full_name"
+    assert normalize_header_name("Signup  Date") == "signup_date"
+    assert normalize_header_name("ÉMAIL") == "émail"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"table": "Users"}, "table must be a lower-case SQL identifier"),
+        ({"table": "x; DROP TABLE y"}, "table must be"),
+        ({"keys": []}, "keys must be a non-empty list"),
+        ({"columns": [{"name": "a b"}]}, "column name must be"),
+        ({"columns": [{"name": "_ingest_md5"}]}, "column name must be"),
+        ({"columns": [{"name": "a", "type": "varchar"}]}, "type must be one of"),
+        ({"columns": [{"name": "a", "normalize": ["titlecase"]}]}, "unknown normalizer"),
+        ({"columns": [{"name": "a", "pattern": "("}]}, "pattern does not compile"),
+        ({"columns": [{"name": "a", "min": 1}]}, "min applies to numeric types only"),
+        ({"columns": [{"name": "a"}, {"name": "b", "aliases": ["a"]}]}, "used twice"),
+        ({"load": {"mode": "merge"}}, "load.mode must be one of"),
+        ({"load": {"mode": "upsert"}}, "needs load.key or a primary_key"),
+        ({"max_rejected_share": 2}, "max_rejected_share must be a number from 0 to 1"),
+        ({"unknown_columns": "keep"}, "unknown_columns must be one of"),
+        ({"colums": []}, "unknown field"),
+        ({"columns": [{"name": "d", "type": "date", "formats": ["YYYY-MM"]}]}, "must contain YYYY, MM and DD"),
+    ],
+)
+def test_malformed_contracts_are_refused_with_a_specific_message(change, message):
+    with pytest.raises(ContractError, match=message):
+        parse_contract("t", {**MINIMAL, **change})
+
+
+def test_an_empty_cell_is_always_null_even_if_null_values_omit_it():
+    contract = parse_contract("t", {**MINIMAL, "null_values": ["-"]})
+    assert contract.null_values == ("", "-")
+
+
+def test_two_contracts_cannot_load_one_table():
+    a = parse_contract("a", MINIMAL)
+    b = parse_contract("b", MINIMAL)
+    with pytest.raises(ContractError, match="both load table"):
+        ContractRegistry([a, b])

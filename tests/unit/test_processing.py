@@ -1,0 +1,72 @@
+import pytest
+
+from ingest.processing import neutralize_formula, summary_document
+from ingest.rejection import FileRejected
+from tests.unit.conftest import SAMPLES, run
+
+
+def test_clean_users_sample_loads_every_row_normalized(users):
+    result = run((SAMPLES / "users.csv").read_bytes(), users)
+    assert result.outcome.rows_total == result.outcome.rows_valid == 5
+    assert result.errors == ""
+    assert result.valid.splitlines()[0] == "id,email,full_name,signup_date,country,age,balance,is_active"
+    assert result.valid.splitlines()[1] == "1,ada.lovelace@example.com,Ada Lovelace,2024-01-15,GB,36,1234.50,true"
+    assert '"Hopper, Grace"' in result.valid
+
+
+def test_bad_rows_go_to_errors_and_good_rows_go_on(users):
+    result = run((SAMPLES / "users_with_errors.csv").read_bytes(), users)
+    o = result.outcome
+    assert (o.rows_total, o.rows_valid, o.rows_rejected) == (10, 6, 4)
+    assert [r[0] for r in result.valid_rows] == ["10", "14", "15", "16", "17", "18"]
+    lines = result.errors.splitlines()
+    assert lines[0] == "line,column,rule,value,message"
+    assert lines[1].startswith("3,email,pattern,not-an-email,")
+    assert o.errors_by_rule["duplicate_key"] == 1
+
+
+def test_too_many_bad_rows_reject_the_whole_file(users):
+    data = b"id,email,full_name\n1,a@b.co,A\n2,bad,B\n3,bad,C\n"
+    with pytest.raises(FileRejected) as info:
+        run(data, users)
+    assert info.value.reason == "too_many_rejected_rows"
+    assert "2 of 3 rows" in info.value.message
+
+
+def test_exactly_half_rejected_is_tolerated(users):
+    result = run(b"id,email,full_name\n1,a@b.co,A\n2,bad,B\n", users)
+    assert result.outcome.rows_valid == 1
+
+
+def test_header_only_is_rejected(users):
+    with pytest.raises(FileRejected) as info:
+        run(b"id,email,full_name\n", users)
+    assert info.value.reason == "no_data_rows"
+
+
+def test_output_is_deterministic_and_chunking_does_not_change_it(users):
+    data = (SAMPLES / "users_with_errors.csv").read_bytes()
+    whole = run(data, users)
+    pieces = run([data[i : i + 3] for i in range(0, len(data), 3)], users)
+    assert (whole.valid, whole.errors) == (pieces.valid, pieces.errors)
+
+
+def test_formula_like_cells_are_data_in_outputs_but_neutralized_in_the_errors_csv(users):
+    data = b"id,email,full_name\n1,a@b.co,=HYPERLINK(1)\n2,=cmd|x,+SUM(A1)\n"
+    result = run(data, users)
+    assert "=HYPERLINK(1)" in result.valid
+    assert ",'=cmd|x," in result.errors
+    assert neutralize_formula("-2") == "'-2" and neutralize_formula("ok") == "ok"
+
+
+def test_summary_document_is_stable(users):
+    result = run((SAMPLES / "users_with_errors.csv").read_bytes(), users)
+    kwargs = dict(bucket="b", key="k", md5="0" * 32, contract=users, status="loaded", outcome=result.outcome)
+    assert summary_document(**kwargs) == summary_document(**kwargs)
+    assert b'"errors_by_rule"' in summary_document(**kwargs)
+
+
+def test_measurements_sample(measurements):
+    result = run((SAMPLES / "test.csv").read_bytes(), measurements)
+    assert result.outcome.rows_valid == 4
+    assert result.outcome.text_format.delimiter == ";"

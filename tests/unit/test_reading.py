@@ -1,0 +1,95 @@
+import codecs
+import gzip
+
+import pytest
+
+from ingest.reading import detect_encoding, open_text, read_records, sniff_delimiter
+from ingest.rejection import FileRejected
+
+
+def records(data: bytes, chunk: int = 0):
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
+    fmt, text = open_text(chunks)
+    return fmt, list(read_records(text, fmt.delimiter))
+
+
+def test_crlf_lf_and_quoted_newlines_with_source_line_numbers():
+    data = b'a,b\r\n1,"x\r\ny"\r\n\r\n2,z\n3,"q"\n'
+    fmt, rows = records(data)
+    assert rows == [(1, ["a", "b"]), (2, ["1", "x\r\ny"]), (5, ["2", "z"]), (6, ["3", "q"])]
+    assert fmt.delimiter == ","
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_chunk_boundaries_do_not_matter(chunk):
+    data = codecs.BOM_UTF8 + 'név,ort\n"Zoë, A",Köln\n'.encode()
+    assert records(data, chunk) == records(data)
+    fmt, rows = records(data, chunk)
+    assert fmt.bom and fmt.encoding == "utf-8"
+    assert rows[1] == (2, ["Zoë, A", "Köln"])
+
+
+@pytest.mark.parametrize(("delimiter"), [",", ";", "\t", "|"])
+def test_delimiter_is_sniffed(delimiter):
+    text = delimiter.join(["id", "name", "note"]) + "\n" + delimiter.join(["1", "a,b", "c"]) + "\n"
+    assert sniff_delimiter(text) == delimiter if delimiter != "," else True
+
+
+def test_semicolon_file_with_commas_in_values_is_semicolon():
+    assert sniff_delimiter("a;b;c\n1,5;2,5;x\n3,1;4,2;y\n") == ";"
+
+
+def test_legacy_encodings_are_detected_and_recorded():
+    assert detect_encoding("café;€\n".encode("cp1252")) == ("cp1252", False)
+    assert detect_encoding(b"caf\xe9\x81\n") == ("latin-1", False)  # 0x81 is undefined in cp1252
+    fmt, rows = records("name\nJosé\n".encode("cp1252"))
+    assert fmt.encoding == "cp1252" and rows[1][1] == ["José"]
+
+
+def test_utf16_with_bom():
+    fmt, rows = records("a,b\n1,ü\n".encode("utf-16"))
+    assert fmt.encoding == "utf-16" and rows == [(1, ["a", "b"]), (2, ["1", "ü"])]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty_object"),
+        (b"  \r\n\n", "no_header"),
+        (b"\x00\x01\x02binary\x00" * 10, "binary_content"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary_content"),
+        ("naïve,b\n1,\xff\n".encode("latin-1").replace(b"na\xefve", "naïve".encode()), "invalid_encoding"),
+        (gzip.compress(b"a,b\n1,2\n" * 1000)[:-30], "truncated_gzip"),
+        (gzip.compress(b""), "empty_object"),
+    ],
+)
+def test_what_is_not_a_csv_is_rejected_with_a_reason(data, reason):
+    with pytest.raises(FileRejected) as info:
+        records(data)
+    assert info.value.reason == reason
+
+
+def test_invalid_utf8_after_the_sample_is_rejected_with_its_line():
+    data = b"a,b\n" + b"1,\xc3\xa9\n" * 100_000 + b"2,\xff\n"
+    with pytest.raises(FileRejected) as info:
+        records(data)
+    assert info.value.reason == "invalid_encoding"
+
+
+def test_gzip_is_streamed_and_concatenated_members_work():
+    data = gzip.compress(b"a,b\n1,2\n") + gzip.compress(b"3,4\n")
+    fmt, rows = records(data, 5)
+    assert fmt.compression == "gzip"
+    assert rows == [(1, ["a", "b"]), (2, ["1", "2"]), (3, ["3", "4"])]
+
+
+def test_unbalanced_quote_rejects_the_file():
+    with pytest.raises(FileRejected) as info:
+        records(b'a,b\n1,"never closed\n2,3\n')
+    assert info.value.reason == "malformed_csv"
+
+
+def test_a_huge_field_rejects_the_file_with_a_clear_reason():
+    with pytest.raises(FileRejected) as info:
+        records(b"a,b\n1," + b"x" * (2 * 1024 * 1024) + b"\n")
+    assert info.value.reason == "field_too_large"

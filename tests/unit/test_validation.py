@@ -1,0 +1,153 @@
+import pytest
+
+from ingest.contract import parse_contract
+from ingest.rejection import FileRejected
+from ingest.validation import RowValidator, build_coercer, plan_header
+
+USERS_HEADER = ["id", "email", "full_name", "signup_date", "country", "age", "balance", "is_active"]
+
+
+def coerce(contract, column, raw):
+    col = next(c for c in contract.columns if c.name == column)
+    return build_coercer(col)(raw)
+
+
+@pytest.mark.parametrize(
+    ("column", "raw", "expected"),
+    [
+        ("email", "Ada@Example.COM", "ada@example.com"),
+        ("full_name", "Ada \t  King", "Ada King"),
+        ("signup_date", "2024-01-15", "2024-01-15"),
+        ("signup_date", "01/15/2024", "2024-01-15"),
+        ("signup_date", "15.01.2024", "2024-01-15"),
+        ("country", "gb", "GB"),
+        ("age", "+42", "42"),
+        ("balance", "0012.50", "12.50"),
+        ("balance", "-.5", "-0.5"),
+        ("balance", "9999999999.99", "9999999999.99"),
+        ("is_active", "YES", "true"),
+        ("is_active", "f", "false"),
+        ("is_active", "0", "false"),
+    ],
+)
+def test_users_cells_are_normalized(users, column, raw, expected):
+    assert coerce(users, column, raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "raw", "rule"),
+    [
+        ("email", "no-at-sign", "pattern"),
+        ("email", "a@b", "pattern"),
+        ("signup_date", "2024-13-01", "type"),
+        ("signup_date", "2023-02-29", "type"),
+        ("signup_date", "15/01/2024", "type"),
+        ("country", "GBR", "pattern"),
+        ("age", "151", "max"),
+        ("age", "-1", "min"),
+        ("age", "4.5", "type"),
+        ("id", "99999999999", "type"),  # does not fit a PostgreSQL integer
+        ("balance", "1.005", "scale"),
+        ("balance", "12345678901.00", "precision"),
+        ("balance", "1,5", "type"),
+        ("balance", "NaN", "type"),
+        ("is_active", "maybe", "type"),
+    ],
+)
+def test_users_bad_cells_name_their_rule(users, column, raw, rule):
+    from ingest.validation import CellError
+
+    with pytest.raises(CellError) as info:
+        coerce(users, column, raw)
+    assert info.value.rule == rule
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2024-06-01T08:30:00Z", "2024-06-01T08:30:00+00:00"),
+        ("2024-06-01 10:30:00+02:00", "2024-06-01T08:30:00+00:00"),
+        ("2024-06-01T08:30:00", "2024-06-01T08:30:00+00:00"),  # no offset: UTC
+        ("2024-06-01T08:30:00.5-01:00", "2024-06-01T09:30:00.500000+00:00"),
+    ],
+)
+def test_timestamps_are_iso8601_and_naive_means_utc(measurements, raw, expected):
+    assert coerce(measurements, "measured_at", raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["2024-06-01", "yesterday", "2024-06-01T25:00:00", "1717230600"])
+def test_bad_timestamps(measurements, raw):
+    from ingest.validation import CellError
+
+    with pytest.raises(CellError):
+        coerce(measurements, "measured_at", raw)
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("-273.15", True), ("-273.16", False), ("1000", True), ("1e3", True),
+                                         ("1000.01", False), ("inf", False), ("nan", False)])  # fmt: skip
+def test_double_ranges(measurements, raw, ok):
+    from ingest.validation import CellError
+
+    if ok:
+        coerce(measurements, "temperature_c", raw)
+    else:
+        with pytest.raises(CellError):
+            coerce(measurements, "temperature_c", raw)
+
+
+def test_header_aliases_case_and_order(users):
+    plan = plan_header(users, [" E-Mail ", "USER_ID", "Full Name", "is_active"])
+    assert plan.positions == (1, 0, 2, -1, -1, -1, -1, 3)
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (["id", "email", "email", "full_name"], "duplicate_header"),
+        (["id", "email", "e_mail", "full_name"], "duplicate_header"),
+        (["id", "email"], "missing_columns"),
+        ([*USERS_HEADER, "password"], "unknown_columns"),
+        (["1", "ada@example.com", "Ada"], "no_header"),
+        (["id", "email", "full_name", 'x"); DROP TABLE users; --'], "unknown_columns"),
+    ],
+)
+def test_schema_problems_reject_the_file(users, header, reason):
+    with pytest.raises(FileRejected) as info:
+        plan_header(users, header)
+    assert info.value.reason == reason
+
+
+def test_unknown_columns_can_be_ignored_by_policy():
+    contract = parse_contract("t", {"table": "t", "keys": ["k"], "unknown_columns": "ignore",
+                                    "columns": [{"name": "a", "required": True}]})  # fmt: skip
+    plan = plan_header(contract, ["extra", "a"])
+    assert plan.positions == (1,) and plan.ignored == ("extra",)
+
+
+def test_rows_report_every_problem_with_line_column_rule_and_value(users):
+    validate = RowValidator(users, plan_header(users, USERS_HEADER))
+    values, errors = validate(7, ["5", "bad", "", "2024-02-30", "usa", "", "", ""])
+    assert values is None
+    assert [(e.line, e.column, e.rule, e.value) for e in errors] == [
+        (7, "email", "pattern", "bad"),
+        (7, "full_name", "required", ""),
+        (7, "signup_date", "type", "2024-02-30"),
+        (7, "country", "pattern", "usa"),
+    ]
+
+
+def test_null_tokens_become_null_and_field_count_is_checked(users):
+    validate = RowValidator(users, plan_header(users, USERS_HEADER))
+    values, errors = validate(2, ["1", "a@b.co", "A", "NA", "N/A", "null", "NULL", "None"])
+    assert errors == [] and values == ["1", "a@b.co", "A", None, None, None, None, None]
+    values, errors = validate(3, ["2", "a@b.co"])
+    assert values is None and errors[0].rule == "field_count"
+
+
+def test_duplicate_keys_within_a_file_are_rejected_after_the_first(users):
+    validate = RowValidator(users, plan_header(users, ["id", "email", "full_name"]))
+    assert validate(2, ["1", "a@b.co", "A"])[1] == []
+    assert validate(3, ["2", "x", "B"])[1][0].rule == "pattern"  # invalid rows do not claim their key
+    assert validate(4, ["2", "b@b.co", "B"])[1] == []
+    _values, errors = validate(5, ["1", "c@b.co", "C"])
+    assert errors[0].rule == "duplicate_key" and "line 2" in errors[0].message
