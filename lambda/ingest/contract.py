@@ -117,13 +117,33 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
 # --- parsing ----------------------------------------------------------------------------------------
 
 _COLUMN_FIELDS = {
-    "name", "type", "required", "primary_key", "unique", "min", "max", "pattern", "allowed",
-    "normalize", "aliases", "formats", "precision", "scale", "max_length", "description",
-}  # fmt: skip
-_CONTRACT_FIELDS = {
-    "table", "keys", "columns", "load", "unknown_columns", "max_rejected_share", "null_values",
+    "name",
+    "type",
+    "required",
+    "primary_key",
+    "unique",
+    "min",
+    "max",
+    "pattern",
+    "allowed",
+    "normalize",
+    "aliases",
+    "formats",
+    "precision",
+    "scale",
+    "max_length",
     "description",
-}  # fmt: skip
+}
+_CONTRACT_FIELDS = {
+    "table",
+    "keys",
+    "columns",
+    "load",
+    "unknown_columns",
+    "max_rejected_share",
+    "null_values",
+    "description",
+}
 
 
 def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Contract:
@@ -155,7 +175,7 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
 
     load = data.get("load", {"mode": "append"})
     if not isinstance(load, dict):
-        raise fail("load must be a table: load = { mode = \"append\" | \"replace\" | \"upsert\", key = [...] }")
+        raise fail('load must be a table: load = { mode = "append" | "replace" | "upsert", key = [...] }')
     mode = load.get("mode", "append")
     if mode not in LOAD_MODES:
         raise fail(f"load.mode must be one of {LOAD_MODES}, got {mode!r}")
@@ -206,8 +226,10 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         raise fail("each [[columns]] entry must be a table")
     name = raw.get("name")
     if not isinstance(name, str) or not IDENTIFIER.match(name) or name.startswith(RESERVED_COLUMN_PREFIX):
-        raise fail(f"column name must be a lower-case SQL identifier not starting with "
-                   f"{RESERVED_COLUMN_PREFIX!r}, got {name!r}")  # fmt: skip
+        raise fail(
+            f"column name must be a lower-case SQL identifier not starting with "
+            f"{RESERVED_COLUMN_PREFIX!r}, got {name!r}"
+        )
     unknown = set(raw) - _COLUMN_FIELDS
     if unknown:
         raise fail(f"column {name!r}: unknown field(s) {sorted(unknown)}")
@@ -248,14 +270,15 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         raise fail(f"column {name!r}: scale needs precision")
     if precision is not None and not (isinstance(precision, int) and 1 <= precision <= 1000):
         raise fail(f"column {name!r}: precision must be an integer from 1 to 1000")
-    if scale is not None and not (isinstance(scale, int) and 0 <= scale <= precision):
+    if scale is not None and not (isinstance(scale, int) and 0 <= scale <= (precision or 0)):
         raise fail(f"column {name!r}: scale must be an integer from 0 to precision")
     allowed = raw.get("allowed")
     aliases = tuple(raw.get("aliases", ()))
     for alias in aliases:
         if normalize_header_name(alias) != alias:
-            raise fail(f"column {name!r}: alias {alias!r} must be written in header form "
-                       f"({normalize_header_name(alias)!r})")  # fmt: skip
+            raise fail(
+                f"column {name!r}: alias {alias!r} must be written in header form ({normalize_header_name(alias)!r})"
+            )
     primary_key = bool(raw.get("primary_key", False))
     return Column(
         name=name,

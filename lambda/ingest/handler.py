@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from . import bootstrap
 from .events import ObjectRef, UnknownEvent, is_sqs_batch, object_refs
+from .log import logger
 from .receipt import Receipt
 from .service import ingest_object
 
-logger = Logger(service="ingest")
 # Return batchItemFailures even when every record failed: the outcome is the same (all retried) and the
 # response shape stays one thing for callers.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -34,10 +33,12 @@ class ObjectsFailed(RuntimeError):
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
     if is_sqs_batch(event):
-        return process_partial_response(
-            event=event, record_handler=lambda record: _sqs_record(record, request_id),
-            processor=processor, context=context,
-        )  # fmt: skip
+        return process_partial_response(  # type: ignore[return-value]
+            event=event,
+            record_handler=lambda record: _sqs_record(record, request_id),
+            processor=processor,
+            context=context,
+        )
     receipts, failures = _ingest_all(object_refs(event), request_id)
     if failures:
         raise ObjectsFailed("; ".join(failures))
@@ -63,6 +64,6 @@ def _ingest_all(refs: list[ObjectRef], request_id: str | None) -> tuple[list[Rec
     for ref in refs:
         try:
             receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id))
-        except Exception as exc:  # noqa: BLE001 - recorded and published by the service; report, go on
+        except Exception as exc:
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

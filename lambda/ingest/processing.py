@@ -66,8 +66,9 @@ class _CsvBlocks:
             self._buffer.truncate()
 
 
-def process(chunks: Iterable[bytes], contract: Contract, valid_sink: Sink, error_sink: Sink,
-            outcome: Outcome | None = None) -> Outcome:  # fmt: skip
+def process(
+    chunks: Iterable[bytes], contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome | None = None
+) -> Outcome:
     """Validate one object against ``contract``; raise FileRejected for what rejects the whole file.
 
     Valid rows go to ``valid_sink`` as CSV with a header (NULL is an empty unquoted field, as COPY's csv
@@ -104,8 +105,9 @@ def process(chunks: Iterable[bytes], contract: Contract, valid_sink: Sink, error
             outcome.errors_by_rule[error.rule] += 1
             if len(outcome.first_errors) < FIRST_ERRORS_KEPT:
                 outcome.first_errors.append(error)
-            errors.writerow([error.line, *(neutralize_formula(c) for c in
-                             (error.column, error.rule, error.value, error.message))])  # fmt: skip
+            errors.writerow(
+                [error.line, *(neutralize_formula(c) for c in (error.column, error.rule, error.value, error.message))]
+            )
         errors.flush_if_full()
 
     if outcome.rows_total == 0:
@@ -133,9 +135,17 @@ def neutralize_formula(cell: str) -> str:
 
 
 def summary_document(
-    *, bucket: str, key: str, md5: str, contract: Contract | None, status: str, outcome: Outcome,
-    reason: str | None = None, message: str | None = None, errors_key: str | None = None,
-) -> bytes:  # fmt: skip
+    *,
+    bucket: str,
+    key: str,
+    md5: str,
+    contract: Contract | None,
+    status: str,
+    outcome: Outcome,
+    reason: str | None = None,
+    message: str | None = None,
+    errors_key: str | None = None,
+) -> bytes:
     """The errors/…json summary: deterministic (no clocks, sorted keys) so re-runs write identical bytes."""
     fmt = outcome.text_format
     doc = {
@@ -162,5 +172,10 @@ def summary_document(
 
 
 def error_dict(error: RowError) -> dict[str, object]:
-    return {"line": error.line, "column": error.column, "rule": error.rule, "value": error.value,
-            "message": error.message}  # fmt: skip
+    return {
+        "line": error.line,
+        "column": error.column,
+        "rule": error.rule,
+        "value": error.value,
+        "message": error.message,
+    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gzip
 import io
 import itertools
 import zlib
@@ -106,7 +105,7 @@ class _GunzipStream(io.RawIOBase):
         return n
 
 
-def _drain(stream: io.BufferedReader) -> Iterator[bytes]:
+def _drain(stream: io.BufferedIOBase) -> Iterator[bytes]:
     return iter(lambda: stream.read(READ_BYTES), b"")
 
 
@@ -132,8 +131,9 @@ def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:
     stream = io.BufferedReader(_ChunkStream(itertools.chain([sample], rest)), READ_BYTES)
     text = io.TextIOWrapper(stream, encoding=encoding, newline="", errors="strict")  # type: ignore[arg-type]
     text._CHUNK_SIZE = READ_BYTES  # type: ignore[attr-defined]  # fewer, larger decode calls
-    return TextFormat(encoding=encoding.removesuffix("-sig"), bom=bom, compression=compression,
-                      delimiter=delimiter), text  # fmt: skip
+    return TextFormat(
+        encoding=encoding.removesuffix("-sig"), bom=bom, compression=compression, delimiter=delimiter
+    ), text
 
 
 def detect_encoding(sample: bytes) -> tuple[str, bool]:
@@ -157,7 +157,7 @@ def detect_encoding(sample: bytes) -> tuple[str, bool]:
         raise FileRejected(
             "invalid_encoding",
             f"the object is UTF-8 but byte {first_bad} (line {line}) is not valid UTF-8 "
-            f"({sample[first_bad:first_bad + 4]!r})",
+            f"({sample[first_bad : first_bad + 4]!r})",
         )
     try:
         sample.decode("cp1252")
@@ -217,7 +217,7 @@ def read_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, lis
             raise FileRejected(
                 "invalid_encoding",
                 f"near line {previous_line + 1}: bytes that are not valid {exc.encoding} "
-                f"({exc.object[exc.start:exc.start + 4]!r})",
+                f"({exc.object[exc.start : exc.start + 4]!r})",
             ) from None
         start = previous_line + 1
         previous_line = reader.line_num

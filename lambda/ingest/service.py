@@ -20,17 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aws_lambda_powertools import Logger
-
 from .adapters.postgres import Database, Load
 from .adapters.s3 import ObjectStore, StreamingWriter
 from .adapters.sns import Notifier
 from .contract import Contract, ContractRegistry
+from .log import logger
 from .processing import Outcome, error_dict, process, summary_document
 from .receipt import ERRORS_IN_RECEIPT, Receipt
 from .rejection import FileRejected
-
-logger = Logger(service="ingest", child=True)
 
 UNMATCHED_PREFIX = "_unmatched"
 MAX_KEY_LENGTH = 1024
@@ -153,8 +150,13 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
 
     attempt.outcome = Outcome()
     try:
-        process(hashed(deps.store.chunks(bucket, key, etag=info.etag)), contract,
-                to_load_and_processed, errors.write, attempt.outcome)  # fmt: skip
+        process(
+            hashed(deps.store.chunks(bucket, key, etag=info.etag)),
+            contract,
+            to_load_and_processed,
+            errors.write,
+            attempt.outcome,
+        )
     except FileRejected as rejection:
         # An early rejection has not read every byte, so the ETag's MD5 stands unverified here; GetObject's
         # IfMatch still guarantees these were the bytes of that ETag.
@@ -183,20 +185,37 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
             _write_summary(attempt, deps, "loaded", errors_csv=errors_csv_key)
         else:
             errors.abort()
-        ledger_id = load.commit(_ledger_entry(attempt, deps, processed_key=processed_key(contract.table, md5),
-                                              errors_key=errors_csv_key if attempt.outcome.rows_rejected else None))
+        ledger_id = load.commit(
+            _ledger_entry(
+                attempt,
+                deps,
+                processed_key=processed_key(contract.table, md5),
+                errors_key=errors_csv_key if attempt.outcome.rows_rejected else None,
+            )
+        )
     except BaseException as exc:
         load.rollback(exc)
         raise
     if ledger_id is None:
         return _skipped(attempt, deps, bucket, "(a concurrent delivery of the same content)")
     outcome = attempt.outcome
-    logger.info("loaded", extra={"rows_loaded": load.rows_loaded, "rows_rejected": outcome.rows_rejected,
-                                 "table": contract.table, "duration_ms": attempt.duration_ms})  # fmt: skip
-    return _receipt(attempt, "loaded", rows_loaded=load.rows_loaded,
-                    processed_key=processed_key(contract.table, md5),
-                    errors_key=errors_csv_key if outcome.rows_rejected else None,
-                    summary_key=errors_keys(contract.table, md5)[1] if outcome.rows_rejected else None)  # fmt: skip
+    logger.info(
+        "loaded",
+        extra={
+            "rows_loaded": load.rows_loaded,
+            "rows_rejected": outcome.rows_rejected,
+            "table": contract.table,
+            "duration_ms": attempt.duration_ms,
+        },
+    )
+    return _receipt(
+        attempt,
+        "loaded",
+        rows_loaded=load.rows_loaded,
+        processed_key=processed_key(contract.table, md5),
+        errors_key=errors_csv_key if outcome.rows_rejected else None,
+        summary_key=errors_keys(contract.table, md5)[1] if outcome.rows_rejected else None,
+    )
 
 
 def _receipt(attempt: _Attempt, status: str, **extra: Any) -> Receipt:
@@ -240,15 +259,22 @@ def _ledger_entry(attempt: _Attempt, deps: Dependencies, **extra: Any) -> dict[s
     }
 
 
-def _write_summary(attempt: _Attempt, deps: Dependencies, status: str, errors_csv: str | None,
-                   rejection: FileRejected | None = None) -> str:  # fmt: skip
+def _write_summary(
+    attempt: _Attempt, deps: Dependencies, status: str, errors_csv: str | None, rejection: FileRejected | None = None
+) -> str:
     table = attempt.contract.table if attempt.contract else None
     _csv_key, summary_key = errors_keys(table, attempt.md5 or "unhashed")
     document = summary_document(
-        bucket=attempt.bucket, key=attempt.key, md5=attempt.md5 or "", contract=attempt.contract, status=status,
-        outcome=attempt.outcome, reason=rejection.reason if rejection else None,
-        message=rejection.message if rejection else None, errors_key=errors_csv,
-    )  # fmt: skip
+        bucket=attempt.bucket,
+        key=attempt.key,
+        md5=attempt.md5 or "",
+        contract=attempt.contract,
+        status=status,
+        outcome=attempt.outcome,
+        reason=rejection.reason if rejection else None,
+        message=rejection.message if rejection else None,
+        errors_key=errors_csv,
+    )
     deps.store.put(deps.output_bucket or attempt.bucket, summary_key, document, "application/json")
     return summary_key
 
@@ -256,18 +282,31 @@ def _write_summary(attempt: _Attempt, deps: Dependencies, status: str, errors_cs
 def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, errors_csv: str | None = None) -> Receipt:
     logger.warning("rejected", extra={"reason": rejection.reason, "detail": rejection.message})
     summary_key = _write_summary(attempt, deps, "rejected", errors_csv, rejection)
-    deps.database.record({**_ledger_entry(attempt, deps, errors_key=summary_key), "status": "rejected",
-                          "reason": rejection.reason, "error": rejection.message})  # fmt: skip
-    return _receipt(attempt, "rejected", reason=rejection.reason, message=rejection.message,
-                    errors_key=errors_csv, summary_key=summary_key)  # fmt: skip
+    deps.database.record(
+        {
+            **_ledger_entry(attempt, deps, errors_key=summary_key),
+            "status": "rejected",
+            "reason": rejection.reason,
+            "error": rejection.message,
+        }
+    )
+    return _receipt(
+        attempt,
+        "rejected",
+        reason=rejection.reason,
+        message=rejection.message,
+        errors_key=errors_csv,
+        summary_key=summary_key,
+    )
 
 
 def _skipped(attempt: _Attempt, deps: Dependencies, loaded_bucket: str, loaded_key: str) -> Receipt:
     message = f"this content (md5 {attempt.md5}) was already loaded from s3://{loaded_bucket}/{loaded_key}"
     logger.info("skipped", extra={"detail": message})
     attempt.outcome = Outcome()
-    deps.database.record({**_ledger_entry(attempt, deps), "status": "skipped", "reason": "duplicate_content",
-                          "error": message})  # fmt: skip
+    deps.database.record(
+        {**_ledger_entry(attempt, deps), "status": "skipped", "reason": "duplicate_content", "error": message}
+    )
     return _receipt(attempt, "skipped", reason="duplicate_content", message=message)
 
 
@@ -275,9 +314,16 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
     message = f"{type(exc).__name__}: {exc}"[:2000]
     logger.exception("failed", extra={"detail": message})
     try:
-        deps.database.record({**_ledger_entry(attempt, deps), "md5": attempt.md5 or "unknown", "status": "failed",
-                              "reason": "error", "error": message})  # fmt: skip
-    except Exception:  # noqa: BLE001 - the database may be the thing that failed; the receipt still goes out
+        deps.database.record(
+            {
+                **_ledger_entry(attempt, deps),
+                "md5": attempt.md5 or "unknown",
+                "status": "failed",
+                "reason": "error",
+                "error": message,
+            }
+        )
+    except Exception:
         logger.warning("could not record the failure in the ledger", exc_info=True)
     return _receipt(attempt, "failed", reason="error", message=message)
 
@@ -285,5 +331,5 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
 def _publish(deps: Dependencies, receipt: Receipt) -> None:
     try:
         deps.notifier.publish(receipt)
-    except Exception:  # noqa: BLE001 - a lost receipt must not undo a committed load; the ledger has it
+    except Exception:
         logger.exception("could not publish the receipt", extra={"receipt": receipt.to_dict()})

@@ -78,8 +78,9 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
             unknown.append(name or f"(column {index + 1} has no name)")
         elif target in positions:
             first = header[positions[target]].strip()
-            duplicates.append(f"{header[index].strip()!r} (column {index + 1}) repeats {first!r} "
-                              f"(column {positions[target] + 1})")  # fmt: skip
+            duplicates.append(
+                f"{header[index].strip()!r} (column {index + 1}) repeats {first!r} (column {positions[target] + 1})"
+            )
         else:
             positions[target] = index
     if duplicates:
@@ -130,11 +131,15 @@ class RowValidator:
 
     def __call__(self, line: int, fields: list[str]) -> tuple[list[str | None] | None, list[RowError]]:
         if len(fields) != self.plan.width:
-            return None, [RowError(
-                line, "", "field_count",
-                _cut(",".join(fields), MAX_REPORTED_VALUE),
-                f"expected {self.plan.width} fields, found {len(fields)}",
-            )]  # fmt: skip
+            return None, [
+                RowError(
+                    line,
+                    "",
+                    "field_count",
+                    _cut(",".join(fields), MAX_REPORTED_VALUE),
+                    f"expected {self.plan.width} fields, found {len(fields)}",
+                )
+            ]
         values: list[str | None] = []
         errors: list[RowError] = []
         nulls = self._nulls
@@ -157,15 +162,23 @@ class RowValidator:
             first = self._seen_keys.setdefault(key, line)
             if first != line:
                 shown = ",".join(str(k) for k in key)
-                return None, [RowError(line, self._key_label, "duplicate_key", shown,
-                                       f"{self._key_label} {shown} already appeared at line {first}")]  # fmt: skip
+                return None, [
+                    RowError(
+                        line,
+                        self._key_label,
+                        "duplicate_key",
+                        shown,
+                        f"{self._key_label} {shown} already appeared at line {first}",
+                    )
+                ]
         for index, name, seen in self._unique:
             value = values[index]
             if value is not None:
                 first = seen.setdefault(value, line)
                 if first != line:
-                    return None, [RowError(line, name, "duplicate_key", value,
-                                           f"{name} {value} already appeared at line {first}")]  # fmt: skip
+                    return None, [
+                        RowError(line, name, "duplicate_key", value, f"{name} {value} already appeared at line {first}")
+                    ]
         return values, []
 
 
@@ -271,8 +284,11 @@ def _numeric(col: Column) -> Coercer:
             raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a number")
         sign, whole, fraction = match.group(1), match.group(2).lstrip("0"), match.group(3) or ""
         if max_int_digits is not None and len(whole) > max_int_digits:
-            raise CellError("precision", f"{col.name} {raw} has {len(whole)} digits before the point; "
-                                         f"numeric({precision},{scale or 0}) allows {max_int_digits}")  # fmt: skip
+            raise CellError(
+                "precision",
+                f"{col.name} {raw} has {len(whole)} digits before the point; "
+                f"numeric({precision},{scale or 0}) allows {max_int_digits}",
+            )
         if scale is not None and len(fraction.rstrip("0")) > scale:
             raise CellError("scale", f"{col.name} {raw} has more than {scale} decimal places")
         in_range(Decimal(raw), raw)
@@ -363,4 +379,3 @@ _TYPE_PARSERS: dict[str, Callable[[Column], Coercer]] = {
 
 def _cut(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[:limit] + f"…(+{len(value) - limit} chars)"
-

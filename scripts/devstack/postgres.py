@@ -35,8 +35,11 @@ class PostgresServer:
     def stop(self, remove: bool = True) -> None:
         if self.kind == "cluster" and self.data_dir and self.bin_dir:
             if (self.data_dir / "postmaster.pid").exists():
-                _run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-                     self.run_as, check=False)  # fmt: skip
+                _run(
+                    [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+                    self.run_as,
+                    check=False,
+                )
         elif self.kind == "pgserver" and self.data_dir:
             _stop_pgserver(self.data_dir)
         if remove and self.data_dir and self.kind != "external":
@@ -95,20 +98,57 @@ def _start_cluster(bin_dir: Path, data_dir: Path, port: int) -> PostgresServer:
         user = pwd.getpwnam(run_as)
         os.chown(data_dir, user.pw_uid, user.pw_gid)
     os.chmod(data_dir, 0o700)
-    result = _run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", DEFAULT_USER, "-A", "trust",
-                   "-E", "UTF8", "--locale=C", "--no-sync"], run_as, check=False)  # fmt: skip
+    result = _run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            DEFAULT_USER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        run_as,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"initdb failed: {result.stderr or result.stdout}")
-    options = (f"-c listen_addresses={HOST} -p {port} -k {data_dir} -c fsync=on -c max_connections=50 "
-               "-c shared_buffers=64MB")  # fmt: skip
-    result = _run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(data_dir / "server.log"),
-                   "-w", "-t", "30", "start"], run_as, check=False)  # fmt: skip
+    options = (
+        f"-c listen_addresses={HOST} -p {port} -k {data_dir} -c fsync=on -c max_connections=50 -c shared_buffers=64MB"
+    )
+    result = _run(
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data_dir),
+            "-o",
+            options,
+            "-l",
+            str(data_dir / "server.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        ],
+        run_as,
+        check=False,
+    )
     if result.returncode != 0:
         log = (data_dir / "server.log").read_text(errors="replace") if (data_dir / "server.log").exists() else ""
         raise RuntimeError(f"pg_ctl start failed: {result.stderr or result.stdout}\n{log[-2000:]}")
     _run([str(bin_dir / "createdb"), "-h", HOST, "-p", str(port), "-U", DEFAULT_USER, DEFAULT_DB], None)
-    return PostgresServer(url=f"postgresql://{DEFAULT_USER}@{HOST}:{port}/{DEFAULT_DB}", kind="cluster",
-                          data_dir=data_dir, bin_dir=bin_dir, run_as=run_as, port=port)  # fmt: skip
+    return PostgresServer(
+        url=f"postgresql://{DEFAULT_USER}@{HOST}:{port}/{DEFAULT_DB}",
+        kind="cluster",
+        data_dir=data_dir,
+        bin_dir=bin_dir,
+        run_as=run_as,
+        port=port,
+    )
 
 
 def _can_reach(user: str, directory: Path) -> bool:

@@ -37,13 +37,23 @@ def spawn(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         return subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
-        )  # fmt: skip
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               process: subprocess.Popen[bytes] | None = None, log_file: Path | None = None) -> None:  # fmt: skip
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    log_file: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -51,7 +61,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str,
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not ready yet
+        except Exception:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{what} did not become ready within {timeout:.0f}s{_tail(log_file)}")

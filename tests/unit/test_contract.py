@@ -12,16 +12,24 @@ def test_shipped_contracts_are_exactly_as_specified(contracts):
     assert users.load_mode == "upsert" and users.upsert_key == ("id",)
     assert users.max_rejected_share == 0.5
     assert [(c.name, c.type, c.required) for c in users.columns] == [
-        ("id", "integer", True), ("email", "text", True), ("full_name", "text", True),
-        ("signup_date", "date", False), ("country", "text", False), ("age", "integer", False),
-        ("balance", "numeric", False), ("is_active", "boolean", False),
-    ]  # fmt: skip
+        ("id", "integer", True),
+        ("email", "text", True),
+        ("full_name", "text", True),
+        ("signup_date", "date", False),
+        ("country", "text", False),
+        ("age", "integer", False),
+        ("balance", "numeric", False),
+        ("is_active", "boolean", False),
+    ]
     test = contracts["test"]
     assert test.load_mode == "append" and test.max_rejected_share == 0.5
     assert [(c.name, c.type, c.required) for c in test.columns] == [
-        ("sample_id", "text", True), ("measured_at", "timestamptz", True), ("instrument", "text", True),
-        ("temperature_c", "double", False), ("ph", "numeric", False),
-    ]  # fmt: skip
+        ("sample_id", "text", True),
+        ("measured_at", "timestamptz", True),
+        ("instrument", "text", True),
+        ("temperature_c", "double", False),
+        ("ph", "numeric", False),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -83,8 +83,18 @@ def test_bad_timestamps(measurements, raw):
         coerce(measurements, "measured_at", raw)
 
 
-@pytest.mark.parametrize(("raw", "ok"), [("-273.15", True), ("-273.16", False), ("1000", True), ("1e3", True),
-                                         ("1000.01", False), ("inf", False), ("nan", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        ("-273.15", True),
+        ("-273.16", False),
+        ("1000", True),
+        ("1e3", True),
+        ("1000.01", False),
+        ("inf", False),
+        ("nan", False),
+    ],
+)
 def test_double_ranges(measurements, raw, ok):
     from ingest.validation import CellError
 
@@ -118,8 +128,9 @@ def test_schema_problems_reject_the_file(users, header, reason):
 
 
 def test_unknown_columns_can_be_ignored_by_policy():
-    contract = parse_contract("t", {"table": "t", "keys": ["k"], "unknown_columns": "ignore",
-                                    "columns": [{"name": "a", "required": True}]})  # fmt: skip
+    contract = parse_contract(
+        "t", {"table": "t", "keys": ["k"], "unknown_columns": "ignore", "columns": [{"name": "a", "required": True}]}
+    )
     plan = plan_header(contract, ["extra", "a"])
     assert plan.positions == (1,) and plan.ignored == ("extra",)
 

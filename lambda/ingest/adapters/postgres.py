@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.dialects import postgresql as pg
@@ -76,8 +77,14 @@ def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Tabl
     """The table a contract loads: its columns, keys, and two lineage columns."""
     meta = meta if meta is not None else sa.MetaData()
     columns: list[Any] = [
-        sa.Column(c.name, column_type(c), primary_key=c.primary_key, nullable=not c.required, unique=c.unique,
-                  comment=c.description or None)  # fmt: skip
+        sa.Column(
+            c.name,
+            column_type(c),
+            primary_key=c.primary_key,
+            nullable=not c.required,
+            unique=c.unique,
+            comment=c.description or None,
+        )
         for c in contract.columns
     ]
     if contract.load_mode == "upsert" and not contract.primary_key:
@@ -100,14 +107,6 @@ def staging_table(contract: Contract) -> sa.Table:
     )
 
 
-def sqlalchemy_url(database_url: str) -> str:
-    """Accept a libpq URL (postgresql://…) and select the psycopg 3 driver for SQLAlchemy."""
-    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix):]
-    return database_url
-
-
 @dataclass(frozen=True)
 class LoadedFile:
     id: int
@@ -118,12 +117,14 @@ class LoadedFile:
 
 class Database:
     def __init__(self, database_url: str, connect_timeout: int = 10):
+        # libpq parses the URL (or key=value string) itself, exactly as psql would; SQLAlchemy only
+        # pools the connections it makes.
         self.engine = sa.create_engine(
-            sqlalchemy_url(database_url),
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(database_url, connect_timeout=connect_timeout, application_name="ingest"),
             pool_size=1,
             max_overflow=4,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": connect_timeout, "application_name": "ingest"},
         )
         self._ready_tables: set[str] = set()
         self._lock = threading.Lock()
@@ -142,11 +143,13 @@ class Database:
         self._ready_tables.update(wanted)
 
     def find_loaded(self, md5: str) -> LoadedFile | None:
+        self.ensure_tables()
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at)
-                .where(ledger.c.md5 == md5, ledger.c.status == "loaded")
-            ).first()  # fmt: skip
+                sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at).where(
+                    ledger.c.md5 == md5, ledger.c.status == "loaded"
+                )
+            ).first()
         return LoadedFile(*row) if row else None
 
     def record(self, entry: Mapping[str, Any]) -> int:
@@ -198,10 +201,11 @@ class Load:
         self._finish_copy()
         conn = self._conn
         ledger_id = conn.execute(
-            pg.insert(ledger).values(**ledger_entry, status="loaded")
+            pg.insert(ledger)
+            .values(**ledger_entry, status="loaded")
             .on_conflict_do_nothing(index_elements=["md5"], index_where=ledger.c.status == "loaded")
             .returning(ledger.c.id)
-        ).scalar()  # fmt: skip
+        ).scalar()
         if ledger_id is None:  # the same content was loaded meanwhile, by another delivery
             self.rollback()
             return None
@@ -217,20 +221,21 @@ class Load:
         into = [*names, "_ingest_md5"]
         if self.contract.load_mode == "replace":
             self._conn.execute(sa.delete(self.target))
+        statement: Any
         if self.contract.load_mode == "upsert":
-            statement = pg.insert(self.target).from_select(into, source)
+            upsert = pg.insert(self.target).from_select(into, source)
             key = set(self.contract.upsert_key)
-            updates = {n: statement.excluded[n] for n in into if n not in key}
+            updates: dict[str, Any] = {n: upsert.excluded[n] for n in into if n not in key}
             updates["_ingest_loaded_at"] = sa.func.now()
-            statement = statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+            statement = upsert.on_conflict_do_update(index_elements=list(key), set_=updates)
         else:
             statement = sa.insert(self.target).from_select(into, source)
-        return int(self._conn.execute(statement).rowcount)
+        return int(self._conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount)
 
     def rollback(self, error: BaseException | None = None) -> None:
         try:
             self._finish_copy(error or RuntimeError("load abandoned"))
-        except Exception:  # noqa: BLE001 - the COPY is being abandoned; its own error adds nothing
+        except Exception:
             pass
         finally:
             if self._transaction.is_active:

@@ -89,8 +89,9 @@ class StreamingWriter:
 
     def close(self) -> None:
         if self._upload_id is None:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer),
-                                   ContentType=self.content_type)  # fmt: skip
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self.content_type
+            )
         else:
             if self._buffer:
                 self._send_part()

@@ -1,0 +1,178 @@
+"""The Lambda handler with every event shape that can carry an upload, against real servers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote_plus
+
+import pytest
+
+from ingest import bootstrap
+from ingest.handler import ObjectsFailed, lambda_handler
+from tests.conftest import SAMPLES
+
+
+@dataclass
+class Context:
+    function_name: str = "ingest"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ingest"
+    aws_request_id: str = "req-123"
+
+
+@pytest.fixture(autouse=True)
+def fresh_bootstrap(pipeline):
+    bootstrap.dependencies.cache_clear()
+    yield
+    bootstrap.dependencies().database.dispose()
+    bootstrap.dependencies.cache_clear()
+
+
+def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put") -> dict:
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": "2026-01-01T00:00:00.000Z",
+                "eventName": event_name,
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "ingest",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": quote_plus(key), "size": 1, "eTag": "x", "sequencer": "0"},
+                },
+            }
+            for key in keys
+        ]
+    }
+
+
+def sns_envelope(message: dict) -> dict:
+    return {
+        "Type": "Notification",
+        "MessageId": "m",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+        "Subject": "Amazon S3 Notification",
+        "Message": json.dumps(message),
+        "Timestamp": "2026-01-01T00:00:00Z",
+    }
+
+
+def sns_event(message: dict) -> dict:
+    envelope = sns_envelope(message)
+    return {
+        "Records": [
+            {
+                "EventSource": "aws:sns",
+                "EventVersion": "1.0",
+                "EventSubscriptionArn": "arn:x",
+                "Sns": {
+                    **envelope,
+                    "MessageAttributes": {},
+                    "SignatureVersion": "1",
+                    "Signature": "",
+                    "SigningCertUrl": "",
+                    "UnsubscribeUrl": "",
+                },
+            }
+        ]
+    }
+
+
+def eventbridge_event(bucket: str, key: str) -> dict:
+    return {
+        "version": "0",
+        "id": "e",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": "123456789012",
+        "time": "2026-01-01T00:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": bucket},
+            "object": {"key": quote_plus(key), "size": 1, "etag": "x"},
+            "request-id": "r",
+            "requester": "me",
+            "reason": "PutObject",
+        },
+    }
+
+
+def sqs_event(*bodies: str) -> dict:
+    return {
+        "Records": [
+            {
+                "messageId": f"msg-{i}",
+                "receiptHandle": "h",
+                "body": body,
+                "attributes": {},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+                "awsRegion": "us-east-1",
+            }
+            for i, body in enumerate(bodies)
+        ]
+    }
+
+
+def test_direct_s3_event_with_an_encoded_key(pipeline):
+    key = "incoming/users/Grüße + more 1.csv"
+    pipeline.upload(key, (SAMPLES / "users.csv").read_bytes())
+    result = lambda_handler(s3_event(pipeline.bucket, key), Context())
+    [receipt] = result["receipts"]
+    assert receipt["status"] == "loaded" and receipt["key"] == key
+    assert pipeline.query("SELECT request_id FROM ingest_files") == [{"request_id": "req-123"}]
+
+
+def test_sns_wrapped_and_eventbridge_events(pipeline):
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    pipeline.upload("incoming/test.csv", (SAMPLES / "test.csv").read_bytes())
+    first = lambda_handler(sns_event(s3_event(pipeline.bucket, "incoming/users.csv")), Context())
+    second = lambda_handler(eventbridge_event(pipeline.bucket, "incoming/test.csv"), Context())
+    assert first["receipts"][0]["status"] == second["receipts"][0]["status"] == "loaded"
+
+
+def test_test_event_and_removals_are_acknowledged_and_ignored(pipeline):
+    test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": pipeline.bucket}
+    assert lambda_handler(test_event, Context()) == {"receipts": []}
+    removed = s3_event(pipeline.bucket, "incoming/users.csv", event_name="ObjectRemoved:Delete")
+    assert lambda_handler(removed, Context()) == {"receipts": []}
+    assert lambda_handler(sqs_event(json.dumps(test_event)), Context()) == {"batchItemFailures": []}
+
+
+def test_sqs_batch_reports_only_the_failed_records(pipeline):
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    pipeline.upload("incoming/inventory.csv", (SAMPLES / "inventory.csv").read_bytes())
+    event = sqs_event(
+        json.dumps(s3_event(pipeline.bucket, "incoming/users.csv")),
+        "this is not json",
+        json.dumps(sns_envelope(s3_event(pipeline.bucket, "incoming/inventory.csv"))),  # rejected, not failed
+        json.dumps(s3_event(pipeline.bucket, "incoming/users/missing.csv")),  # object does not exist
+    )
+    result = lambda_handler(event, Context())
+    assert result == {"batchItemFailures": [{"itemIdentifier": "msg-1"}, {"itemIdentifier": "msg-3"}]}
+    statuses = {r["object_key"]: r["status"] for r in pipeline.query("SELECT object_key, status FROM ingest_files")}
+    assert statuses == {
+        "incoming/users.csv": "loaded",
+        "incoming/inventory.csv": "rejected",
+        "incoming/users/missing.csv": "failed",
+    }
+
+
+def test_one_bad_object_in_a_direct_event_does_not_block_the_others(pipeline):
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    with pytest.raises(ObjectsFailed, match=r"missing\.csv"):
+        lambda_handler(s3_event(pipeline.bucket, "incoming/users/missing.csv", "incoming/users.csv"), Context())
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5
+
+
+def test_unknown_event_shapes_fail_clearly(pipeline):
+    with pytest.raises(ValueError, match="not an S3, SNS, EventBridge or SQS event"):
+        lambda_handler({"hello": "world"}, Context())

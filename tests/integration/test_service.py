@@ -1,0 +1,232 @@
+"""The service against a real moto server and a real PostgreSQL: loads, outputs, ledger, receipts."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+
+import pytest
+
+from ingest.adapters.postgres import Database
+from ingest.contract import ContractRegistry, parse_contract
+from ingest.service import Dependencies, ingest_object
+from tests.conftest import SAMPLES
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def test_clean_file_loads_normalized_rows_with_ledger_outputs_and_receipt(pipeline):
+    data = (SAMPLES / "users.csv").read_bytes()
+    pipeline.upload("incoming/users.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps, request_id="req-1")
+
+    assert receipt.status == "loaded" and receipt.rows_loaded == 5 and receipt.md5 == md5(data)
+    rows = pipeline.query("SELECT * FROM users ORDER BY id")
+    assert [r["email"] for r in rows][:2] == ["ada.lovelace@example.com", "alan.turing@example.com"]
+    assert rows[0]["full_name"] == "Ada Lovelace" and rows[0]["country"] == "GB"
+    assert str(rows[0]["signup_date"]) == "2024-01-15" and str(rows[0]["balance"]) == "1234.50"
+    assert rows[2]["is_active"] is True and rows[3]["age"] is None
+    assert {r["_ingest_md5"] for r in rows} == {md5(data)}
+
+    [entry] = pipeline.query("SELECT * FROM ingest_files")
+    assert (entry["status"], entry["rows_total"], entry["rows_valid"], entry["rows_loaded"]) == ("loaded", 5, 5, 5)
+    assert entry["md5"] == md5(data) and entry["object_key"] == "incoming/users.csv"
+    assert entry["request_id"] == "req-1" and entry["encoding"] == "utf-8" and entry["delimiter"] == ","
+
+    assert pipeline.keys() == ["incoming/users.csv", f"processed/users/{md5(data)}.csv"]
+    processed = pipeline.get(f"processed/users/{md5(data)}.csv").decode()
+    assert processed.splitlines()[1] == "1,ada.lovelace@example.com,Ada Lovelace,2024-01-15,GB,36,1234.50,true"
+
+    [published] = pipeline.receipts()
+    assert published["status"] == "loaded" and published["table"] == "users" and published["rows_loaded"] == 5
+    assert published["_attributes"] == {"status": "loaded", "table": "users"}
+    assert published["_subject"].startswith("ingest loaded: incoming/users.csv")
+
+
+def test_bad_rows_are_reported_and_good_rows_load(pipeline):
+    data = (SAMPLES / "users_with_errors.csv").read_bytes()
+    pipeline.upload("incoming/users_bad.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/users_bad.csv", pipeline.deps)
+
+    assert (receipt.status, receipt.rows_valid, receipt.rows_rejected) == ("loaded", 6, 4)
+    assert [r["id"] for r in pipeline.query("SELECT id FROM users ORDER BY id")] == [10, 14, 15, 16, 17, 18]
+    h = md5(data)
+    assert receipt.errors_key == f"errors/users/{h}.csv" and receipt.summary_key == f"errors/users/{h}.json"
+    errors_csv = pipeline.get(f"errors/users/{h}.csv").decode().splitlines()
+    assert errors_csv[0] == "line,column,rule,value,message" and len(errors_csv) == 1 + 7
+    summary = pipeline.get(f"errors/users/{h}.json")
+    assert b'"rows_rejected": 4' in summary and b'"status": "loaded"' in summary
+    assert receipt.errors[0]["rule"] == "pattern" and receipt.errors[0]["line"] == 3
+
+
+def test_same_content_under_another_key_is_skipped(pipeline):
+    data = (SAMPLES / "users.csv").read_bytes()
+    pipeline.upload("incoming/users.csv", data)
+    pipeline.upload("incoming/users/copy.csv", data)
+    assert ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps).status == "loaded"
+    second = ingest_object(pipeline.bucket, "incoming/users/copy.csv", pipeline.deps)
+    third = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    assert second.status == third.status == "skipped"
+    assert "already loaded from s3://ingest-test/incoming/users.csv" in second.message
+    statuses = [r["status"] for r in pipeline.query("SELECT status FROM ingest_files ORDER BY id")]
+    assert statuses == ["loaded", "skipped", "skipped"]
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5
+
+
+def test_key_without_contract_is_rejected_never_guessed(pipeline):
+    data = (SAMPLES / "inventory.csv").read_bytes()
+    pipeline.upload("incoming/inventory.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/inventory.csv", pipeline.deps)
+    assert receipt.status == "rejected" and receipt.reason == "no_contract"
+    assert "incoming/inventory.csv" in receipt.message and "users" in receipt.message
+    assert pipeline.keys("errors/") == [f"errors/_unmatched/{md5(data)}.json"]
+    assert pipeline.keys("incoming/") == ["incoming/inventory.csv"]  # the original stays
+    [entry] = pipeline.query("SELECT status, reason, contract FROM ingest_files")
+    assert entry == {"status": "rejected", "reason": "no_contract", "contract": None}
+    assert pipeline.receipts()[0]["_attributes"] == {"status": "rejected"}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty_object"),
+        (b"id,email\n1,a@b.co\n", "missing_columns"),
+        (b"id,email,full_name\n", "no_data_rows"),
+        (b"id,email,full_name\n1,bad,A\n2,bad,B\n3,c@d.ef,C\n", "too_many_rejected_rows"),
+        (b"\x00\x01\x02\x03" * 100, "binary_content"),
+    ],
+)
+def test_rejected_files_load_nothing_and_say_why(pipeline, data, reason):
+    pipeline.upload("incoming/users.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    assert receipt.status == "rejected" and receipt.reason == reason
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 0
+    assert pipeline.keys("processed/") == []
+    summary = pipeline.get(f"errors/users/{md5(data)}.json")
+    assert f'"reason": "{reason}"'.encode() in summary
+    assert pipeline.query("SELECT status, reason FROM ingest_files") == [{"status": "rejected", "reason": reason}]
+
+
+def test_rejecting_too_many_bad_rows_still_writes_the_row_errors(pipeline):
+    data = b"id,email,full_name\n1,bad,A\n2,bad,B\n3,c@d.ef,C\n"
+    pipeline.upload("incoming/users.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    assert receipt.errors_key == f"errors/users/{md5(data)}.csv"
+    assert len(pipeline.get(receipt.errors_key).splitlines()) == 3
+
+
+def test_upsert_updates_existing_rows(pipeline):
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    pipeline.upload("incoming/users_update.csv", b"id,email,full_name,age\n1,new@example.com,Ada L,37\n9,n@e.co,N,\n")
+    receipt = ingest_object(pipeline.bucket, "incoming/users_update.csv", pipeline.deps)
+    assert receipt.rows_loaded == 2
+    rows = {r["id"]: r for r in pipeline.query("SELECT * FROM users")}
+    assert len(rows) == 6 and rows[1]["email"] == "new@example.com" and rows[1]["age"] == 37
+    assert rows[1]["signup_date"] is None  # upsert writes the whole row the file describes
+
+
+def test_append_contract_with_semicolons_and_timestamps(pipeline):
+    pipeline.upload("incoming/test/run 1.csv", (SAMPLES / "test.csv").read_bytes())
+    receipt = ingest_object(pipeline.bucket, "incoming/test/run 1.csv", pipeline.deps)
+    assert receipt.status == "loaded" and receipt.rows_loaded == 4
+    pipeline.upload("incoming/test_2.csv", b"sample_id,measured_at,instrument\nS-9,2024-06-02T00:00:00Z,x\n")
+    ingest_object(pipeline.bucket, "incoming/test_2.csv", pipeline.deps)
+    rows = pipeline.query("SELECT sample_id, measured_at AT TIME ZONE 'UTC' AS utc FROM test ORDER BY sample_id")
+    assert len(rows) == 5 and str(rows[1]["utc"]) == "2024-06-01 07:00:00"
+
+
+def test_replace_mode_swaps_the_table_contents(pipeline, tmp_path):
+    contract = parse_contract(
+        "prices",
+        {
+            "table": "prices",
+            "keys": ["incoming/prices.csv"],
+            "load": {"mode": "replace"},
+            "columns": [{"name": "sku", "required": True}, {"name": "price", "type": "numeric"}],
+        },
+    )
+    pipeline.deps.contracts = ContractRegistry([contract])
+    pipeline.upload("incoming/prices.csv", b"sku,price\na,1\nb,2\n")
+    ingest_object(pipeline.bucket, "incoming/prices.csv", pipeline.deps)
+    pipeline.upload("incoming/prices.csv", b"sku,price\nc,3\n")
+    ingest_object(pipeline.bucket, "incoming/prices.csv", pipeline.deps)
+    assert pipeline.query("SELECT sku FROM prices") == [{"sku": "c"}]
+
+
+def test_gzip_upload_loads(pipeline):
+    data = gzip.compress((SAMPLES / "users.csv").read_bytes())
+    pipeline.upload("incoming/users.csv.gz", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/users.csv.gz", pipeline.deps)
+    assert receipt.status == "loaded" and receipt.rows_loaded == 5
+    assert pipeline.query("SELECT compression FROM ingest_files") == [{"compression": "gzip"}]
+
+
+def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upload(pipeline):
+    row = b"1,a@b.co,Ann\n"
+    data = (
+        b"id,email,full_name\n"
+        + row
+        + b"".join(
+            f"{i},u{i}@example.com,User {i:07d} with a longer name to fill bytes\n".encode() for i in range(2, 130_000)
+        )
+    )
+    assert len(data) > 5 * 1024 * 1024
+    s3 = pipeline.aws.s3
+    upload = s3.create_multipart_upload(Bucket=pipeline.bucket, Key="incoming/users/big.csv")["UploadId"]
+    half = 5 * 1024 * 1024
+    parts = []
+    for number, body in enumerate((data[:half], data[half:]), start=1):
+        etag = s3.upload_part(
+            Bucket=pipeline.bucket, Key="incoming/users/big.csv", UploadId=upload, PartNumber=number, Body=body
+        )["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+    s3.complete_multipart_upload(
+        Bucket=pipeline.bucket, Key="incoming/users/big.csv", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    assert "-" in s3.head_object(Bucket=pipeline.bucket, Key="incoming/users/big.csv")["ETag"]
+
+    receipt = ingest_object(pipeline.bucket, "incoming/users/big.csv", pipeline.deps)
+    assert receipt.status == "loaded" and receipt.md5 == md5(data) and receipt.rows_loaded == 129_999
+    pipeline.upload("incoming/users/same.csv", data)
+    assert ingest_object(pipeline.bucket, "incoming/users/same.csv", pipeline.deps).status == "skipped"
+
+
+def test_concurrent_deliveries_of_the_same_content_load_exactly_once(pipeline):
+    data = (SAMPLES / "users.csv").read_bytes()
+    keys = [f"incoming/users/copy_{i}.csv" for i in range(8)]
+    for key in keys:
+        pipeline.upload(key, data)
+    results: list[str] = []
+    barrier = threading.Barrier(len(keys))
+
+    def deliver(key: str) -> None:
+        deps = Dependencies(
+            pipeline.deps.contracts, pipeline.deps.store, Database(pipeline.database_url), pipeline.deps.notifier
+        )
+        barrier.wait()
+        results.append(ingest_object(pipeline.bucket, key, deps).status)
+        deps.database.dispose()
+
+    threads = [threading.Thread(target=deliver, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["loaded"] + ["skipped"] * 7
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 1
+
+
+def test_database_down_fails_loudly_keeps_the_object_and_publishes_failed(pipeline):
+    data = (SAMPLES / "users.csv").read_bytes()
+    pipeline.upload("incoming/users.csv", data)
+    pipeline.deps.database = Database("postgresql://nobody@127.0.0.1:1/none", connect_timeout=1)
+    with pytest.raises(Exception, match="connection"):
+        ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    [published] = pipeline.receipts()
+    assert published["status"] == "failed" and "connection" in published["message"].lower()
+    assert pipeline.keys() == ["incoming/users.csv"]
