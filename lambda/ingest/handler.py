@@ -59,6 +59,7 @@ def _sqs_record(record: SQSRecord, request_id: str | None) -> list[dict[str, Any
 def _ingest_all(refs: list[ObjectRef], request_id: str | None) -> tuple[list[Receipt], list[str]]:
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
+        return [], []
     deps = bootstrap.dependencies()
     receipts, failures = [], []
     for ref in refs:

@@ -1,0 +1,277 @@
+"""The embedded stack: emulator, PostgreSQL, bootstrap, dispatcher and function, as host processes.
+
+State (ports, PIDs, URLs) lives in ``.stack/state.json`` (or ``$INGEST_STACK_DIR``) so that ``down``,
+``status``, ``env`` and ``logs`` find what ``up`` started. Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import emulator
+from .function import REPO, install_rie
+from .postgres import PostgresServer, start_postgres
+from .processes import HOST, alive, port_open, spawn, stop_pid, wait_until
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack_dir: Path
+    cache_dir: Path
+    emulator_port: int
+    function_port: int
+    database_url: str | None
+    retry_delay: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            stack_dir=Path(env.get("INGEST_STACK_DIR") or REPO / ".stack"),
+            cache_dir=Path(env.get("INGEST_CACHE_DIR") or REPO / ".cache"),
+            emulator_port=int(env.get("INGEST_EMULATOR_PORT") or emulator.DEFAULT_PORT),
+            function_port=int(env.get("INGEST_FUNCTION_PORT") or 9000),
+            database_url=env.get("DATABASE_URL") or None,
+            retry_delay=int(env.get("INGEST_RETRY_DELAY") or 2),
+        )
+
+    @property
+    def state_file(self) -> Path:
+        return self.stack_dir / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.stack_dir / "logs"
+
+
+def load_bootstrap() -> ModuleType:
+    """localstack/bootstrap.py: the one definition of the AWS resources, shared with compose."""
+    path = REPO / "localstack" / "bootstrap.py"
+    spec = importlib.util.spec_from_file_location("ingest_localstack_bootstrap", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_state(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(settings.state_file.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def _write_state(settings: Settings, state: dict[str, Any]) -> None:
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(settings.state_file)
+
+
+def process_table(state: dict[str, Any]) -> list[tuple[str, int | None, str, bool]]:
+    """(component, pid, where, running) for every part of a started stack."""
+    rows: list[tuple[str, int | None, str, bool]] = []
+    if "emulator" in state:
+        e = state["emulator"]
+        rows.append(("emulator (moto)", e["pid"], e["endpoint"], alive(e["pid"])))
+    if "postgres" in state:
+        p = state["postgres"]
+        pid = _postgres_pid(p)
+        running = alive(pid) if pid else p["kind"] == "external"
+        rows.append((f"postgres ({p['kind']})", pid, _redact(p["url"]), running))
+    if "dispatcher" in state:
+        d = state["dispatcher"]
+        rows.append(("dispatcher", d["pid"], d["queue_url"], alive(d["pid"])))
+    if "function" in state:
+        f = state["function"]
+        pid = _read_pid(Path(f["pid_file"]))
+        rows.append(("function (RIE + awslambdaric)", pid, f["invoke_url"], bool(pid and alive(pid))))
+    return rows
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _postgres_pid(p: dict[str, Any]) -> int | None:
+    if not p.get("data_dir"):
+        return None
+    try:
+        return int((Path(p["data_dir"]) / "postmaster.pid").read_text().splitlines()[0])
+    except (FileNotFoundError, ValueError, IndexError, PermissionError):
+        return None
+
+
+def _redact(url: str) -> str:
+    """Never print a password: postgresql://user:secret@host → postgresql://user:***@host."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        if ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":***"
+        return f"{scheme}://{credentials}@{host}"
+    return url
+
+
+def is_running(settings: Settings) -> bool:
+    state = read_state(settings)
+    return bool(state and state.get("ready") and all(row[3] for row in process_table(state)))
+
+
+def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
+    """Start every part (or reuse a running stack) and return once each one answers."""
+    state = read_state(settings)
+    if state and is_running(settings):
+        print(f"the embedded stack is already running ({settings.stack_dir})", file=out)
+        return state
+    if state:
+        print("a previous stack is partly running; stopping what is left of it first", file=out)
+        down(settings, out)
+    if port_open(settings.emulator_port):
+        raise RuntimeError(
+            f"port {settings.emulator_port} is already in use (LocalStack, or a stack from another folder?); "
+            "stop it or choose another port with INGEST_EMULATOR_PORT"
+        )
+    started = time.monotonic()
+    settings.logs.mkdir(parents=True, exist_ok=True)
+    state = {"stack_dir": str(settings.stack_dir), "ready": False}
+    _write_state(settings, state)
+    try:
+        rie = install_rie(settings.cache_dir)
+
+        endpoint = f"http://{HOST}:{settings.emulator_port}"
+        moto = emulator.start_moto(settings.emulator_port, settings.logs / "emulator.log")
+        state["emulator"] = {"pid": moto.pid, "port": settings.emulator_port, "endpoint": endpoint}
+        _write_state(settings, state)
+
+        if settings.database_url:
+            pg = PostgresServer(url=settings.database_url, kind="external")
+        else:
+            pg = start_postgres(settings.stack_dir / "postgres")
+        state["postgres"] = {
+            "kind": pg.kind, "url": pg.url, "data_dir": str(pg.data_dir) if pg.data_dir else None,
+            "bin_dir": str(pg.bin_dir) if pg.bin_dir else None, "run_as": pg.run_as, "port": pg.port,
+        }  # fmt: skip
+        _write_state(settings, state)
+
+        bootstrap = load_bootstrap()
+        definition = bootstrap.load_definition()
+        region = definition["region"]
+        os.environ.update(CREDENTIALS)
+        os.environ.setdefault("AWS_DEFAULT_REGION", region)
+        resources = bootstrap.apply(endpoint, definition)
+        state["resources"] = resources
+        state["region"] = region
+
+        fn = definition["function"]
+        aws_env = {**CREDENTIALS, "AWS_DEFAULT_REGION": region, "AWS_REGION": region, "AWS_ENDPOINT_URL": endpoint}
+        function_env = {
+            **aws_env,
+            "AWS_LAMBDA_FUNCTION_NAME": fn["name"],
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(fn["timeout_seconds"]),
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn["memory_mb"]),
+            "DATABASE_URL": pg.url,
+            "INGEST_BUCKET": resources["bucket"],
+            "INGEST_TOPIC_ARN": resources["topic_arn"],
+            "POWERTOOLS_SERVICE_NAME": "ingest",
+            "PYTHONPATH": str(REPO / "lambda"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        function_config = {
+            "rie": str(rie),
+            "port": settings.function_port,
+            "handler": fn["handler"],
+            "environment": function_env,
+            "log_file": str(settings.logs / "function.log"),
+            "pid_file": str(settings.stack_dir / "function.pid"),
+        }
+        config_file = settings.stack_dir / "function.json"
+        config_file.write_text(json.dumps(function_config, indent=2))
+        argv = [sys.executable, "-m", "devstack.dispatcher", "--queue-url", resources["queue_url"],
+                "--endpoint-url", endpoint, "--embedded", str(config_file),
+                "--retry-delay", str(settings.retry_delay)]  # fmt: skip
+        env = {**os.environ, **aws_env, "PYTHONUNBUFFERED": "1"}
+        dispatcher = spawn("dispatcher", argv, settings.logs / "dispatcher.log", env=env, cwd=REPO)
+        state["dispatcher"] = {"pid": dispatcher.pid, "queue_url": resources["queue_url"]}
+        state["function"] = {
+            "port": settings.function_port,
+            "invoke_url": f"http://{HOST}:{settings.function_port}/2015-03-31/functions/function/invocations",
+            "pid_file": function_config["pid_file"],
+            "timeout_seconds": fn["timeout_seconds"],
+        }
+        _write_state(settings, state)
+        log = settings.logs / "dispatcher.log"
+        wait_until(lambda: "dispatcher started" in log.read_text(), 30, "the dispatcher", dispatcher, log)
+        state["ready"] = True
+        state["started_in_ms"] = int((time.monotonic() - started) * 1000)
+        _write_state(settings, state)
+    except BaseException:
+        print("the stack did not start; stopping what did", file=out)
+        down(settings, out, quiet=True)
+        raise
+    return state
+
+
+def down(settings: Settings, out: Any = sys.stdout, quiet: bool = False) -> None:
+    """Stop every process the stack started (by PID) and remove its state and data."""
+    state = read_state(settings)
+    if state is None:
+        if not quiet:
+            print("the embedded stack is not running", file=out)
+        shutil.rmtree(settings.stack_dir, ignore_errors=True)
+        return
+    if "dispatcher" in state and stop_pid(state["dispatcher"]["pid"], timeout=15) and not quiet:
+        print(f"stopped the dispatcher (pid {state['dispatcher']['pid']})", file=out)
+    if "function" in state:
+        pid = _read_pid(Path(state["function"]["pid_file"]))
+        if pid and stop_pid(pid, timeout=5) and not quiet:
+            print(f"stopped the function (pid {pid})", file=out)
+    if "emulator" in state and stop_pid(state["emulator"]["pid"]) and not quiet:
+        print(f"stopped the emulator (pid {state['emulator']['pid']})", file=out)
+    if "postgres" in state:
+        p = state["postgres"]
+        if p["kind"] != "external":
+            pid = _postgres_pid(p)
+            data_dir = Path(p["data_dir"]) if p.get("data_dir") else None
+            PostgresServer(url=p["url"], kind=p["kind"], data_dir=data_dir,
+                           bin_dir=Path(p["bin_dir"]) if p.get("bin_dir") else None,
+                           run_as=p.get("run_as")).stop(remove=True)  # fmt: skip
+            if pid and alive(pid):
+                stop_pid(pid, group=False)
+            if not quiet:
+                print(f"stopped PostgreSQL (pid {pid}) and removed its data", file=out)
+    link = settings.stack_dir / "postgres"
+    if link.is_symlink():
+        shutil.rmtree(link.resolve().parent, ignore_errors=True)
+    shutil.rmtree(settings.stack_dir, ignore_errors=True)
+
+
+def environment(state: dict[str, Any]) -> dict[str, str]:
+    """What a shell needs to talk to the running stack (awslocal, aws, psql, boto3)."""
+    endpoint = state["emulator"]["endpoint"]
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "LOCALSTACK_HOST": endpoint.removeprefix("http://"),
+        "AWS_DEFAULT_REGION": state["region"],
+        **CREDENTIALS,
+        "INGEST_BUCKET": state["resources"]["bucket"],
+        "INGEST_TOPIC_ARN": state["resources"]["topic_arn"],
+        "INGEST_QUEUE_URL": state["resources"]["queue_url"],
+        "INGEST_DLQ_URL": state["resources"]["dlq_url"],
+        "INGEST_FUNCTION_URL": state["function"]["invoke_url"],
+        "DATABASE_URL": state["postgres"]["url"],
+    }
