@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
 
     if args.verb == "up":
-        state = up(settings)
-        print(f"embedded stack ready in {state.get('started_in_ms', 0) / 1000:.1f}s:")
-        _print_status(state)
+        started = up(settings)
+        print(f"embedded stack ready in {started.get('started_in_ms', 0) / 1000:.1f}s:")
+        _print_status(started)
         print('\nnext: eval "$(make -s env)"; awslocal s3 cp samples/users.csv s3://$INGEST_BUCKET/incoming/users.csv')
         return 0
     if args.verb == "down":
