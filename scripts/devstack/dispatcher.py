@@ -82,8 +82,16 @@ def failed_message_ids(invocation: Invocation, message_ids: list[str]) -> list[s
 
 
 class Dispatcher:
-    def __init__(self, sqs: Any, queue_url: str, function: Function, batch_size: int = 10,
-                 wait_seconds: int = 2, retry_delay: int = 2, log: Callable[..., None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        function: Function,
+        batch_size: int = 10,
+        wait_seconds: int = 2,
+        retry_delay: int = 2,
+        log: Callable[..., None] | None = None,
+    ):
         self.sqs = sqs
         self.queue_url = queue_url
         self.function = function

@@ -46,10 +46,20 @@ def install_rie(cache_dir: Path) -> Path:
     binary = target / "samcli" / "local" / "rapid" / f"aws-lambda-rie-{arch}"
     if not binary.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-             "--target", str(target), f"aws-sam-cli=={SAM_CLI_VERSION}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--target",
+                str(target),
+                f"aws-sam-cli=={SAM_CLI_VERSION}",
+            ],
             check=True,
-        )  # fmt: skip
+        )
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     if digest != RIE_SHA256[arch]:
         raise RuntimeError(f"{binary} has sha256 {digest}, expected {RIE_SHA256[arch]} (aws-sam-cli {SAM_CLI_VERSION})")
@@ -79,9 +89,17 @@ class Invocation:
 class EmbeddedFunction:
     """RIE + awslambdaric as host processes, one invocation at a time."""
 
-    def __init__(self, rie_binary: Path, port: int, environment: dict[str, str], log_file: Path,
-                 handler: str = "ingest.handler.lambda_handler", timeout_s: int = 120, reload: bool = True,
-                 pid_file: Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        rie_binary: Path,
+        port: int,
+        environment: dict[str, str],
+        log_file: Path,
+        handler: str = "ingest.handler.lambda_handler",
+        timeout_s: int = 120,
+        reload: bool = True,
+        pid_file: Path | None = None,
+    ):
         self.rie_binary = rie_binary
         self.port = port
         self.environment = environment
@@ -104,10 +122,15 @@ class EmbeddedFunction:
         self._fingerprint = code_fingerprint() if self.reload else ()
         argv = [
             str(self.rie_binary),
-            "--runtime-interface-emulator-address", f"{HOST}:{self.port}",
-            "--runtime-api-address", f"{HOST}:{free_port()}",
-            sys.executable, "-m", "awslambdaric", self.handler,
-        ]  # fmt: skip
+            "--runtime-interface-emulator-address",
+            f"{HOST}:{self.port}",
+            "--runtime-api-address",
+            f"{HOST}:{free_port()}",
+            sys.executable,
+            "-m",
+            "awslambdaric",
+            self.handler,
+        ]
         env = {**os.environ, **self.environment}
         self.process = spawn("function", argv, self.log_file, env=env, cwd=REPO / "lambda")
         wait_until(lambda: port_open(self.port), 15, "the Runtime Interface Emulator", self.process, self.log_file)

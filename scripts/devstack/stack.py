@@ -163,9 +163,13 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         else:
             pg = start_postgres(settings.stack_dir / "postgres")
         state["postgres"] = {
-            "kind": pg.kind, "url": pg.url, "data_dir": str(pg.data_dir) if pg.data_dir else None,
-            "bin_dir": str(pg.bin_dir) if pg.bin_dir else None, "run_as": pg.run_as, "port": pg.port,
-        }  # fmt: skip
+            "kind": pg.kind,
+            "url": pg.url,
+            "data_dir": str(pg.data_dir) if pg.data_dir else None,
+            "bin_dir": str(pg.bin_dir) if pg.bin_dir else None,
+            "run_as": pg.run_as,
+            "port": pg.port,
+        }
         _write_state(settings, state)
 
         bootstrap = load_bootstrap()
@@ -201,9 +205,19 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         }
         config_file = settings.stack_dir / "function.json"
         config_file.write_text(json.dumps(function_config, indent=2))
-        argv = [sys.executable, "-m", "devstack.dispatcher", "--queue-url", resources["queue_url"],
-                "--endpoint-url", endpoint, "--embedded", str(config_file),
-                "--retry-delay", str(settings.retry_delay)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "devstack.dispatcher",
+            "--queue-url",
+            resources["queue_url"],
+            "--endpoint-url",
+            endpoint,
+            "--embedded",
+            str(config_file),
+            "--retry-delay",
+            str(settings.retry_delay),
+        ]
         env = {**os.environ, **aws_env, "PYTHONUNBUFFERED": "1"}
         dispatcher = spawn("dispatcher", argv, settings.logs / "dispatcher.log", env=env, cwd=REPO)
         state["dispatcher"] = {"pid": dispatcher.pid, "queue_url": resources["queue_url"]}
@@ -247,9 +261,13 @@ def down(settings: Settings, out: Any = sys.stdout, quiet: bool = False) -> None
         if p["kind"] != "external":
             pid = _postgres_pid(p)
             data_dir = Path(p["data_dir"]) if p.get("data_dir") else None
-            PostgresServer(url=p["url"], kind=p["kind"], data_dir=data_dir,
-                           bin_dir=Path(p["bin_dir"]) if p.get("bin_dir") else None,
-                           run_as=p.get("run_as")).stop(remove=True)  # fmt: skip
+            PostgresServer(
+                url=p["url"],
+                kind=p["kind"],
+                data_dir=data_dir,
+                bin_dir=Path(p["bin_dir"]) if p.get("bin_dir") else None,
+                run_as=p.get("run_as"),
+            ).stop(remove=True)
             if pid and alive(pid):
                 stop_pid(pid, group=False)
             if not quiet:

@@ -1,0 +1,120 @@
+"""One embedded stack for the end-to-end suite, started and stopped through its CLI as a user would.
+
+It gets its own state folder and free ports (so a developer's running stack is left alone) and the
+test session's own database. Tests share it, so each one uploads content and keys of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from devstack.processes import free_port
+from tests.conftest import REPO
+
+
+def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=180,
+    )
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    state_dir: Path
+
+    def __post_init__(self) -> None:
+        session = boto3.session.Session(
+            aws_access_key_id="test", aws_secret_access_key="test", region_name=self.env["AWS_DEFAULT_REGION"]
+        )
+        self.s3 = session.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"])
+        self.sqs = session.client("sqs", endpoint_url=self.env["AWS_ENDPOINT_URL"])
+        self.bucket = self.env["INGEST_BUCKET"]
+        self.tap = self.sqs.get_queue_url(QueueName="ingest-receipts-tap")["QueueUrl"]
+        self._seen: list[dict[str, Any]] = []
+
+    @property
+    def database_url(self) -> str:
+        return self.env["DATABASE_URL"]
+
+    def upload(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def receipts_for(self, key: str, count: int = 1, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until ``count`` receipts for ``key`` have arrived; return them in arrival order."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            mine = [r for r in self._seen if r["key"] == key]
+            if len(mine) >= count:
+                return mine
+            for message in self.sqs.receive_message(QueueUrl=self.tap, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            ):
+                envelope = json.loads(message["Body"])
+                receipt = json.loads(envelope["Message"])
+                receipt["_subject"] = envelope.get("Subject")
+                self._seen.append(receipt)
+                self.sqs.delete_message(QueueUrl=self.tap, ReceiptHandle=message["ReceiptHandle"])
+        got = [r["status"] for r in self._seen if r["key"] == key]
+        raise AssertionError(f"waited {timeout}s for {count} receipt(s) for {key!r}, got {got}")
+
+    def query(self, statement: str, *params: Any) -> list[dict[str, Any]]:
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+    def function_pid(self) -> int:
+        return int((self.state_dir / "function.pid").read_text())
+
+
+@pytest.fixture(scope="session")
+def stack(session_database_url, tmp_path_factory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    env = {
+        **os.environ,
+        "INGEST_STACK_DIR": str(state_dir),
+        "INGEST_EMULATOR_PORT": str(free_port()),
+        "INGEST_FUNCTION_PORT": str(free_port()),
+        "INGEST_RETRY_DELAY": "1",
+        "DATABASE_URL": session_database_url,
+    }
+    env.pop("AWS_ENDPOINT_URL", None)
+    started = run_cli("up", env=env, check=False)
+    if started.returncode != 0:
+        run_cli("down", env=env, check=False)
+        raise RuntimeError(f"make up failed:\n{started.stdout}\n{started.stderr}")
+    exports = run_cli("env", env=env).stdout
+    stack_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+    try:
+        yield Stack(env={k: v.strip("'") for k, v in stack_env.items()}, state_dir=state_dir)
+    finally:
+        run_cli("down", env=env, check=False)
+
+
+def unique_users(rows: int = 3, bad: int = 0) -> tuple[bytes, list[int]]:
+    """A users file whose ids and content no other test uses."""
+    base = uuid.uuid4().int % 1_000_000_000 + 1_000_000  # below the multipart test range
+    ids = [base + i for i in range(rows)]
+    lines = ["id,email,full_name,country"]
+    lines += [f"{i},user{i}@example.com,User {i},DE" for i in ids]
+    lines += [f"{base + rows + j},not-an-email,Bad {j},DE" for j in range(bad)]
+    return ("\n".join(lines) + "\n").encode(), ids

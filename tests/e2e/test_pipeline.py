@@ -1,0 +1,165 @@
+"""Upload → table through the whole embedded stack: emulator, S3 → SQS, dispatcher, real RIE and
+awslambdaric, PostgreSQL, SNS receipts (read back through an SQS subscription)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from urllib.parse import unquote_plus
+
+import pytest
+import sqlalchemy as sa
+
+from ingest.adapters.postgres import target_table
+from ingest.contract import ContractRegistry, default_contracts_dir
+from tests.e2e.conftest import REPO, unique_users
+
+pytestmark = pytest.mark.stack
+
+
+def test_upload_lands_in_the_table_with_outputs_ledger_and_receipt(stack):
+    data, ids = unique_users(rows=4, bad=1)
+    key = f"incoming/users/e2e_{uuid.uuid4().hex[:8]}.csv"
+    stack.upload(key, data)
+    [receipt] = stack.receipts_for(key)
+    md5 = hashlib.md5(data).hexdigest()
+    assert receipt["status"] == "loaded" and receipt["rows_loaded"] == 4 and receipt["rows_rejected"] == 1
+    assert receipt["md5"] == md5 and receipt["_subject"].startswith(f"ingest loaded: {key}")
+
+    rows = stack.query("SELECT id, email, _ingest_md5 FROM users WHERE id = ANY(%s) ORDER BY id", ids)
+    assert [r["id"] for r in rows] == ids and {r["_ingest_md5"] for r in rows} == {md5}
+    [entry] = stack.query("SELECT status, rows_loaded, request_id FROM ingest_files WHERE md5 = %s", md5)
+    assert entry["status"] == "loaded" and entry["rows_loaded"] == 4 and entry["request_id"]
+
+    processed = stack.s3.get_object(Bucket=stack.bucket, Key=f"processed/users/{md5}.csv")["Body"].read()
+    assert processed.count(b"\n") == 5
+    errors = stack.s3.get_object(Bucket=stack.bucket, Key=f"errors/users/{md5}.csv")["Body"].read()
+    assert b"not-an-email" in errors
+    assert stack.s3.head_object(Bucket=stack.bucket, Key=key)  # the upload is never deleted
+
+
+def test_the_same_event_delivered_twice_loads_once(stack):
+    data, ids = unique_users()
+    key = f"incoming/users/twice_{uuid.uuid4().hex[:8]}.csv"
+    stack.upload(key, data)
+    assert stack.receipts_for(key)[0]["status"] == "loaded"
+    # Redeliver the notification S3 already sent, as an at-least-once queue may.
+    event = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "awsRegion": "us-east-1",
+                "eventTime": "2026-01-01T00:00:00.000Z",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": stack.bucket},
+                    "object": {"key": key, "size": len(data)},
+                },
+            }
+        ]
+    }
+    stack.sqs.send_message(QueueUrl=stack.env["INGEST_QUEUE_URL"], MessageBody=json.dumps(event))
+    receipts = stack.receipts_for(key, count=2)
+    assert [r["status"] for r in receipts] == ["loaded", "skipped"]
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == len(ids)
+
+
+def test_a_multipart_upload_sends_two_events_and_loads_once(stack):
+    base = uuid.uuid4().int % 900_000_000 + 1_200_000_000  # fits a PostgreSQL integer
+    lines = [b"id,email,full_name"] + [
+        f"{base + i},m{base + i}@example.com,Multipart user {i:07d} with some padding to make it big".encode()
+        for i in range(90_000)
+    ]
+    data = b"\n".join(lines) + b"\n"
+    key = f"incoming/users/multipart_{uuid.uuid4().hex[:8]}.csv"
+    upload = stack.s3.create_multipart_upload(Bucket=stack.bucket, Key=key)["UploadId"]
+    half = 5 * 1024 * 1024
+    parts = []
+    for number, body in enumerate((data[:half], data[half:]), start=1):
+        etag = stack.s3.upload_part(Bucket=stack.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)
+        parts.append({"PartNumber": number, "ETag": etag["ETag"]})
+    stack.s3.complete_multipart_upload(Bucket=stack.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    receipts = stack.receipts_for(key, count=2, timeout=120)
+    assert sorted(r["status"] for r in receipts) == ["loaded", "skipped"]
+    md5 = hashlib.md5(data).hexdigest()
+    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
+    assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 90_000
+
+
+def test_a_key_with_spaces_plus_and_unicode(stack):
+    data, _ids = unique_users()
+    key = f"incoming/users/Grüße aus Köln + more {uuid.uuid4().hex[:6]}.csv"
+    stack.upload(key, data)
+    [receipt] = stack.receipts_for(key)
+    assert receipt["status"] == "loaded"
+    assert stack.query("SELECT object_key FROM ingest_files WHERE md5 = %s", hashlib.md5(data).hexdigest()) == [
+        {"object_key": key}
+    ]
+
+
+def test_a_failing_function_is_retried_then_dead_lettered_and_the_object_kept(stack):
+    contract = ContractRegistry.from_directory(default_contracts_dir())["test"]
+    engine = sa.create_engine(
+        "postgresql+psycopg://", creator=lambda: __import__("psycopg").connect(stack.database_url)
+    )
+    with engine.begin() as conn:
+        target_table(contract).create(conn, checkfirst=True)
+        conn.execute(
+            sa.text("""
+            CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.sample_id = 'POISON' THEN RAISE EXCEPTION 'the database refuses this row'; END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            DROP TRIGGER IF EXISTS refuse_poison ON test;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON test FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """)
+        )
+    try:
+        key = f"incoming/test/poison_{uuid.uuid4().hex[:8]}.csv"
+        stack.upload(key, f"sample_id,measured_at,instrument\nPOISON,2024-01-01T00:00:00Z,{key}\n".encode())
+        receipts = stack.receipts_for(key, count=3, timeout=90)
+        assert [r["status"] for r in receipts] == ["failed"] * 3
+        assert "the database refuses this row" in receipts[0]["message"]
+        assert _wait_for_dead_letter(stack, key) == [key]
+        assert stack.s3.head_object(Bucket=stack.bucket, Key=key)
+        statuses = stack.query("SELECT status FROM ingest_files WHERE object_key = %s", key)
+        assert [s["status"] for s in statuses] == ["failed"] * 3
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER IF EXISTS refuse_poison ON test"))
+        engine.dispose()
+
+
+def _wait_for_dead_letter(stack, key: str, timeout: float = 30) -> list[str]:
+    """The (decoded) object keys of the dead-lettered message that announced ``key``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in stack.sqs.receive_message(
+            QueueUrl=stack.env["INGEST_DLQ_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", []):
+            records = json.loads(message["Body"]).get("Records", [])
+            keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records]
+            if key in keys:
+                return keys
+    raise AssertionError(f"no message for {key} reached the dead-letter queue within {timeout}s")
+
+
+def test_editing_the_function_takes_effect_on_the_next_invocation(stack):
+    before = stack.function_pid()
+    source = REPO / "lambda" / "ingest" / "__init__.py"
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    try:
+        data, _ids = unique_users()
+        key = f"incoming/users/reload_{uuid.uuid4().hex[:8]}.csv"
+        stack.upload(key, data)
+        assert stack.receipts_for(key)[0]["status"] == "loaded"
+        assert stack.function_pid() != before
+    finally:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
