@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test unit lint typecheck clean up down status logs env demo
+.PHONY: help venv test unit unit-py312 lint typecheck schema clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,29 @@ typecheck: venv ## mypy over the function and the dev-stack code
 unit: venv ## the pure unit tests only (milliseconds, no servers)
 	$(BIN)/pytest -q tests/unit
 
-test: venv lint typecheck ## everything: lint, types, unit, integration, end-to-end
+test: venv lint typecheck unit-py312 ## everything: lint, types, unit (3.11 and 3.12), integration, end-to-end
 	$(BIN)/pytest -q
+
+# The function must run on Python 3.11 and 3.12 (the Lambda base image): the pure core's tests run on
+# 3.12 too when the machine has it, in a small venv of the function's own dependencies.
+PY312 := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12; do \
+	  "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+VENV312 := .venv312
+$(VENV312)/.installed: lambda/requirements.txt requirements.lock
+	@test -x $(VENV312)/bin/python || $(PY312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -r lambda/requirements.txt pytest hypothesis
+	@touch $@
+
+unit-py312: ## the unit tests on Python 3.12 (skipped, with a note, where there is none)
+ifeq ($(PY312),)
+	@echo "unit-py312: no python3.12 on this machine; the 3.11 run covers the core"
+else
+	@$(MAKE) -s $(VENV312)/.installed
+	PYTHONPATH=lambda:scripts $(VENV312)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+endif
+
+schema: venv ## regenerate db/ledger.sql from the SQLAlchemy description
+	@{ head -n 3 db/ledger.sql; echo; $(BIN)/python -c "from ingest.adapters.postgres import ledger_ddl; print(ledger_ddl(), end='')"; } > db/ledger.sql.new && mv db/ledger.sql.new db/ledger.sql
 
 demo: venv ## the walking path: start the stack, upload the samples, report, stop
 	$(BIN)/python -m devstack demo
@@ -50,4 +71,4 @@ env: venv ## export lines for the running stack: eval "$$(make -s env)"
 	@$(BIN)/python -m devstack env
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) .pytest_cache .mypy_cache .ruff_cache

@@ -81,6 +81,7 @@ def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Tabl
             c.name,
             column_type(c),
             primary_key=c.primary_key,
+            autoincrement=False,  # a contract's key comes from the file, never from a sequence
             nullable=not c.required,
             unique=c.unique,
             comment=c.description or None,
@@ -241,3 +242,16 @@ class Load:
             if self._transaction.is_active:
                 self._transaction.rollback()
             self._conn.close()
+
+
+def ledger_ddl() -> str:
+    """The ledger's DDL as PostgreSQL runs it; ``db/ledger.sql`` is this text (a test keeps them equal)."""
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = pg.dialect()  # type: ignore[no-untyped-call]
+    parts = [str(CreateTable(ledger, if_not_exists=True).compile(dialect=dialect)).strip() + ";"]
+    parts += [
+        str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip() + ";"
+        for index in sorted(ledger.indexes, key=lambda i: str(i.name))
+    ]
+    return "\n\n".join(parts) + "\n"
