@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+STACK ?= embedded
+export STACK
 
 .PHONY: help venv test unit unit-py312 lint typecheck schema clean up down status logs env demo
 

@@ -13,10 +13,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 DEFINITION = Path(__file__).resolve().with_name("resources.json")
 
@@ -121,8 +123,18 @@ def _queue_arn(sqs: Any, url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    parser.add_argument("--wait", type=float, default=0, help="seconds to keep retrying while the emulator starts")
     args = parser.parse_args(argv)
-    resources = apply(args.endpoint_url)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            resources = apply(args.endpoint_url)
+            break
+        except (BotoCoreError, ClientError) as exc:
+            if time.monotonic() >= deadline:
+                raise
+            print(f"emulator not ready yet ({type(exc).__name__}); retrying", file=sys.stderr)
+            time.sleep(1)
     json.dump(resources, sys.stdout, indent=2)
     print()
     return 0

@@ -12,7 +12,13 @@ from .stack import Settings, down, environment, is_running, process_table, read_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack", description="the embedded (Docker-free) dev stack")
+    parser = argparse.ArgumentParser(prog="python -m devstack", description="the pipeline's local dev stacks")
+    parser.add_argument(
+        "--stack",
+        choices=("embedded", "compose"),
+        default=os.environ.get("STACK") or "embedded",
+        help="embedded: host processes, no Docker (default); compose: compose.yaml (needs Docker)",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("up", help="start the stack in the background; return when every part answers")
     verbs.add_parser("down", help="stop every process the stack started and remove its state")
@@ -23,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    if args.stack == "compose":
+        return _compose_verb(args.verb)
 
     if args.verb == "up":
         started = up(settings)
@@ -61,6 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _compose_verb(verb: str) -> int:
+    from . import compose
+
+    if verb == "env":
+        for name, value in compose.environment().items():
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
+    actions = {"up": compose.up, "down": compose.down, "status": compose.status, "logs": compose.logs}
+    if verb not in actions:
+        print(f"'{verb}' runs on the embedded stack only (make {verb})")
+        return 2
+    actions[verb]()
+    return 0
+
+
 def _print_status(state: dict) -> None:
     for name, pid, where, running in process_table(state):
         print(f"  {name:<30} {'running' if running else 'STOPPED':<8} pid {pid or '-':<8} {where}")
@@ -69,6 +92,6 @@ def _print_status(state: dict) -> None:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:  # DockerUnavailable too
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

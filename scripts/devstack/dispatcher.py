@@ -6,7 +6,7 @@ error, or those named in ``batchItemFailures``) to come back, until the queue's 
 them to the dead-letter queue. A dev-stack convenience: a failed message becomes visible again after
 ``retry_delay`` seconds instead of the whole visibility timeout, so that retries show up quickly.
 
-    python -m devstack.dispatcher --queue-url URL (--function-url URL | --embedded CONFIG.json)
+    python -m devstack.dispatcher (--queue-url URL | --queue-name NAME) (--function-url URL | --embedded CONFIG.json)
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ def log_line(message: str, **fields: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.dispatcher", description=__doc__.splitlines()[0])
-    parser.add_argument("--queue-url", required=True)
+    queue = parser.add_mutually_exclusive_group(required=True)
+    queue.add_argument("--queue-url")
+    queue.add_argument("--queue-name", help="resolved with GetQueueUrl (the account id differs between emulators)")
     parser.add_argument("--endpoint-url", help="the emulator (default: AWS_ENDPOINT_URL)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--function-url", help="invoke URL of a running function (e.g. the Lambda container)")
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         function = RemoteFunction(args.function_url)
 
     sqs = boto3.session.Session().client("sqs", endpoint_url=args.endpoint_url)
-    dispatcher = Dispatcher(sqs, args.queue_url, function, batch_size=args.batch_size, retry_delay=args.retry_delay)
+    queue_url = args.queue_url or sqs.get_queue_url(QueueName=args.queue_name)["QueueUrl"]
+    dispatcher = Dispatcher(sqs, queue_url, function, batch_size=args.batch_size, retry_delay=args.retry_delay)
 
     def stop(_signum: int, _frame: Any) -> None:
         dispatcher.stopping.set()

@@ -127,6 +127,27 @@ def _redact(url: str) -> str:
     return url
 
 
+def aws_environment(region: str, endpoint: str) -> dict[str, str]:
+    return {**CREDENTIALS, "AWS_DEFAULT_REGION": region, "AWS_REGION": region, "AWS_ENDPOINT_URL": endpoint}
+
+
+def function_environment(
+    definition: dict[str, Any], endpoint: str, database_url: str, topic_arn: str
+) -> dict[str, str]:
+    """The function's environment, as its container gets it in compose.yaml (a test keeps the two alike)."""
+    fn = definition["function"]
+    return {
+        **aws_environment(definition["region"], endpoint),
+        "AWS_LAMBDA_FUNCTION_NAME": fn["name"],
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(fn["timeout_seconds"]),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn["memory_mb"]),
+        "DATABASE_URL": database_url,
+        "INGEST_BUCKET": definition["bucket"],
+        "INGEST_TOPIC_ARN": topic_arn,
+        "POWERTOOLS_SERVICE_NAME": "ingest",
+    }
+
+
 def is_running(settings: Settings) -> bool:
     state = read_state(settings)
     return bool(state and state.get("ready") and all(row[3] for row in process_table(state)))
@@ -182,16 +203,10 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         state["region"] = region
 
         fn = definition["function"]
-        aws_env = {**CREDENTIALS, "AWS_DEFAULT_REGION": region, "AWS_REGION": region, "AWS_ENDPOINT_URL": endpoint}
+        aws_env = aws_environment(region, endpoint)
         function_env = {
-            **aws_env,
-            "AWS_LAMBDA_FUNCTION_NAME": fn["name"],
-            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(fn["timeout_seconds"]),
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn["memory_mb"]),
-            "DATABASE_URL": pg.url,
-            "INGEST_BUCKET": resources["bucket"],
-            "INGEST_TOPIC_ARN": resources["topic_arn"],
-            "POWERTOOLS_SERVICE_NAME": "ingest",
+            **function_environment(definition, endpoint, pg.url, resources["topic_arn"]),
+            # host-process specifics: import the package from the source tree, log unbuffered
             "PYTHONPATH": str(REPO / "lambda"),
             "PYTHONUNBUFFERED": "1",
         }

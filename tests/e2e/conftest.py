@@ -41,7 +41,8 @@ def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
 @dataclass
 class Stack:
     env: dict[str, str]
-    state_dir: Path
+    state_dir: Path | None
+    kind: str
 
     def __post_init__(self) -> None:
         session = boto3.session.Session(
@@ -83,19 +84,28 @@ class Stack:
             return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
 
     def function_pid(self) -> int:
+        if self.state_dir is None:
+            pytest.skip("the function's process is inside a container")
         return int((self.state_dir / "function.pid").read_text())
 
 
-@pytest.fixture(scope="session")
-def stack(session_database_url, tmp_path_factory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("stack")
+@pytest.fixture(scope="session", params=["embedded", "compose"])
+def stack(request, session_database_url, tmp_path_factory) -> Iterator[Stack]:
+    """The same tests run against both stacks; the compose one where a Docker engine answers."""
+    if request.param == "compose":
+        yield from _compose_stack()
+    else:
+        yield from _embedded_stack(session_database_url, tmp_path_factory.mktemp("stack"))
+
+
+def _embedded_stack(database_url: str, state_dir: Path) -> Iterator[Stack]:
     env = {
         **os.environ,
         "INGEST_STACK_DIR": str(state_dir),
         "INGEST_EMULATOR_PORT": str(free_port()),
         "INGEST_FUNCTION_PORT": str(free_port()),
         "INGEST_RETRY_DELAY": "1",
-        "DATABASE_URL": session_database_url,
+        "DATABASE_URL": database_url,
     }
     env.pop("AWS_ENDPOINT_URL", None)
     started = run_cli("up", env=env, check=False)
@@ -105,9 +115,26 @@ def stack(session_database_url, tmp_path_factory) -> Iterator[Stack]:
     exports = run_cli("env", env=env).stdout
     stack_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
     try:
-        yield Stack(env={k: v.strip("'") for k, v in stack_env.items()}, state_dir=state_dir)
+        yield Stack(env={k: v.strip("'") for k, v in stack_env.items()}, state_dir=state_dir, kind="embedded")
     finally:
         run_cli("down", env=env, check=False)
+
+
+def _compose_stack() -> Iterator[Stack]:
+    from devstack import compose
+
+    problem = compose.docker_engine()
+    if problem:
+        pytest.skip(f"compose stack (testcontainers) not run: {problem}")
+    from testcontainers.compose import DockerCompose
+
+    files = [str(p.relative_to(REPO)) for p in compose.compose_files()]
+    containers = DockerCompose(REPO, compose_file_name=files, build=True, wait=True)
+    containers.start()
+    try:
+        yield Stack(env=compose.environment(), state_dir=None, kind="compose")
+    finally:
+        containers.stop()
 
 
 def unique_users(rows: int = 3, bad: int = 0) -> tuple[bytes, list[int]]:

@@ -1,0 +1,93 @@
+"""The compose stack behind the same commands: ``make up|down|status|env STACK=compose``.
+
+It needs a Docker engine with the compose plugin; without one every command says so and stops.
+Names come from localstack/resources.json; ports and credentials are the embedded stack's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .function import INVOKE_PATH, REPO
+
+LOCALSTACK_ACCOUNT = "000000000000"  # LocalStack's (and Floci's) fixed account id; moto's is 123456789012
+
+
+class DockerUnavailable(RuntimeError):
+    pass
+
+
+def compose_files(emulator: str | None = None) -> list[Path]:
+    files = [REPO / "compose.yaml"]
+    if (emulator or os.environ.get("EMULATOR", "localstack")) == "floci":
+        files.append(REPO / "compose.floci.yaml")
+    return files
+
+
+def docker_engine() -> str | None:
+    """None when a Docker engine answers; else why not (printed as the reason tests are skipped)."""
+    if not shutil.which("docker"):
+        return "no docker client on PATH"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=15)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "docker info did not answer within 15 s"
+    if info.returncode != 0:
+        lines = (info.stderr or info.stdout).strip().splitlines()
+        return f"no Docker engine answers ({lines[-1] if lines else 'docker info failed'})"
+    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if plugin.returncode != 0:
+        return "the docker compose plugin is not installed"
+    return None
+
+
+def _compose(*args: str, emulator: str | None = None) -> None:
+    problem = docker_engine()
+    if problem:
+        raise DockerUnavailable(f"the compose stack needs Docker: {problem}. The embedded stack needs none: make up")
+    argv = ["docker", "compose"]
+    for path in compose_files(emulator):
+        argv += ["-f", str(path)]
+    subprocess.run([*argv, *args], check=True, cwd=REPO)
+
+
+def up(emulator: str | None = None) -> None:
+    _compose("up", "--build", "--detach", "--wait", emulator=emulator)
+
+
+def down(emulator: str | None = None) -> None:
+    _compose("down", "--volumes", "--remove-orphans", emulator=emulator)
+
+
+def status(emulator: str | None = None) -> None:
+    _compose("ps", emulator=emulator)
+
+
+def logs(emulator: str | None = None) -> None:
+    _compose("logs", "--follow", "lambda", "dispatcher", emulator=emulator)
+
+
+def environment() -> dict[str, str]:
+    definition = json.loads((REPO / "localstack" / "resources.json").read_text())
+    region = definition["region"]
+    endpoint = "http://127.0.0.1:4566"
+    function_port = os.environ.get("INGEST_FUNCTION_PORT", "9000")
+    postgres_port = os.environ.get("INGEST_POSTGRES_PORT", "55432")
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "LOCALSTACK_HOST": "127.0.0.1:4566",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "INGEST_BUCKET": definition["bucket"],
+        "INGEST_TOPIC_ARN": f"arn:aws:sns:{region}:{LOCALSTACK_ACCOUNT}:{definition['topic']}",
+        "INGEST_QUEUE_URL": f"{endpoint}/{LOCALSTACK_ACCOUNT}/{definition['queue']['name']}",
+        "INGEST_DLQ_URL": f"{endpoint}/{LOCALSTACK_ACCOUNT}/{definition['dead_letter_queue']['name']}",
+        "INGEST_FUNCTION_URL": f"http://127.0.0.1:{function_port}{INVOKE_PATH}",
+        "DATABASE_URL": f"postgresql://ingest:ingest@127.0.0.1:{postgres_port}/ingest",
+    }

@@ -1,0 +1,109 @@
+"""What can be checked about the Docker side without a Docker engine: compose.yaml against the Compose
+Specification (the compose-spec package's strict parser), parity with the embedded stack, the
+Dockerfile and the LocalStack init hook."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+from devstack import compose
+from devstack.stack import Settings, function_environment
+
+REPO = Path(__file__).resolve().parents[2]
+DEFINITION = json.loads((REPO / "localstack" / "resources.json").read_text())
+
+
+def interpolate(text: str) -> str:
+    """Compose's ${VAR:-default} interpolation, with every variable unset (the defaults)."""
+    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}", lambda m: m.group(2) or "", text)
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load(interpolate((REPO / name).read_text()))
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.floci.yaml"])
+def test_compose_files_are_valid_compose_specification(name):
+    PyCompose.from_yaml(interpolate((REPO / name).read_text())).validate()
+
+
+def test_the_validator_does_catch_mistakes():
+    with pytest.raises(ValueError, match="condition"):
+        PyCompose.from_yaml("services:\n  a:\n    image: x\n    depends_on:\n      b:\n        condition: up\n")
+
+
+def test_images_are_pinned():
+    services = load("compose.yaml")["services"]
+    assert services["localstack"]["image"] == "localstack/localstack:4.14.0"
+    assert re.fullmatch(r"postgres:\d+\.\d+", services["postgres"]["image"])
+    assert re.fullmatch(r"floci/floci:\d+\.\d+\.\d+", load("compose.floci.yaml")["services"]["localstack"]["image"])
+    dockerfile = (REPO / "lambda" / "Dockerfile").read_text()
+    base = re.search(r"^ARG LAMBDA_BASE_IMAGE=(\S+)$", dockerfile, re.M)
+    assert base and re.fullmatch(r"public\.ecr\.aws/lambda/python:3\.12\.\d{4}\.\d\d\.\d\d\.\d\d", base.group(1))
+    assert "FROM ${LAMBDA_BASE_IMAGE}" in dockerfile
+
+
+def test_the_token_is_passed_through_and_everything_binds_to_loopback():
+    services = load("compose.yaml")["services"]
+    raw = (REPO / "compose.yaml").read_text()
+    assert "LOCALSTACK_AUTH_TOKEN: ${LOCALSTACK_AUTH_TOKEN:-}" in raw
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_agrees_with_the_embedded_stack():
+    services = load("compose.yaml")["services"]
+    settings = Settings.from_env({})
+    assert "127.0.0.1:4566:4566" in services["localstack"]["ports"] and settings.emulator_port == 4566
+    assert f"127.0.0.1:{settings.function_port}:8080" in services["lambda"]["ports"]
+
+    # the function gets the same variables in both stacks, with the same names and values where they can agree
+    embedded = function_environment(DEFINITION, "http://x", "postgresql://x", "arn:x")
+    env_file = dict(
+        line.split("=", 1) for line in (REPO / "localstack" / "compose.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )  # fmt: skip
+    in_container = {**env_file, **services["lambda"]["environment"]}
+    assert set(embedded) <= set(in_container)
+    for same in ("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_TIMEOUT", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                 "INGEST_BUCKET", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "POWERTOOLS_SERVICE_NAME"):  # fmt: skip
+        assert in_container[same] == embedded[same], same
+    assert in_container["INGEST_TOPIC_ARN"].endswith(":" + DEFINITION["topic"])
+    assert "--queue-name=" + DEFINITION["queue"]["name"] in services["dispatcher"]["command"]
+
+    # `make -s env` prints the same variables for both stacks
+    from devstack.stack import environment
+
+    state = {"emulator": {"endpoint": "http://127.0.0.1:4566"}, "region": "us-east-1",
+             "resources": {"bucket": "b", "topic_arn": "t", "queue_url": "q", "dlq_url": "d"},
+             "function": {"invoke_url": "f"}, "postgres": {"url": "p"}}  # fmt: skip
+    assert list(environment(state)) == list(compose.environment())
+
+
+def test_dockerfile_cmd_names_a_handler_that_imports():
+    dockerfile = (REPO / "lambda" / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
+    module, function = cmd[0].rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), function))
+    assert DEFINITION["function"]["handler"] == cmd[0]
+    # dependencies before code, for layer caching
+    assert dockerfile.index("requirements.txt") < dockerfile.index("COPY ingest/")
+    assert (REPO / "lambda" / ".dockerignore").exists()
+
+
+def test_the_localstack_hook_is_executable_and_applies_the_shared_bootstrap():
+    hook = REPO / "localstack" / "init" / "ready.d" / "10-bootstrap.sh"
+    assert os.access(hook, os.X_OK) and hook.read_text().startswith("#!/bin/bash")
+    assert "/opt/ingest-bootstrap/bootstrap.py" in hook.read_text()
+    volumes = load("compose.yaml")["services"]["localstack"]["volumes"]
+    assert "./localstack/init/ready.d:/etc/localstack/init/ready.d:ro" in volumes
+    assert "./localstack:/opt/ingest-bootstrap:ro" in volumes
