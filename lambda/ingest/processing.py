@@ -7,15 +7,15 @@ decides where those bytes go (COPY, S3); memory stays bounded by the block size,
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .columnar import ExactEngineNeeded, process_columnar, split_header, supported
 from .contract import Contract
-from .reading import TextFormat, open_text, read_records
+from .reading import Source, TextFormat, inspect, read_records, text_stream
 from .rejection import FileRejected
 from .validation import RowError, RowValidator, plan_header
 
@@ -39,44 +39,123 @@ class Outcome:
     first_errors: list[RowError] = field(default_factory=list)
     text_format: TextFormat | None = None
     ignored_columns: tuple[str, ...] = ()
+    engine: str | None = None
 
     @property
     def rejected_share(self) -> float:
         return self.rows_rejected / self.rows_total if self.rows_total else 0.0
 
 
-class _CsvBlocks:
-    """csv.writer into a text buffer, handed on as UTF-8 blocks of about BLOCK_CHARS."""
+_SPECIAL = re.compile(r'[,"\r\n]')
+
+
+def csv_field(value: str | None) -> str:
+    """One CSV field: NULL is empty and unquoted (COPY's csv NULL); quotes only where needed, CR included."""
+    if value is None:
+        return ""
+    return '"' + value.replace('"', '""') + '"' if _SPECIAL.search(value) else value
+
+
+def csv_line(values: list[str | None] | tuple[str | None, ...]) -> str:
+    return ",".join(csv_field(v) for v in values) + "\n"
+
+
+class _Blocks:
+    """Text lines gathered and handed on as UTF-8 blocks of about BLOCK_CHARS."""
 
     def __init__(self, sink: Sink):
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\n")
+        self._parts: list[str] = []
+        self._size = 0
         self._sink = sink
-        self.writerow = self._writer.writerow
+        self.wrote = False
 
-    def flush_if_full(self) -> None:
-        if self._buffer.tell() >= BLOCK_CHARS:
+    def write(self, line: str) -> None:
+        self._parts.append(line)
+        self._size += len(line)
+        if self._size >= BLOCK_CHARS:
             self.flush()
 
     def flush(self) -> None:
-        data = self._buffer.getvalue()
-        if data:
-            self._sink(data.encode("utf-8"))
-            self._buffer.seek(0)
-            self._buffer.truncate()
+        if self._parts:
+            self._sink("".join(self._parts).encode("utf-8"))
+            self.wrote = True
+            self._parts.clear()
+            self._size = 0
 
 
 def process(
-    chunks: Iterable[bytes], contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome | None = None
+    chunks: Iterable[bytes],
+    contract: Contract,
+    valid_sink: Sink,
+    error_sink: Sink,
+    outcome: Outcome | None = None,
+    engine: str = "auto",
 ) -> Outcome:
     """Validate one object against ``contract``; raise FileRejected for what rejects the whole file.
 
     Valid rows go to ``valid_sink`` as CSV with a header (NULL is an empty unquoted field, as COPY's csv
     format reads it); rejected rows go to ``error_sink`` as one CSV line per problem.
+
+    ``engine``: "columnar" (pyarrow, batch by batch), "exact" (Python's csv module, row by row) or
+    "auto" (columnar where it can vouch for the file). Both give identical results; the columnar engine
+    raises ``ExactEngineNeeded`` when it finds, midway, something only the exact engine reads exactly,
+    and the caller must then start again with ``engine="exact"``.
     """
     outcome = outcome if outcome is not None else Outcome()
-    text_format, text = open_text(chunks)
-    outcome.text_format = text_format
+    source = inspect(chunks)
+    outcome.text_format = source.text_format
+    if engine != "exact" and supported(source) is None:
+        try:
+            header, header_bytes, header_lines = split_header(source)
+        except ExactEngineNeeded:
+            if engine == "columnar":
+                raise
+        else:
+            return _process_columnar(
+                source, header, header_bytes, header_lines, contract, valid_sink, error_sink, outcome
+            )
+    return _process_exact(source, contract, valid_sink, error_sink, outcome)
+
+
+def _process_columnar(
+    source: Source,
+    header: list[str],
+    header_bytes: int,
+    header_lines: int,
+    contract: Contract,
+    valid_sink: Sink,
+    error_sink: Sink,
+    outcome: Outcome,
+) -> Outcome:
+    outcome.engine = "columnar"
+    plan = plan_header(contract, header)
+    outcome.ignored_columns = plan.ignored
+    valid = _Blocks(valid_sink)
+    valid.write(",".join(contract.column_names) + "\n")
+    errors = _Blocks(error_sink)
+    errors.write(csv_line(ERRORS_HEADER))
+
+    def emit_valid(block: bytes) -> None:
+        valid.flush()
+        valid_sink(block)
+
+    def emit_errors(row_errors: list[RowError]) -> None:
+        for error in row_errors:
+            _count_error(outcome, error)
+            errors.write(_error_line(error))
+        errors.flush()
+
+    process_columnar(source, header, header_bytes, header_lines, contract, plan, emit_valid, emit_errors, outcome)
+    if outcome.rows_total == 0:
+        raise FileRejected("no_data_rows", "the object has a header but no data rows")
+    valid.flush()
+    judge(outcome, contract)
+    return outcome
+
+
+def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome) -> Outcome:
+    outcome.engine = "exact"
+    text_format, text = text_stream(source)
     records = read_records(text, text_format.delimiter)
     try:
         _line, header = next(records)
@@ -86,37 +165,40 @@ def process(
     outcome.ignored_columns = plan.ignored
     validate = RowValidator(contract, plan)
 
-    valid = _CsvBlocks(valid_sink)
-    valid.writerow(contract.column_names)
-    errors = _CsvBlocks(error_sink)
-    errors.writerow(ERRORS_HEADER)
-    wrote_errors = False
+    valid = _Blocks(valid_sink)
+    valid.write(",".join(contract.column_names) + "\n")
+    errors = _Blocks(error_sink)
+    errors.write(csv_line(ERRORS_HEADER))
     for line, fields in records:
         outcome.rows_total += 1
         values, row_errors = validate(line, fields)
         if values is not None:
             outcome.rows_valid += 1
-            valid.writerow(values)
-            valid.flush_if_full()
+            valid.write(csv_line(values))
             continue
         outcome.rows_rejected += 1
-        wrote_errors = True
         for error in row_errors:
-            outcome.errors_by_rule[error.rule] += 1
-            if len(outcome.first_errors) < FIRST_ERRORS_KEPT:
-                outcome.first_errors.append(error)
-            errors.writerow(
-                [error.line, *(neutralize_formula(c) for c in (error.column, error.rule, error.value, error.message))]
-            )
-        errors.flush_if_full()
+            _count_error(outcome, error)
+            errors.write(_error_line(error))
 
     if outcome.rows_total == 0:
         raise FileRejected("no_data_rows", "the object has a header but no data rows")
     valid.flush()
-    if wrote_errors:
+    if outcome.rows_rejected:
         errors.flush()
     judge(outcome, contract)
     return outcome
+
+
+def _count_error(outcome: Outcome, error: RowError) -> None:
+    outcome.errors_by_rule[error.rule] += 1
+    if len(outcome.first_errors) < FIRST_ERRORS_KEPT:
+        outcome.first_errors.append(error)
+
+
+def _error_line(error: RowError) -> str:
+    cells = (error.column, error.rule, error.value, error.message)
+    return csv_line([str(error.line), *(neutralize_formula(c) for c in cells)])
 
 
 def judge(outcome: Outcome, contract: Contract) -> None:

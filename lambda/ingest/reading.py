@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import itertools
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -109,8 +108,22 @@ def _drain(stream: io.BufferedIOBase) -> Iterator[bytes]:
     return iter(lambda: stream.read(READ_BYTES), b"")
 
 
-def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:
-    """Wrap byte chunks in a text stream, deciding compression, encoding and delimiter from a sample."""
+@dataclass
+class Source:
+    """An object's bytes after the sample was inspected: what was found, and the bytes, still streaming."""
+
+    text_format: TextFormat
+    codec: str  # the Python codec to decode the bytes with (utf-8-sig strips the BOM)
+    sample: bytes
+    rest: Iterator[bytes]
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.sample
+        yield from self.rest
+
+
+def inspect(chunks: Iterable[bytes]) -> Source:
+    """Undo gzip and decide encoding and delimiter from a sample; refuse what is not text."""
     raw: io.RawIOBase = _ChunkStream(chunks)
     buffered = io.BufferedReader(raw, READ_BYTES)
     head = buffered.peek(2)[:2]
@@ -122,18 +135,26 @@ def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:
     if not sample:
         what = "decompresses to nothing" if compression else "is empty (0 bytes)"
         raise FileRejected("empty_object", f"the object {what}")
-    encoding, bom = detect_encoding(sample)
-    text_sample = sample.decode(encoding, errors="ignore")
+    codec, bom = detect_encoding(sample)
+    text_sample = sample.decode(codec, errors="ignore")
     if not text_sample.strip("\ufeff \t\r\n"):
         raise FileRejected("no_header", "the object holds only whitespace: no header line")
-    delimiter = sniff_delimiter(text_sample)
-    rest = _drain(buffered)
-    stream = io.BufferedReader(_ChunkStream(itertools.chain([sample], rest)), READ_BYTES)
-    text = io.TextIOWrapper(stream, encoding=encoding, newline="", errors="strict")  # type: ignore[arg-type]
+    text_format = TextFormat(
+        encoding=codec.removesuffix("-sig"), bom=bom, compression=compression, delimiter=sniff_delimiter(text_sample)
+    )
+    return Source(text_format, codec, sample, _drain(buffered))
+
+
+def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:
+    """Wrap byte chunks in a text stream, deciding compression, encoding and delimiter from a sample."""
+    return text_stream(inspect(chunks))
+
+
+def text_stream(source: Source) -> tuple[TextFormat, io.TextIOWrapper]:
+    stream = io.BufferedReader(_ChunkStream(source.chunks()), READ_BYTES)
+    text = io.TextIOWrapper(stream, encoding=source.codec, newline="", errors="strict")  # type: ignore[arg-type]
     text._CHUNK_SIZE = READ_BYTES  # type: ignore[attr-defined]  # fewer, larger decode calls
-    return TextFormat(
-        encoding=encoding.removesuffix("-sig"), bom=bom, compression=compression, delimiter=delimiter
-    ), text
+    return source.text_format, text
 
 
 def detect_encoding(sample: bytes) -> tuple[str, bool]:

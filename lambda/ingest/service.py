@@ -15,7 +15,7 @@ import hashlib
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from .adapters.postgres import Database, Load
 from .adapters.s3 import ObjectStore, StreamingWriter
 from .adapters.sns import Notifier
+from .columnar import ExactEngineNeeded
 from .contract import Contract, ContractRegistry
 from .log import logger
 from .processing import Outcome, error_dict, process, summary_document
@@ -61,6 +62,20 @@ class _Attempt:
 
 class ContentChanged(Exception):
     """The bytes read did not hash to the MD5 the ETag promised: hash them properly and start again."""
+
+
+def _hashed(chunks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def _tee(*sinks: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    def write(block: bytes) -> None:
+        for sink in sinks:
+            sink(block)
+
+    return write
 
 
 def processed_key(table: str, md5: str) -> str:
@@ -133,45 +148,45 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
     contract, md5 = attempt.contract, attempt.md5
     out_bucket = deps.output_bucket or bucket
     errors_csv_key, _summary_key = errors_keys(contract.table, md5)
-    digest = hashlib.md5(usedforsecurity=False)
-
-    def hashed(chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            digest.update(chunk)
-            yield chunk
-
-    load: Load = deps.database.begin_load(contract, md5)
-    processed: StreamingWriter = deps.store.writer(out_bucket, processed_key(contract.table, md5), "text/csv")
-    errors: StreamingWriter = deps.store.writer(out_bucket, errors_csv_key, "text/csv")
-
-    def to_load_and_processed(block: bytes) -> None:
-        load.write(block)
-        processed.write(block)
-
-    attempt.outcome = Outcome()
-    try:
-        process(
-            hashed(deps.store.chunks(bucket, key, etag=info.etag)),
-            contract,
-            to_load_and_processed,
-            errors.write,
-            attempt.outcome,
-        )
-    except FileRejected as rejection:
-        # An early rejection has not read every byte, so the ETag's MD5 stands unverified here; GetObject's
-        # IfMatch still guarantees these were the bytes of that ETag.
-        processed.abort()
-        load.rollback(rejection)
-        if errors.bytes_written:
-            errors.close()
-        else:
+    # The columnar engine first; should it meet something only the exact engine reads exactly, everything
+    # it started is undone and the exact engine starts again from the first byte.
+    for engine in ("auto", "exact"):
+        digest = hashlib.md5(usedforsecurity=False)
+        load: Load = deps.database.begin_load(contract, md5)
+        processed: StreamingWriter = deps.store.writer(out_bucket, processed_key(contract.table, md5), "text/csv")
+        errors: StreamingWriter = deps.store.writer(out_bucket, errors_csv_key, "text/csv")
+        attempt.outcome = Outcome()
+        try:
+            process(
+                _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest),
+                contract,
+                _tee(load.write, processed.write),
+                errors.write,
+                attempt.outcome,
+                engine=engine,
+            )
+        except ExactEngineNeeded as handover:
+            processed.abort()
             errors.abort()
-        return _rejected(attempt, deps, rejection, errors_csv=errors_csv_key if errors.bytes_written else None)
-    except BaseException as exc:
-        processed.abort()
-        errors.abort()
-        load.rollback(exc)
-        raise
+            load.rollback(handover)
+            logger.info("handing the file to the exact engine", extra={"detail": str(handover)})
+            continue
+        except FileRejected as rejection:
+            # An early rejection has not read every byte, so the ETag's MD5 stands unverified here; GetObject's
+            # IfMatch still guarantees these were the bytes of that ETag.
+            processed.abort()
+            load.rollback(rejection)
+            if errors.bytes_written:
+                errors.close()
+            else:
+                errors.abort()
+            return _rejected(attempt, deps, rejection, errors_csv=errors_csv_key if errors.bytes_written else None)
+        except BaseException as exc:
+            processed.abort()
+            errors.abort()
+            load.rollback(exc)
+            raise
+        break
     if digest.hexdigest() != md5:  # an ETag that looked like an MD5 but was not one (SSE-KMS)
         processed.abort()
         errors.abort()

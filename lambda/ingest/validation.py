@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+import numpy as np
+
 from .contract import Column, Contract, normalize_header_name
 from .rejection import FileRejected
 
@@ -120,26 +122,19 @@ class RowValidator:
         self._cells = [
             (col, pos, col.required, build_coercer(col)) for col, pos in zip(contract.columns, plan.positions)
         ]
-        # The key whose repeats within one file are rejected: the upsert key, else the primary key.
-        key = contract.upsert_key or contract.primary_key
-        self._key_indexes = [contract.column_names.index(k) for k in key]
-        self._key_label = ",".join(key)
-        self._seen_keys: dict[object, int] = {}
-        self._unique = [
-            (i, col.name, {}) for i, col in enumerate(contract.columns) if col.unique and col.name not in key
-        ]  # type: list[tuple[int, str, dict[str, int]]]
+        self.keys = KeyChecks(contract)
 
     def __call__(self, line: int, fields: list[str]) -> tuple[list[str | None] | None, list[RowError]]:
+        values, errors = self.validate_cells(line, fields)
+        if values is None:
+            return None, errors
+        duplicate = self.keys.check_row(values, line)
+        return (None, [duplicate]) if duplicate else (values, [])
+
+    def validate_cells(self, line: int, fields: list[str]) -> tuple[list[str | None] | None, list[RowError]]:
+        """Every rule except uniqueness within the file (which depends on the rows before)."""
         if len(fields) != self.plan.width:
-            return None, [
-                RowError(
-                    line,
-                    "",
-                    "field_count",
-                    _cut(",".join(fields), MAX_REPORTED_VALUE),
-                    f"expected {self.plan.width} fields, found {len(fields)}",
-                )
-            ]
+            return None, [field_count_error(line, fields, self.plan.width)]
         values: list[str | None] = []
         errors: list[RowError] = []
         nulls = self._nulls
@@ -155,31 +150,101 @@ class RowValidator:
             except CellError as exc:
                 errors.append(RowError(line, col.name, exc.rule, _cut(raw, MAX_REPORTED_VALUE), exc.message))
                 values.append(None)
-        if errors:
-            return None, errors
-        if self._key_indexes:
-            key = tuple(values[i] for i in self._key_indexes)
-            first = self._seen_keys.setdefault(key, line)
-            if first != line:
-                shown = ",".join(str(k) for k in key)
-                return None, [
-                    RowError(
-                        line,
-                        self._key_label,
-                        "duplicate_key",
-                        shown,
-                        f"{self._key_label} {shown} already appeared at line {first}",
-                    )
-                ]
-        for index, name, seen in self._unique:
-            value = values[index]
-            if value is not None:
-                first = seen.setdefault(value, line)
+        return (None, errors) if errors else (values, [])
+
+
+def field_count_error(line: int, fields: list[str], width: int) -> RowError:
+    return RowError(
+        line,
+        "",
+        "field_count",
+        _cut(",".join(fields), MAX_REPORTED_VALUE),
+        f"expected {width} fields, found {len(fields)}",
+    )
+
+
+class KeyChecks:
+    """Rejects a row whose key (the upsert key, else the primary key) or unique column repeats an earlier
+    valid row's. The first valid occurrence claims the value; invalid rows claim nothing."""
+
+    def __init__(self, contract: Contract):
+        key = contract.upsert_key or contract.primary_key
+        names = contract.column_names
+        self.checks: list[tuple[str, list[int], SeenValues]] = []
+        if key:
+            integer = len(key) == 1 and contract.columns[names.index(key[0])].type in ("integer", "bigint")
+            self.checks.append((",".join(key), [names.index(k) for k in key], SeenValues(integer)))
+        for i, col in enumerate(contract.columns):
+            if col.unique and col.name not in key:
+                self.checks.append((col.name, [i], SeenValues(col.type in ("integer", "bigint"))))
+
+    def check_row(self, values: list[str | None], line: int) -> RowError | None:
+        for label, indexes, seen in self.checks:
+            key = tuple(values[i] for i in indexes)
+            if all(k is None for k in key):
+                continue
+            first = seen.first_line(key, line)
+            if first is not None:
+                shown = ",".join("" if k is None else str(k) for k in key)
+                return RowError(
+                    line, label, "duplicate_key", shown, f"{label} {shown} already appeared at line {first}"
+                )
+        return None
+
+
+class SeenValues:
+    """Values seen so far with the line of their first occurrence.
+
+    Row by row (the exact engine) they live in a dict. Batch by batch (the columnar engine), integer keys
+    live in sorted numpy arrays (16 bytes a key, merged like an LSM tree) so that millions of rows need
+    little memory; other keys in the dict. One file is checked by one engine only.
+    """
+
+    def __init__(self, integer: bool):
+        self.integer = integer
+        self._dict: dict[object, int] = {}
+        self._levels: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, first lines)
+
+    def first_line(self, key: tuple[object, ...], line: int) -> int | None:
+        """Row by row (the exact engine): record ``key`` at ``line`` unless seen; else the earlier line."""
+        first = self._dict.setdefault(key, line)
+        return None if first == line else first
+
+    def first_lines(self, keys: np.ndarray, lines: np.ndarray) -> np.ndarray:
+        """Vectorized: for each key (in row order) the line it first appeared on, or -1 for a new key."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not len(keys):
+            return out
+        if not self.integer:
+            for i, (k, line) in enumerate(zip(keys.tolist(), lines.tolist())):
+                first = self._dict.setdefault(k if isinstance(k, tuple) else (k,), line)
                 if first != line:
-                    return None, [
-                        RowError(line, name, "duplicate_key", value, f"{name} {value} already appeared at line {first}")
-                    ]
-        return values, []
+                    out[i] = first
+            return out
+        unique, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        earlier = np.full(len(unique), -1, dtype=np.int64)
+        for level_keys, level_lines in self._levels:
+            pos = np.searchsorted(level_keys, unique).clip(max=len(level_keys) - 1)
+            hit = level_keys[pos] == unique
+            earlier[hit] = level_lines[pos[hit]]
+        # a repeat within this batch points at its first row in the batch, unless an earlier batch had it
+        batch_first = lines[first_index]
+        first_of_row = np.where(earlier[inverse] >= 0, earlier[inverse], batch_first[inverse])
+        is_repeat = (earlier[inverse] >= 0) | (np.arange(len(keys)) != first_index[inverse])
+        out[is_repeat] = first_of_row[is_repeat]
+        new = earlier < 0
+        self._add(unique[new], batch_first[new])
+        return out
+
+    def _add(self, keys: np.ndarray, lines: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self._levels.append((keys, lines))
+        while len(self._levels) > 1 and len(self._levels[-1][0]) * 2 >= len(self._levels[-2][0]):
+            (k2, l2), (k1, l1) = self._levels.pop(), self._levels.pop()
+            merged_keys = np.concatenate([k1, k2])
+            order = np.argsort(merged_keys, kind="stable")
+            self._levels.append((merged_keys[order], np.concatenate([l1, l2])[order]))
 
 
 def build_coercer(col: Column) -> Coercer:
@@ -309,7 +374,7 @@ def _double(col: Column) -> Coercer:
         if not math.isfinite(number) or "_" in raw:
             raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a finite decimal number")
         in_range(Decimal(raw), raw)
-        return repr(number)
+        return raw  # as written: PostgreSQL reads it to the same double, and the output stays recognisable
 
     return parse
 

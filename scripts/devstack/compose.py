@@ -33,8 +33,9 @@ def docker_engine() -> str | None:
     if not shutil.which("docker"):
         return "no docker client on PATH"
     try:
-        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                              timeout=15)  # fmt: skip
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=15
+        )
     except subprocess.TimeoutExpired:
         return "docker info did not answer within 15 s"
     if info.returncode != 0:

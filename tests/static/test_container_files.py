@@ -69,13 +69,21 @@ def test_compose_agrees_with_the_embedded_stack():
     # the function gets the same variables in both stacks, with the same names and values where they can agree
     embedded = function_environment(DEFINITION, "http://x", "postgresql://x", "arn:x")
     env_file = dict(
-        line.split("=", 1) for line in (REPO / "localstack" / "compose.env").read_text().splitlines()
+        line.split("=", 1)
+        for line in (REPO / "localstack" / "compose.env").read_text().splitlines()
         if line and not line.startswith("#")
-    )  # fmt: skip
+    )
     in_container = {**env_file, **services["lambda"]["environment"]}
     assert set(embedded) <= set(in_container)
-    for same in ("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_TIMEOUT", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                 "INGEST_BUCKET", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "POWERTOOLS_SERVICE_NAME"):  # fmt: skip
+    for same in (
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_FUNCTION_TIMEOUT",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        "INGEST_BUCKET",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "POWERTOOLS_SERVICE_NAME",
+    ):
         assert in_container[same] == embedded[same], same
     assert in_container["INGEST_TOPIC_ARN"].endswith(":" + DEFINITION["topic"])
     assert "--queue-name=" + DEFINITION["queue"]["name"] in services["dispatcher"]["command"]
@@ -83,9 +91,13 @@ def test_compose_agrees_with_the_embedded_stack():
     # `make -s env` prints the same variables for both stacks
     from devstack.stack import environment
 
-    state = {"emulator": {"endpoint": "http://127.0.0.1:4566"}, "region": "us-east-1",
-             "resources": {"bucket": "b", "topic_arn": "t", "queue_url": "q", "dlq_url": "d"},
-             "function": {"invoke_url": "f"}, "postgres": {"url": "p"}}  # fmt: skip
+    state = {
+        "emulator": {"endpoint": "http://127.0.0.1:4566"},
+        "region": "us-east-1",
+        "resources": {"bucket": "b", "topic_arn": "t", "queue_url": "q", "dlq_url": "d"},
+        "function": {"invoke_url": "f"},
+        "postgres": {"url": "p"},
+    }
     assert list(environment(state)) == list(compose.environment())
 
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.columnar import ExactEngineNeeded
 from ingest.contract import ContractRegistry, default_contracts_dir
 from ingest.processing import Outcome, process
 
@@ -33,9 +34,21 @@ class Run:
         self.valid_rows = [line.split(",") for line in self.valid.splitlines()[1:]]
 
 
-def run(data: bytes | list[bytes], contract) -> Run:
+@pytest.fixture(params=["exact", "auto"])
+def engine(request) -> str:
+    """Core tests run with both engines: the results must be identical."""
+    return request.param
+
+
+def run(data: bytes | list[bytes], contract, engine: str = "auto") -> Run:
+    """Process like the service does: the columnar engine, and the exact one when it asks for it."""
     chunks = data if isinstance(data, list) else [data]
     valid: list[bytes] = []
     errors: list[bytes] = []
-    outcome = process(chunks, contract, valid.append, errors.append)
+    try:
+        outcome = process(list(chunks), contract, valid.append, errors.append, engine=engine)
+    except ExactEngineNeeded:
+        valid.clear()
+        errors.clear()
+        outcome = process(list(chunks), contract, valid.append, errors.append, engine="exact")
     return Run(outcome, b"".join(valid), b"".join(errors))

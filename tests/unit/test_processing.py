@@ -5,8 +5,8 @@ from ingest.rejection import FileRejected
 from tests.unit.conftest import SAMPLES, run
 
 
-def test_clean_users_sample_loads_every_row_normalized(users):
-    result = run((SAMPLES / "users.csv").read_bytes(), users)
+def test_clean_users_sample_loads_every_row_normalized(users, engine):
+    result = run((SAMPLES / "users.csv").read_bytes(), users, engine)
     assert result.outcome.rows_total == result.outcome.rows_valid == 5
     assert result.errors == ""
     assert result.valid.splitlines()[0] == "id,email,full_name,signup_date,country,age,balance,is_active"
@@ -14,8 +14,8 @@ def test_clean_users_sample_loads_every_row_normalized(users):
     assert '"Hopper, Grace"' in result.valid
 
 
-def test_bad_rows_go_to_errors_and_good_rows_go_on(users):
-    result = run((SAMPLES / "users_with_errors.csv").read_bytes(), users)
+def test_bad_rows_go_to_errors_and_good_rows_go_on(users, engine):
+    result = run((SAMPLES / "users_with_errors.csv").read_bytes(), users, engine)
     o = result.outcome
     assert (o.rows_total, o.rows_valid, o.rows_rejected) == (10, 6, 4)
     assert [r[0] for r in result.valid_rows] == ["10", "14", "15", "16", "17", "18"]
@@ -25,48 +25,48 @@ def test_bad_rows_go_to_errors_and_good_rows_go_on(users):
     assert o.errors_by_rule["duplicate_key"] == 1
 
 
-def test_too_many_bad_rows_reject_the_whole_file(users):
+def test_too_many_bad_rows_reject_the_whole_file(users, engine):
     data = b"id,email,full_name\n1,a@b.co,A\n2,bad,B\n3,bad,C\n"
     with pytest.raises(FileRejected) as info:
-        run(data, users)
+        run(data, users, engine)
     assert info.value.reason == "too_many_rejected_rows"
     assert "2 of 3 rows" in info.value.message
 
 
-def test_exactly_half_rejected_is_tolerated(users):
-    result = run(b"id,email,full_name\n1,a@b.co,A\n2,bad,B\n", users)
+def test_exactly_half_rejected_is_tolerated(users, engine):
+    result = run(b"id,email,full_name\n1,a@b.co,A\n2,bad,B\n", users, engine)
     assert result.outcome.rows_valid == 1
 
 
-def test_header_only_is_rejected(users):
+def test_header_only_is_rejected(users, engine):
     with pytest.raises(FileRejected) as info:
-        run(b"id,email,full_name\n", users)
+        run(b"id,email,full_name\n", users, engine)
     assert info.value.reason == "no_data_rows"
 
 
-def test_output_is_deterministic_and_chunking_does_not_change_it(users):
+def test_output_is_deterministic_and_chunking_does_not_change_it(users, engine):
     data = (SAMPLES / "users_with_errors.csv").read_bytes()
-    whole = run(data, users)
-    pieces = run([data[i : i + 3] for i in range(0, len(data), 3)], users)
+    whole = run(data, users, engine)
+    pieces = run([data[i : i + 3] for i in range(0, len(data), 3)], users, engine)
     assert (whole.valid, whole.errors) == (pieces.valid, pieces.errors)
 
 
-def test_formula_like_cells_are_data_in_outputs_but_neutralized_in_the_errors_csv(users):
+def test_formula_like_cells_are_data_in_outputs_but_neutralized_in_the_errors_csv(users, engine):
     data = b"id,email,full_name\n1,a@b.co,=HYPERLINK(1)\n2,=cmd|x,+SUM(A1)\n"
-    result = run(data, users)
+    result = run(data, users, engine)
     assert "=HYPERLINK(1)" in result.valid
     assert ",'=cmd|x," in result.errors
     assert neutralize_formula("-2") == "'-2" and neutralize_formula("ok") == "ok"
 
 
-def test_summary_document_is_stable(users):
-    result = run((SAMPLES / "users_with_errors.csv").read_bytes(), users)
+def test_summary_document_is_stable(users, engine):
+    result = run((SAMPLES / "users_with_errors.csv").read_bytes(), users, engine)
     kwargs = dict(bucket="b", key="k", md5="0" * 32, contract=users, status="loaded", outcome=result.outcome)
     assert summary_document(**kwargs) == summary_document(**kwargs)
     assert b'"errors_by_rule"' in summary_document(**kwargs)
 
 
-def test_measurements_sample(measurements):
-    result = run((SAMPLES / "test.csv").read_bytes(), measurements)
+def test_measurements_sample(measurements, engine):
+    result = run((SAMPLES / "test.csv").read_bytes(), measurements, engine)
     assert result.outcome.rows_valid == 4
     assert result.outcome.text_format.delimiter == ";"

@@ -67,6 +67,11 @@ _COLUMN_TYPES: dict[str, Any] = {
 }
 
 
+def sql_identifier(name: str) -> str:
+    """A quoted identifier for the few statements SQLAlchemy has no construct for (LOCK TABLE)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def column_type(col: Any) -> Any:
     if col.type == "numeric":
         return sa.Numeric(col.precision, col.scale) if col.precision else sa.Numeric()
@@ -91,7 +96,12 @@ def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Tabl
     if contract.load_mode == "upsert" and not contract.primary_key:
         columns.append(sa.UniqueConstraint(*contract.upsert_key, name=f"{contract.table}_upsert_key"))
     columns += [
-        sa.Column("_ingest_md5", sa.String(32), nullable=False, comment="MD5 of the file that wrote this row"),
+        sa.Column(
+            "_ingest_md5",
+            sa.String(32),
+            server_default=sa.text("current_setting('ingest.md5', true)"),
+            comment="MD5 of the file that last wrote this row (NULL: not written by the pipeline)",
+        ),
         sa.Column("_ingest_loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     ]
     return sa.Table(contract.table, meta, *columns, comment=contract.description or None)
@@ -168,7 +178,17 @@ class Database:
 
 
 class Load:
-    """The unit of work around one file: COPY into staging, then merge and ledger row in one commit."""
+    """The unit of work around one file; everything commits together with the ledger row, or nothing does.
+
+    How rows reach the target depends on the load mode (chosen at the start, before the rows stream):
+    - append: COPY straight into the target;
+    - replace: DELETE the target's rows, then COPY straight into it;
+    - upsert into an empty target (checked under a lock that keeps other writers out until commit):
+      COPY straight into it, since there is nothing to update;
+    - upsert into a target with rows: COPY into a temporary staging table, then
+      INSERT … SELECT … ON CONFLICT DO UPDATE at commit.
+    The lineage column ``_ingest_md5`` takes its default from the transaction setting ``ingest.md5``.
+    """
 
     def __init__(self, engine: sa.Engine, contract: Contract, md5: str):
         self.contract = contract
@@ -177,16 +197,35 @@ class Load:
         self.staging = staging_table(contract)
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
-        self.staging.create(self._conn)
-        driver = self._conn.connection.driver_connection
+        conn = self._conn
+        conn.execute(sa.select(sa.func.set_config("ingest.md5", md5, True)))
+        self.strategy = self._choose_strategy()
+        into = self.staging if self.strategy == "staging" else self.target
+        if self.strategy == "staging":
+            self.staging.create(conn)
+        driver = conn.connection.driver_connection
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
-            sql.Identifier(self.staging.name), sql.SQL(", ").join(sql.Identifier(n) for n in contract.column_names)
+            sql.Identifier(into.name), sql.SQL(", ").join(sql.Identifier(n) for n in contract.column_names)
         )
         self._cursor = driver.cursor()  # type: ignore[union-attr]
         self._copy_context = self._cursor.copy(statement)
         self._copy = self._copy_context.__enter__()
         self._copy_open = True
+        self._copied = 0
         self.rows_loaded = 0
+
+    def _choose_strategy(self) -> str:
+        conn, target = self._conn, self.target
+        mode = self.contract.load_mode
+        if mode == "append":
+            return "copy"
+        if mode == "replace":
+            conn.execute(sa.delete(target))
+            return "copy"
+        if conn.execute(sa.select(sa.exists().select_from(target))).scalar():
+            return "staging"
+        conn.execute(sa.text(f"LOCK TABLE {sql_identifier(target.name)} IN SHARE ROW EXCLUSIVE MODE"))
+        return "staging" if conn.execute(sa.select(sa.exists().select_from(target))).scalar() else "copy"
 
     def write(self, data: bytes) -> None:
         self._copy.write(data)
@@ -196,6 +235,7 @@ class Load:
             self._copy_open = False
             exc_type = type(error) if error else None
             self._copy_context.__exit__(exc_type, error, error.__traceback__ if error else None)
+            self._copied = max(self._cursor.rowcount, 0)
 
     def commit(self, ledger_entry: Mapping[str, Any]) -> int | None:
         """Merge staging into the target and commit with the ledger row; None if already loaded."""
@@ -210,7 +250,7 @@ class Load:
         if ledger_id is None:  # the same content was loaded meanwhile, by another delivery
             self.rollback()
             return None
-        self.rows_loaded = self._merge()
+        self.rows_loaded = self._merge() if self.strategy == "staging" else self._copied
         conn.execute(sa.update(ledger).where(ledger.c.id == ledger_id).values(rows_loaded=self.rows_loaded))
         self._transaction.commit()
         self._conn.close()

@@ -1,0 +1,609 @@
+"""The columnar engine: the contract's rules applied to whole batches of rows with pyarrow.
+
+It gives exactly the verdicts, values and reports of the row-by-row engine (``processing.process_exact``),
+an order of magnitude faster, by screening: each column is checked with vectorized kernels that accept
+only what they can prove valid in the same way the exact rules would (ASCII-only where the exact rules
+are Unicode-aware, away from range bounds where floats could round). Every row the screen does not
+accept is handed, with its line number, to the exact row validator, which decides and explains it. So
+the fast path can only ever be narrower than the exact one, never different.
+
+What the engine cannot read exactly like Python's csv module (quotes in odd places, lone CRs, a parse
+error, a header it cannot locate) raises ``ExactEngineNeeded``: the caller starts again with the exact
+engine. The line numbers come from ``lines.LineIndex``, a numpy scan of the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from .contract import Column, Contract
+from .lines import LineIndex, QuotingAnomaly
+from .reading import MAX_FIELD_CHARS, Source
+from .validation import (
+    FALSE_WORDS,
+    INT_RANGES,
+    TRUE_WORDS,
+    HeaderPlan,
+    KeyChecks,
+    RowError,
+    RowValidator,
+    build_coercer,
+    field_count_error,
+)
+
+BLOCK_BYTES = 4 * 1024 * 1024
+#: What Python's str.strip() removes among ASCII characters.
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+NON_ASCII_AT_EDGE = r"^[^\x00-\x7f]|[^\x00-\x7f]$"
+CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+NEEDS_QUOTING = r'[,"\r\n]'
+
+Checked = tuple[pa.Array, np.ndarray]  # (normalized values, True where the screen proves the cell valid)
+
+
+class ExactEngineNeeded(Exception):
+    """The columnar engine cannot vouch for reading this file exactly; use the exact engine."""
+
+
+# --- columns ----------------------------------------------------------------------------------------
+
+
+def _np(mask: pa.Array) -> np.ndarray:
+    return np.asarray(mask.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _matches(values: pa.Array, pattern: str) -> np.ndarray:
+    return _np(pc.match_substring_regex(values, pattern))
+
+
+class ColumnScreen:
+    """One contract column's vectorized screen; cells it cannot prove valid are left to the exact rules."""
+
+    def __init__(self, col: Column, nulls: tuple[str, ...]):
+        self.col = col
+        self.nulls = pa.array(list(nulls), pa.string())
+        self.check: Callable[[pa.Array], Checked] = getattr(self, f"_{col.type}")
+        self.pattern_in_re2 = col.pattern is not None and _re2_compiles(col.pattern)
+        self.has_control = False
+
+    def __call__(self, raw: pa.Array, has_control: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """(values with NULLs, is_null, needs_exact) for one batch's raw cells.
+
+        ``has_control``: whether the file has shown control bytes yet; without them, ASCII whitespace is
+        exactly what ``str.strip`` removes from ASCII text, and the cheap kernels suffice.
+        """
+        self.has_control = has_control
+        if has_control:
+            trimmed = pc.utf8_trim(raw, characters=ASCII_WHITESPACE)
+        else:
+            trimmed = pc.ascii_trim_whitespace(raw)
+        needs_exact = np.zeros(len(raw), dtype=bool)
+        if not pc.all(pc.string_is_ascii(trimmed)).as_py():
+            needs_exact |= _matches(trimmed, NON_ASCII_AT_EDGE)  # Python strips Unicode whitespace too
+        if has_control:
+            needs_exact |= _matches(trimmed, CONTROL)
+        is_null = _np(pc.is_in(trimmed, value_set=self.nulls))
+        values, ok = self.check(trimmed)
+        needs_exact |= ~ok & ~is_null
+        if self.col.required:
+            needs_exact |= is_null
+        unset = is_null | needs_exact
+        if unset.any():
+            values = pc.if_else(pa.array(unset), pa.scalar(None, pa.string()), values)
+        return values, is_null, needs_exact
+
+    # one method per contract type: (trimmed cells) -> (normalized values, proven valid)
+
+    def _text(self, s: pa.Array) -> Checked:
+        col = self.col
+        ok = np.ones(len(s), dtype=bool)
+        strict = bool(col.normalize or col.pattern or col.allowed)
+        if strict:
+            ok &= _np(pc.string_is_ascii(s))  # the exact rules are Unicode-aware; the kernels here are not
+        for step in col.normalize:
+            if step == "lower":
+                s = pc.ascii_lower(s)
+            elif step == "upper":
+                s = pc.ascii_upper(s)
+            elif step == "collapse_whitespace":
+                s = _collapse_whitespace(s)
+        if col.max_length is not None:
+            ok &= _np(pc.less_equal(pc.utf8_length(s), col.max_length))
+        if col.pattern is not None:
+            if self.pattern_in_re2:
+                ok &= _matches(s, col.pattern)  # control characters (where \s differs) were sent to exact
+            else:
+                ok &= _exact_cells(col, s)
+        if col.allowed is not None:
+            ok &= _np(pc.is_in(s, value_set=pa.array(list(col.allowed), pa.string())))
+        return s, ok
+
+    def _integer(self, s: pa.Array) -> Checked:
+        # Canonical integers only (no "+", no leading zeros): their normalized text is the text itself.
+        # Anything else ("+5", "007") is rare and goes to the exact rules.
+        low, high = INT_RANGES[self.col.type]
+        ok = _matches(s, r"^-?(0|[1-9][0-9]{0,17})$")
+        numbers = pc.cast(pc.if_else(pa.array(ok), s, "0"), pa.int64()).to_numpy()
+        ok &= (numbers >= low) & (numbers <= high) & _within(self.col, numbers.astype(np.float64), exact=True)
+        return s, ok
+
+    _bigint = _integer
+
+    def _numeric(self, s: pa.Array) -> Checked:
+        # Canonical decimals only (no "+", no leading zeros, digits on both sides of a point): their
+        # normalized text is the text itself. The rest ("+1", ".5", "007.10") goes to the exact rules.
+        col = self.col
+        ok = _matches(s, r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$")
+        length = pc.utf8_length(s).to_numpy()
+        point = pc.find_substring(s, ".").to_numpy()
+        negative = _np(pc.starts_with(s, "-"))
+        whole_digits = np.where(point >= 0, point, length) - negative
+        fraction_digits = np.where(point >= 0, length - point - 1, 0)
+        whole_zero = _np(pc.starts_with(s, "0")) | _np(pc.starts_with(s, "-0"))
+        if col.precision is not None:
+            ok &= np.where(whole_zero, 0, whole_digits) <= col.precision - (col.scale or 0)
+        if col.scale is not None:
+            ok &= fraction_digits <= col.scale  # trailing zeros beyond the scale: exact rules decide
+        if col.min is not None or col.max is not None:
+            numbers = pc.cast(pc.if_else(pa.array(ok), s, "0"), pa.float64()).to_numpy()
+            ok &= _within(col, numbers, exact=False)
+        return s, ok
+
+    def _double(self, s: pa.Array) -> Checked:
+        ok = _matches(s, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+        numbers = pc.cast(pc.if_else(pa.array(ok), pc.utf8_ltrim(s, characters="+"), "0"), pa.float64()).to_numpy()
+        ok &= np.isfinite(numbers) & _within(self.col, numbers, exact=False)
+        return s, ok
+
+    def _boolean(self, s: pa.Array) -> Checked:
+        lowered = pc.ascii_lower(s)
+        true = _np(pc.is_in(lowered, value_set=pa.array(sorted(TRUE_WORDS))))
+        false = _np(pc.is_in(lowered, value_set=pa.array(sorted(FALSE_WORDS))))
+        values = pc.if_else(pa.array(true), "true", "false")
+        return values, (true | false) & _np(pc.string_is_ascii(s))
+
+    def _date(self, s: pa.Array) -> Checked:
+        # Per format, in order: the cells of fixed width (two-digit month and day) are sliced apart; the
+        # first format a cell matches decides it, valid date or not, as in the exact rules. Cells with a
+        # one-digit month or day are rare and go to the exact rules.
+        n = len(s)
+        decided = np.zeros(n, dtype=bool)
+        years = np.zeros(n, dtype=np.int64)
+        months = np.zeros(n, dtype=np.int64)
+        days = np.zeros(n, dtype=np.int64)
+        for fmt in self.col.formats:
+            rows = np.flatnonzero(~decided)
+            if not len(rows):
+                break
+            subset = s if len(rows) == n else s.take(pa.array(rows))
+            matched = _matches(subset, _fixed_date_pattern(fmt))
+            if not matched.any():
+                continue
+            hits = rows[matched]
+            chosen = subset.filter(pa.array(matched))
+            for target, token in ((years, "YYYY"), (months, "MM"), (days, "DD")):
+                start = fmt.index(token)
+                piece = pc.utf8_slice_codeunits(chosen, start, start + len(token))
+                target[hits] = pc.cast(piece, pa.int64()).to_numpy()
+            decided[hits] = True
+        ok = decided & _real_dates(years, months, days)
+        if not ok.any():
+            return pa.nulls(n, pa.string()), ok
+        text = pc.binary_join_element_wise(
+            pc.utf8_lpad(pc.cast(pa.array(years), pa.string()), 4, "0"),
+            pc.utf8_lpad(pc.cast(pa.array(months), pa.string()), 2, "0"),
+            pc.utf8_lpad(pc.cast(pa.array(days), pa.string()), 2, "0"),
+            "-",
+        )
+        return text, ok
+
+    def _timestamptz(self, s: pa.Array) -> Checked:
+        return _exact_column(self.col, s)
+
+
+def _collapse_whitespace(s: pa.Array) -> pa.Array:
+    """Runs of whitespace to one space. Runs of plain spaces are halved with a plain replace until none
+    is left; cells with tabs or line breaks (rare) take the regex."""
+    other = _np(pc.or_(pc.or_(pc.match_substring(s, "\t"), pc.match_substring(s, "\n")), pc.match_substring(s, "\r")))
+    if other.any():
+        mask = pa.array(other)
+        collapsed = pc.replace_substring_regex(s.filter(mask), r"[ \t\n\r\x0b\x0c\x1c-\x1f]+", " ")
+        s = pc.replace_with_mask(s, mask, collapsed)
+    while pc.any(pc.match_substring(s, "  ")).as_py():
+        s = pc.replace_substring(s, "  ", " ")
+    return s
+
+
+def _within(col: Column, numbers: np.ndarray, exact: bool) -> np.ndarray:
+    """min/max in floats; values too close to a bound for floats to decide go to the exact rules."""
+    ok = np.ones(len(numbers), dtype=bool)
+    for bound, keep in ((col.min, np.greater_equal), (col.max, np.less_equal)):
+        if bound is None:
+            continue
+        b = float(bound)
+        ok &= keep(numbers, b)
+        if not exact:
+            ok &= np.abs(numbers - b) > 1e-9 * max(1.0, abs(b))
+        elif Decimal(b) != bound:
+            ok &= numbers != b
+    return ok
+
+
+def _real_dates(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+    limit = month_days[np.clip(m, 0, 12)] + ((m == 2) & leap)
+    return (y >= 1) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= limit)
+
+
+def _fixed_date_pattern(fmt: str) -> str:
+    widths = {"YYYY": "[0-9]{4}", "MM": "[0-9]{2}", "DD": "[0-9]{2}"}
+    return "^" + "".join(widths.get(part) or _re2_escape(part) for part in _tokens(fmt)) + "$"
+
+
+def _tokens(fmt: str) -> Iterator[str]:
+    i = 0
+    while i < len(fmt):
+        for token in ("YYYY", "MM", "DD"):
+            if fmt.startswith(token, i):
+                yield token
+                i += len(token)
+                break
+        else:
+            yield fmt[i]
+            i += 1
+
+
+def _re2_escape(text: str) -> str:
+    return "".join("\\" + ch if not ch.isalnum() else ch for ch in text)
+
+
+def _re2_compiles(pattern: str) -> bool:
+    try:
+        pc.match_substring_regex(pa.array([""]), pattern)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+
+
+def _exact_cells(col: Column, s: pa.Array) -> np.ndarray:
+    """The exact rule cell by cell, for what no kernel expresses (e.g. a pattern RE2 cannot compile)."""
+    coerce = build_coercer(col)
+    ok = np.zeros(len(s), dtype=bool)
+    for i, value in enumerate(s.to_pylist()):
+        try:
+            coerce(value)
+            ok[i] = True
+        except Exception:
+            pass
+    return ok
+
+
+def _exact_column(col: Column, s: pa.Array) -> Checked:
+    coerce = build_coercer(col)
+    values: list[str | None] = []
+    ok = np.zeros(len(s), dtype=bool)
+    for i, value in enumerate(s.to_pylist()):
+        try:
+            values.append(coerce(value))
+            ok[i] = True
+        except Exception:
+            values.append(None)
+    return pa.array(values, pa.string()), ok
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
+    """Rows as CSV (NULL as an empty field, quoting exactly as ``processing.csv_field``), one buffer."""
+    parts = []
+    for column, special in zip(columns, maybe_special):
+        if special and _any_special_byte(column):
+            needs = pc.match_substring_regex(column, NEEDS_QUOTING)
+            quoted = pc.binary_join_element_wise('"', pc.replace_substring(column, '"', '""'), '"', "")
+            column = pc.if_else(needs, quoted, column)
+        parts.append(column)
+    parts.append(pa.nulls(len(columns[0]) if columns else 0, pa.string()))
+    joined = pc.binary_join_element_wise(
+        *parts, ",", null_handling="replace", null_replacement=""
+    )  # a trailing "" column gives every line a final ","; it is swapped for the newline below
+    if not len(joined):
+        return b""
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
+    data = np.frombuffer(joined.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].copy()
+    data[offsets[1:] - offsets[0] - 1] = 10  # each line's last byte is that final ","; make it "\n"
+    return data.tobytes()
+
+
+def _any_special_byte(column: pa.Array) -> bool:
+    """Whether any value could need quoting: one pass over the column's bytes instead of a regex."""
+    if not len(column) or column.buffers()[2] is None:
+        return False
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return bool(((data == 44) | (data == 34) | (data == 10) | (data == 13)).any())
+
+
+# --- the engine -------------------------------------------------------------------------------------
+
+
+class _Tee(io.RawIOBase):
+    """The body bytes for pyarrow, shown to the line index on the way."""
+
+    def __init__(self, chunks: Iterator[bytes], index: LineIndex):
+        self._chunks = chunks
+        self._index = index
+        self._pending = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending and not self._done:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                self._done = True
+                self._index.finish()
+                return 0
+            self._index.feed(self._pending)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def split_header(source: Source) -> tuple[list[str], int, int]:
+    """(header fields, byte length of the header record, number of lines it spans) from the sample."""
+    sample = source.sample
+    quotes = 0
+    end = -1
+    for i, byte in enumerate(sample[: 1 << 20]):
+        if byte == 34:
+            quotes += 1
+        elif byte == 10 and quotes % 2 == 0:
+            end = i + 1
+            break
+    if end < 0:
+        raise ExactEngineNeeded("no complete header line in the sample")
+    text = sample[:end].decode(source.codec)
+    if not text.strip():
+        raise ExactEngineNeeded("blank lines before the header")
+    fields = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.text_format.delimiter, strict=True))
+    return fields, end, text.count("\n")
+
+
+def supported(source: Source) -> str | None:
+    """Why the columnar engine cannot take this file, or None."""
+    if source.codec not in ("utf-8", "utf-8-sig", "cp1252", "latin-1"):
+        return f"{source.codec} is not an ASCII-compatible encoding"
+    return None
+
+
+def process_columnar(
+    source: Source,
+    header: list[str],
+    header_bytes: int,
+    header_lines: int,
+    contract: Contract,
+    plan: HeaderPlan,
+    emit_valid: Callable[[bytes], None],
+    emit_errors: Callable[[list[RowError]], None],
+    counts: Any,
+) -> None:
+    """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
+    delimiter = source.text_format.delimiter
+    index = LineIndex(delimiter, first_line=header_lines + 1)
+    body = source.chunks()
+    first = next(body)[header_bytes:]
+    stream = io.BufferedReader(_Tee(_chain(first, body), index), BLOCK_BYTES)
+    invalid: list[tuple[int, str]] = []
+
+    def on_invalid_row(row: Any) -> str:
+        invalid.append((row.number, row.text))
+        return "skip"
+
+    names = [f"f{i}" for i in range(len(header))]
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(
+                column_names=names,
+                block_size=BLOCK_BYTES,
+                use_threads=False,
+                encoding="utf8" if source.codec.startswith("utf-8") else source.codec,
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char='"',
+                double_quote=True,
+                escape_char=False,
+                newlines_in_values=True,
+                ignore_empty_lines=True,
+                invalid_row_handler=on_invalid_row,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                check_utf8=True,
+            ),
+        )
+        batches = _batches(reader)
+        screens = [ColumnScreen(col, contract.null_values) for col in contract.columns]
+        exact = RowValidator(contract, plan)
+        keys = KeyChecks(contract)
+        special = [col.type in ("text", "double", "timestamptz") for col in contract.columns]
+        next_record = 1
+        for batch in batches:
+            if any((pc.max(pc.utf8_length(c)).as_py() or 0) > MAX_FIELD_CHARS for c in batch.columns):
+                raise ExactEngineNeeded("a field larger than the exact engine accepts")
+            records, next_record = _records_of_batch(batch.num_rows, next_record, invalid)
+            lines = index.take(len(records))
+            is_row = ~np.isin(records, [number for number, _ in invalid])
+            errors = [
+                field_count_error(int(line), _fields(text, delimiter), plan.width)
+                for line, (_number, text) in zip(lines[~is_row], _take_invalid(invalid, records[~is_row]))
+            ]
+            counts.rows_total += len(records)
+            valid_block, row_errors, n_valid = _validate_batch(
+                batch, lines[is_row], plan, screens, exact, keys, special, index.has_control
+            )
+            errors += row_errors
+            counts.rows_valid += n_valid
+            counts.rows_rejected += len(records) - n_valid
+            if valid_block:
+                emit_valid(valid_block)
+            if errors:
+                errors.sort(key=lambda e: e.line)
+                emit_errors(errors)
+        consumed = next_record - 1
+        if invalid:  # invalid rows after the last batch
+            records = np.array(sorted(number for number, _ in invalid), dtype=np.int64)
+            consumed += len(records)
+            lines = index.take(len(records))
+            errors = [
+                field_count_error(int(line), _fields(text, delimiter), plan.width)
+                for line, (_n, text) in zip(lines, _take_invalid(invalid, records))
+            ]
+            counts.rows_total += len(records)
+            counts.rows_rejected += len(records)
+            emit_errors(errors)
+        if index.records != consumed:
+            raise ExactEngineNeeded("record count mismatch between the parser and the line index")
+    except QuotingAnomaly as exc:
+        raise ExactEngineNeeded(str(exc)) from None
+    except (pa.ArrowInvalid, pa.ArrowException, UnicodeDecodeError) as exc:
+        if "Empty CSV file" in str(exc) and counts.rows_total == 0:
+            return  # a header and nothing else: the caller says no_data_rows
+        raise ExactEngineNeeded(f"the columnar reader stopped: {exc}") from None
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _batches(reader: Any) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        if batch.num_rows:
+            yield batch
+
+
+def _records_of_batch(rows: int, next_record: int, invalid: list[tuple[int, str]]) -> tuple[np.ndarray, int]:
+    """Record numbers a batch spans: its rows plus the invalid rows the parser skipped among them."""
+    numbers = sorted(number for number, _ in invalid if number >= next_record)
+    skipped = 0
+    while True:
+        end = next_record + rows + skipped  # exclusive
+        inside = sum(1 for number in numbers if number < end)
+        if inside == skipped:
+            break
+        skipped = inside
+    return np.arange(next_record, end, dtype=np.int64), end
+
+
+def _take_invalid(invalid: list[tuple[int, str]], numbers: np.ndarray) -> list[tuple[int, str]]:
+    wanted = set(numbers.tolist())
+    taken = sorted((item for item in invalid if item[0] in wanted), key=lambda item: item[0])
+    invalid[:] = [item for item in invalid if item[0] not in wanted]
+    return taken
+
+
+def _fields(text: str, delimiter: str) -> list[str]:
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+
+
+def _validate_batch(
+    batch: pa.RecordBatch,
+    lines: np.ndarray,
+    plan: HeaderPlan,
+    screens: list[ColumnScreen],
+    exact: RowValidator,
+    keys: KeyChecks,
+    special: list[bool],
+    has_control: bool,
+) -> tuple[bytes, list[RowError], int]:
+    n = batch.num_rows
+    empty = pa.array([""] * n, pa.string()) if -1 in plan.positions else None
+    columns: list[pa.Array] = []
+    needs_exact = np.zeros(n, dtype=bool)
+    for screen, position in zip(screens, plan.positions):
+        raw = batch.column(position) if position >= 0 else empty
+        values, _is_null, unsure = screen(raw, has_control)
+        columns.append(values)
+        needs_exact |= unsure
+
+    errors: list[RowError] = []
+    valid = ~needs_exact
+    rows = np.flatnonzero(needs_exact)
+    if len(rows):
+        raw_rows = batch.take(pa.array(rows)).to_pylist()
+        rescued_rows, rescued_values = [], []
+        for row_index, raw in zip(rows.tolist(), raw_rows):
+            values, row_errors = exact.validate_cells(int(lines[row_index]), list(raw.values()))
+            if values is None:
+                errors += row_errors
+            else:
+                rescued_rows.append(row_index)
+                rescued_values.append(values)
+        if rescued_rows:
+            mask = np.zeros(n, dtype=bool)
+            mask[rescued_rows] = True
+            valid |= mask
+            for j in range(len(columns)):
+                replacement = pa.array([v[j] for v in rescued_values], pa.string())
+                columns[j] = pc.replace_with_mask(columns[j], pa.array(mask), replacement)
+
+    valid_rows = np.flatnonzero(valid)
+    for label, indexes, seen in keys.checks:
+        if not len(valid_rows):
+            break
+        key_columns = [columns[i].take(pa.array(valid_rows)) for i in indexes]
+        present = np.ones(len(valid_rows), dtype=bool)
+        for kc in key_columns:
+            present &= _np(pc.is_valid(kc))
+        candidates = valid_rows[present]
+        if seen.integer:
+            key_values = pc.cast(key_columns[0].filter(pa.array(present)), pa.int64()).to_numpy()
+        else:
+            key_values = np.array(
+                list(zip(*(kc.filter(pa.array(present)).to_pylist() for kc in key_columns))), dtype=object
+            )
+            if len(indexes) == 1:
+                key_values = np.array([k[0] for k in key_values], dtype=object)
+        first = seen.first_lines(key_values, lines[candidates].astype(np.int64))
+        repeated = first >= 0
+        for row_index, first_line, key in zip(candidates[repeated], first[repeated], key_values[repeated]):
+            shown = ",".join(map(str, key)) if isinstance(key, tuple) else str(key)
+            errors.append(
+                RowError(
+                    int(lines[row_index]),
+                    label,
+                    "duplicate_key",
+                    shown,
+                    f"{label} {shown} already appeared at line {first_line}",
+                )
+            )
+        valid[candidates[repeated]] = False
+        valid_rows = np.flatnonzero(valid)
+
+    keep = pa.array(valid)
+    block = csv_lines([c.filter(keep) for c in columns], special)
+    return block, errors, int(valid.sum())
