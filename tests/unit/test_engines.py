@@ -1,0 +1,112 @@
+"""The columnar engine must give exactly what the exact engine gives: values, errors, counts, bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devstack.benchdata import generate
+from ingest import columnar
+from ingest.columnar import ExactEngineNeeded
+from ingest.processing import process
+from ingest.rejection import FileRejected
+from tests.unit.conftest import run
+
+
+def outcome_of(data: bytes, contract, engine: str, chunk: int):
+    """The run's outputs, or the whole-file rejection it ended in (reason and message)."""
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+    try:
+        return run(chunks, contract, engine)
+    except FileRejected as rejection:
+        return (rejection.reason, rejection.message)
+
+
+def both(data: bytes, contract, chunk: int = 1 << 20):
+    exact = outcome_of(data, contract, "exact", chunk)
+    fast = outcome_of(data, contract, "auto", chunk)
+    if isinstance(exact, tuple) or isinstance(fast, tuple):
+        assert fast == exact
+    return exact, fast
+
+
+def assert_same(exact, fast):
+    if isinstance(exact, tuple):
+        return  # both rejected the file identically (checked in both())
+    assert fast.valid == exact.valid
+    assert fast.errors == exact.errors
+    e, f = exact.outcome, fast.outcome
+    assert (f.rows_total, f.rows_valid, f.rows_rejected) == (e.rows_total, e.rows_valid, e.rows_rejected)
+    assert f.errors_by_rule == e.errors_by_rule
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(columnar, "BLOCK_BYTES", 4096)  # many batches, records straddling their edges
+
+
+def test_generated_benchmark_data_is_identical_in_both_engines(users, tmp_path, small_blocks):
+    data = generate(tmp_path / "users.csv", 5_000, seed=7).read_bytes()
+    exact, fast = both(data, users, chunk=65_536)
+    assert fast.outcome.engine == "columnar" and exact.outcome.engine == "exact"
+    assert_same(exact, fast)
+    assert exact.outcome.rows_rejected > 20 and exact.outcome.errors_by_rule["field_count"] > 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'id,email,full_name\n1,a@b.co,"Ann"x\n',  # text after a closing quote
+        b'id,email,full_name\n1,a@b.co,An"n\n2,b@b.co,"B\n',  # a quote inside an unquoted field
+        b"id,email,full_name\r1,a@b.co,Ann\r",  # lone CR line ends
+        b'id,email,full_name\n1,a@b.co,"never closed\n',
+        b"\n\nid,email,full_name\n1,a@b.co,Ann\n",  # blank lines before the header
+    ],
+)
+def test_what_the_columnar_engine_cannot_vouch_for_goes_to_the_exact_engine(users, data):
+    exact, fast = both(data, users)
+    assert_same(exact, fast)
+    with pytest.raises((ExactEngineNeeded, FileRejected)):
+        process([data], users, lambda b: None, lambda b: None, engine="columnar")
+
+
+CELLS = {
+    "id": st.one_of(st.integers(-5, 3_000_000_000).map(str), st.sampled_from(["+7", "007", "1.0", "", "x", "٣"])),
+    "email": st.one_of(
+        st.sampled_from(["a@b.co", " A@B.CO ", "bad", "é@x.io", "a@b", "a\t@b.co", "x@y.z"]),
+        st.text(max_size=8),
+    ),
+    "full_name": st.one_of(st.sampled_from(["Ann  Lee", "A\tB", "Zoë", " x ", "", "a,b", 'q"t', "l\nm"]), st.text()),
+    "signup_date": st.sampled_from(
+        ["2024-01-15", "2024-1-5", "01/15/2024", "15.01.2024", "2023-02-29", "2024-02-29", "", "NA", "0000-01-01"]
+    ),
+    "country": st.sampled_from(["gb", "GB", "GBR", " us ", "", "ü1"]),
+    "age": st.one_of(st.integers(-2, 160).map(str), st.sampled_from(["", "N/A", "4.5", "+3", "0150"])),
+    "balance": st.one_of(
+        st.decimals(-(10**11), 10**11, places=3, allow_nan=False).map(str),
+        st.sampled_from(["", "1.", ".5", "-0", "0012.50", "1e3", "12345678901.00", "-.5", "+1.5"]),
+    ),
+    "is_active": st.sampled_from(["true", "F", "yes", "N", "1", "0", "maybe", "", "İ"]),
+}
+
+
+def _field(value: str, delimiter: str) -> str:
+    if any(ch in value for ch in (delimiter, '"', "\n", "\r")) or value != value.strip():
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.fixed_dictionaries(CELLS), min_size=1, max_size=40),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    chunk=st.integers(1, 300),
+)
+def test_random_tables_give_identical_results_in_both_engines(users, rows, delimiter, newline, chunk):
+    header = delimiter.join(CELLS)
+    lines = [header] + [delimiter.join(_field(row[c], delimiter) for c in CELLS) for row in rows]
+    data = (newline.join(lines) + newline).encode()
+    exact, fast = both(data, users, chunk)
+    assert_same(exact, fast)
