@@ -337,33 +337,6 @@ def _any_special_byte(column: pa.Array) -> bool:
 # --- the engine -------------------------------------------------------------------------------------
 
 
-class _Tee(io.RawIOBase):
-    """The body bytes for pyarrow, shown to the line index on the way."""
-
-    def __init__(self, chunks: Iterator[bytes], index: LineIndex):
-        self._chunks = chunks
-        self._index = index
-        self._pending = b""
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending and not self._done:
-            try:
-                self._pending = next(self._chunks)
-            except StopIteration:
-                self._done = True
-                self._index.finish()
-                return 0
-            self._index.feed(self._pending)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-
 def split_header(source: Source) -> tuple[list[str], int, int]:
     """(header fields, byte length of the header record, number of lines it spans) from the sample."""
     sample = source.sample
@@ -391,139 +364,102 @@ def supported(source: Source) -> str | None:
     return None
 
 
-def process_columnar(
-    source: Source,
-    header: list[str],
-    header_bytes: int,
-    header_lines: int,
-    contract: Contract,
-    plan: HeaderPlan,
-    emit_valid: Callable[[bytes], None],
-    emit_errors: Callable[[list[RowError]], None],
-    counts: Any,
-) -> None:
+def process_columnar(source: Source, header: list[str], header_bytes: int, header_lines: int, contract: Contract,
+                     plan: HeaderPlan, emit_valid: Callable[[bytes], None],
+                     emit_errors: Callable[[list[RowError]], None], counts: Any) -> None:  # fmt: skip
     """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
     delimiter = source.text_format.delimiter
     index = LineIndex(delimiter, first_line=header_lines + 1)
-    body = source.chunks()
-    first = next(body)[header_bytes:]
-    stream = io.BufferedReader(_Tee(_chain(first, body), index), BLOCK_BYTES)
-    invalid: list[tuple[int, str]] = []
-
-    def on_invalid_row(row: Any) -> str:
-        invalid.append((row.number, row.text))
-        return "skip"
-
     names = [f"f{i}" for i in range(len(header))]
+    read_options = pacsv.ReadOptions(
+        column_names=names, use_threads=False, block_size=2 * BLOCK_BYTES,
+        encoding="utf8" if source.codec.startswith("utf-8") else source.codec,
+    )  # fmt: skip
+    convert_options = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False,
+        check_utf8=True,
+    )  # fmt: skip
+    screens = [ColumnScreen(col, contract.null_values) for col in contract.columns]
+    exact = RowValidator(contract, plan)
+    keys = KeyChecks(contract)
+    special = [col.type in ("text", "double", "timestamptz") for col in contract.columns]
     try:
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(
-                column_names=names,
-                block_size=BLOCK_BYTES,
-                use_threads=False,
-                encoding="utf8" if source.codec.startswith("utf-8") else source.codec,
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter,
-                quote_char='"',
-                double_quote=True,
-                escape_char=False,
-                newlines_in_values=True,
-                ignore_empty_lines=True,
-                invalid_row_handler=on_invalid_row,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                check_utf8=True,
-            ),
-        )
-        batches = _batches(reader)
-        screens = [ColumnScreen(col, contract.null_values) for col in contract.columns]
-        exact = RowValidator(contract, plan)
-        keys = KeyChecks(contract)
-        special = [col.type in ("text", "double", "timestamptz") for col in contract.columns]
-        next_record = 1
-        for batch in batches:
+        for block, records in _record_blocks(source, header_bytes, index):
+            if not records:
+                continue
+            lines = index.take(records)
+            invalid: list[tuple[int, str]] = []
+
+            def on_invalid_row(row: Any, invalid: list[tuple[int, str]] = invalid) -> str:
+                invalid.append((row.number, row.text))
+                return "skip"
+
+            parse_options = pacsv.ParseOptions(
+                delimiter=delimiter, quote_char='"', double_quote=True, escape_char=False, newlines_in_values=True,
+                ignore_empty_lines=True, invalid_row_handler=on_invalid_row,
+            )  # fmt: skip
+            table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options)
+            batch = pa.RecordBatch.from_arrays(
+                [pa.concat_arrays(c.chunks) if c.num_chunks != 1 else c.chunk(0) for c in table.columns], names
+            )
+            if batch.num_rows + len(invalid) != records:
+                raise ExactEngineNeeded("the parser and the line index disagree on the records of a block")
             if any((pc.max(pc.utf8_length(c)).as_py() or 0) > MAX_FIELD_CHARS for c in batch.columns):
                 raise ExactEngineNeeded("a field larger than the exact engine accepts")
-            records, next_record = _records_of_batch(batch.num_rows, next_record, invalid)
-            lines = index.take(len(records))
-            is_row = ~np.isin(records, [number for number, _ in invalid])
-            errors = [
-                field_count_error(int(line), _fields(text, delimiter), plan.width)
-                for line, (_number, text) in zip(lines[~is_row], _take_invalid(invalid, records[~is_row]))
-            ]
-            counts.rows_total += len(records)
+            is_row = np.ones(records, dtype=bool)
+            errors = []
+            for number, text in invalid:
+                is_row[number - 1] = False
+                errors.append(field_count_error(int(lines[number - 1]), _fields(text, delimiter), plan.width))
+            counts.rows_total += records
             valid_block, row_errors, n_valid = _validate_batch(
                 batch, lines[is_row], plan, screens, exact, keys, special, index.has_control
             )
             errors += row_errors
             counts.rows_valid += n_valid
-            counts.rows_rejected += len(records) - n_valid
+            counts.rows_rejected += records - n_valid
             if valid_block:
                 emit_valid(valid_block)
             if errors:
                 errors.sort(key=lambda e: e.line)
                 emit_errors(errors)
-        consumed = next_record - 1
-        if invalid:  # invalid rows after the last batch
-            records = np.array(sorted(number for number, _ in invalid), dtype=np.int64)
-            consumed += len(records)
-            lines = index.take(len(records))
-            errors = [
-                field_count_error(int(line), _fields(text, delimiter), plan.width)
-                for line, (_n, text) in zip(lines, _take_invalid(invalid, records))
-            ]
-            counts.rows_total += len(records)
-            counts.rows_rejected += len(records)
-            emit_errors(errors)
-        if index.records != consumed:
-            raise ExactEngineNeeded("record count mismatch between the parser and the line index")
     except QuotingAnomaly as exc:
         raise ExactEngineNeeded(str(exc)) from None
     except (pa.ArrowInvalid, pa.ArrowException, UnicodeDecodeError) as exc:
-        if "Empty CSV file" in str(exc) and counts.rows_total == 0:
-            return  # a header and nothing else: the caller says no_data_rows
         raise ExactEngineNeeded(f"the columnar reader stopped: {exc}") from None
+
+
+def _record_blocks(source: Source, header_bytes: int, index: LineIndex) -> Iterator[tuple[bytes, int]]:
+    """The body in blocks of about BLOCK_BYTES that end where a record ends, with their record counts.
+
+    Cutting the blocks here (rather than letting pyarrow stream) keeps memory to a block or two: pyarrow's
+    own streaming reader reads ten blocks ahead.
+    """
+    pending = bytearray()
+    cut = -1  # offset in pending just past its last complete record
+    emitted = 0
+    chunks = source.chunks()
+    first = next(chunks)[header_bytes:]
+    for chunk in _chain(first, chunks):
+        end = index.feed(chunk)
+        if end >= 0:
+            cut = len(pending) + end
+        pending += chunk
+        if cut >= BLOCK_BYTES:
+            block = bytes(pending[:cut])
+            del pending[:cut]
+            cut = -1
+            yield block, index.records - emitted
+            emitted = index.records
+    index.finish()
+    if pending:
+        yield bytes(pending), index.records - emitted
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     if first:
         yield first
     yield from rest
-
-
-def _batches(reader: Any) -> Iterator[pa.RecordBatch]:
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        if batch.num_rows:
-            yield batch
-
-
-def _records_of_batch(rows: int, next_record: int, invalid: list[tuple[int, str]]) -> tuple[np.ndarray, int]:
-    """Record numbers a batch spans: its rows plus the invalid rows the parser skipped among them."""
-    numbers = sorted(number for number, _ in invalid if number >= next_record)
-    skipped = 0
-    while True:
-        end = next_record + rows + skipped  # exclusive
-        inside = sum(1 for number in numbers if number < end)
-        if inside == skipped:
-            break
-        skipped = inside
-    return np.arange(next_record, end, dtype=np.int64), end
-
-
-def _take_invalid(invalid: list[tuple[int, str]], numbers: np.ndarray) -> list[tuple[int, str]]:
-    wanted = set(numbers.tolist())
-    taken = sorted((item for item in invalid if item[0] in wanted), key=lambda item: item[0])
-    invalid[:] = [item for item in invalid if item[0] not in wanted]
-    return taken
 
 
 def _fields(text: str, delimiter: str) -> list[str]:

@@ -34,9 +34,10 @@ class LineIndex:
         self._pending_offset = 0
         self.records = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> int:
+        """Scan the next bytes; return the offset just past the last record end in them, or -1."""
         if not chunk:
-            return
+            return -1
         data = np.frombuffer(chunk, dtype=np.uint8)
         if self.previous_byte == CR and data[0] != NEWLINE:
             raise QuotingAnomaly("a carriage return that is not part of CRLF")
@@ -81,6 +82,7 @@ class LineIndex:
         self.line += len(newlines)
         self.in_quotes = bool((len(quotes) + int(self.in_quotes)) & 1)
         self.previous_byte = int(data[-1])
+        return int(ends[-1]) + 1 if len(ends) else -1
 
     def finish(self) -> None:
         """At the end of the data: an open quote is malformed; a last record without newline counts."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,9 @@ class StreamingWriter:
     """Writes an object of any size in PART_BYTES parts; nothing appears unless ``close`` is called.
 
     A small object is written with one PutObject at ``close``; a large one becomes a multipart upload
-    that ``abort`` cancels, so a rejected file leaves no half-written output behind.
+    whose parts go up in a background thread while the caller prepares the next one (at most one part in
+    flight, so memory stays at two parts), and that ``abort`` cancels, so a rejected file leaves no
+    half-written output behind.
     """
 
     def __init__(self, client: Any, bucket: str, key: str, content_type: str):
@@ -67,6 +70,8 @@ class StreamingWriter:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._in_flight: Future[dict[str, Any]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self.bytes_written = 0
 
     def write(self, data: bytes) -> None:
@@ -80,12 +85,25 @@ class StreamingWriter:
             self._upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=self.key, ContentType=self.content_type
             )["UploadId"]
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+        self._wait_in_flight()
         number = len(self._parts) + 1
-        response = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
-        )
-        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        body = bytes(self._buffer)
         self._buffer.clear()
+        assert self._executor is not None
+        self._in_flight = self._executor.submit(self._upload_part, number, body)
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        response = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _wait_in_flight(self) -> None:
+        if self._in_flight is not None:
+            part = self._in_flight.result()
+            self._in_flight = None
+            self._parts.append(part)
 
     def close(self) -> None:
         if self._upload_id is None:
@@ -95,13 +113,25 @@ class StreamingWriter:
         else:
             if self._buffer:
                 self._send_part()
+            self._wait_in_flight()
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
             )
+            self._shutdown()
         self._buffer.clear()
 
     def abort(self) -> None:
         if self._upload_id is not None:
+            try:
+                self._wait_in_flight()
+            except Exception:
+                pass
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
             self._upload_id = None
+            self._shutdown()
         self._buffer.clear()
+
+    def _shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -1,0 +1,243 @@
+"""``make bench``: the whole pipeline against raw ``psql \\copy`` on the same PostgreSQL, side by side.
+
+For each size (1M and 5M rows by default) it generates a users-like CSV once (seeded, cached under
+bench/data/), uploads it to a moto server, and times, several times each:
+- raw: ``psql \\copy`` of the same rows (the file's valid rows, as the pipeline normalizes them) into a
+  fresh table of the same definition: the physical cost of putting these rows into this table;
+- pipeline: one ``ingest_object`` call in a fresh process (download, MD5, decode, validate every row,
+  COPY, upsert, processed/ and errors/, ledger, receipt) into a fresh table, as a first load;
+- pipeline, upsert into a table that already holds the rows (staging + INSERT … ON CONFLICT), 1M only.
+It prints medians (rows/s, MB/s, peak RSS of the process, ratio to raw) and, last, the 1M-row ratio.
+
+    python -m devstack.bench [--rows 1000000 5000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psutil
+import psycopg
+from boto3.s3.transfer import TransferConfig
+
+from . import emulator
+from .benchdata import dataset
+from .function import REPO
+from .postgres import find_bin_dir, start_postgres
+from .processes import HOST, free_port, stop_pid
+
+BUCKET = "bench"
+CHILD = """
+import json, resource, sys, time
+from ingest import bootstrap
+from ingest.service import ingest_object
+deps = bootstrap.dependencies()
+started = time.perf_counter()
+receipt = ingest_object(sys.argv[1], sys.argv[2], deps)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "status": receipt.status, "rows_loaded": receipt.rows_loaded,
+                  "rows_rejected": receipt.rows_rejected, "md5": receipt.md5,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Wall time, peak RSS (MB, sampled every 5 ms, children included) and stdout of a command."""
+    started = time.perf_counter()
+    process = psutil.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = 0.0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+                peak = max(peak, rss / 2**20)
+            except psutil.Error:
+                pass
+            done.wait(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = process.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {err.decode()[-2000:]}")
+    return seconds, peak, out.decode()
+
+
+class Bench:
+    def __init__(self, workdir: Path, database_url: str, endpoint: str):
+        self.workdir = workdir
+        self.database_url = database_url
+        self.endpoint = endpoint
+        self.s3 = boto3.session.Session().client("s3", endpoint_url=endpoint)
+        self.s3.create_bucket(Bucket=BUCKET)
+        bin_dir = find_bin_dir()
+        self.psql = str(bin_dir / "psql") if bin_dir and (bin_dir / "psql").exists() else shutil.which("psql")
+        self.child_env = {
+            **os.environ, "AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": database_url,
+            "INGEST_TOPIC_ARN": "", "POWERTOOLS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO / "lambda"),
+        }  # fmt: skip
+
+    def sql(self, statement: str) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+    def fresh_tables(self) -> None:
+        self.sql("DROP TABLE IF EXISTS users; DROP TABLE IF EXISTS ingest_files;")
+
+    def upload(self, path: Path, key: str) -> None:
+        self.s3.upload_file(str(path), BUCKET, key, Config=TransferConfig(multipart_chunksize=64 * 2**20))
+
+    def pipeline(self, key: str) -> dict[str, Any]:
+        seconds, peak, out = measure([sys.executable, "-c", CHILD, BUCKET, key], env=self.child_env)
+        result = json.loads(out.strip().splitlines()[-1])
+        result["wall_seconds"] = seconds
+        result["sampled_rss_mb"] = peak
+        return result
+
+    def raw_copy(self, csv_path: Path) -> tuple[float, float]:
+        """psql \\copy of the rows into a fresh table of the target's definition."""
+        from sqlalchemy import create_engine
+
+        from ingest.adapters.postgres import target_table
+        from ingest.contract import ContractRegistry, default_contracts_dir
+
+        contract = ContractRegistry.from_directory(default_contracts_dir())["users"]
+        self.sql("DROP TABLE IF EXISTS users")
+        engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(self.database_url))
+        with engine.begin() as conn:
+            target_table(contract).create(conn)
+        engine.dispose()
+        columns = ", ".join(contract.column_names)
+        if self.psql:
+            command = f"\\copy users ({columns}) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)"
+            seconds, peak, _ = measure(
+                [self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", self.database_url, "-c", command]
+            )
+        else:  # no psql here: the same COPY through psycopg, streamed from the file
+            code = (f"import psycopg,sys\nwith psycopg.connect({self.database_url!r}) as c, c.cursor() as cur, "
+                    f"cur.copy('COPY users ({columns}) FROM STDIN (FORMAT csv, HEADER true)') as cp, "
+                    f"open({str(csv_path)!r},'rb') as f:\n    [cp.write(b) for b in iter(lambda: f.read(1<<20), b'')]")  # fmt: skip
+            seconds, peak, _ = measure([sys.executable, "-c", code])
+        return seconds, peak
+
+
+def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
+    workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    port = free_port()
+    moto = emulator.start_moto(port, workdir / "moto.log")
+    pg = None
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        database_url = os.environ.get("BENCH_DATABASE_URL")
+        if not database_url:
+            pg = start_postgres(workdir / "pg")
+            database_url = pg.url
+        bench = Bench(workdir, database_url, f"http://{HOST}:{port}")
+        results = []
+        for rows in sizes:
+            print(f"\n{rows:,} rows: generating/reading the data set ...", flush=True)
+            path = dataset(REPO / "bench" / "data", rows)
+            size_mb = path.stat().st_size / 2**20
+            key = f"incoming/users/bench_{rows}.csv"
+            bench.upload(path, key)
+            pipeline_runs = []
+            for i in range(runs):
+                bench.fresh_tables()
+                result = bench.pipeline(key)
+                pipeline_runs.append(result)
+                print(f"  pipeline run {i + 1}: {result['seconds']:.2f}s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                      f"{result['status']} {result['rows_loaded']:,} rows", flush=True)  # fmt: skip
+            valid_csv = workdir / f"valid_{rows}.csv"
+            md5 = pipeline_runs[-1]["md5"]
+            bench.s3.download_file(BUCKET, f"processed/users/{md5}.csv", str(valid_csv))
+            raw_runs = []
+            for i in range(runs):
+                seconds, peak = bench.raw_copy(valid_csv)
+                raw_runs.append((seconds, peak))
+                print(f"  raw \\copy run {i + 1}: {seconds:.2f}s, peak RSS {peak:.0f} MB", flush=True)
+            raw = statistics.median(s for s, _ in raw_runs)
+            entry = {
+                "rows": rows, "mb": size_mb, "raw_seconds": raw, "raw_rss": max(p for _, p in raw_runs),
+                "raw_spread": (min(s for s, _ in raw_runs), max(s for s, _ in raw_runs)),
+                "pipeline_seconds": statistics.median(r["seconds"] for r in pipeline_runs),
+                "pipeline_spread": (min(r["seconds"] for r in pipeline_runs), max(r["seconds"] for r in pipeline_runs)),
+                "pipeline_rss": max(r["peak_rss_mb"] for r in pipeline_runs),
+                "rows_loaded": pipeline_runs[-1]["rows_loaded"],
+            }  # fmt: skip
+            if rows == sizes[0]:
+                # the same content again under new bytes (a trailing blank line): an upsert over existing rows
+                again = workdir / "again.csv"
+                again.write_bytes(path.read_bytes() + b"\n")
+                bench.upload(again, key + ".again.csv")
+                upserts = []
+                for _ in range(max(1, runs - 1)):
+                    bench.fresh_tables()
+                    bench.pipeline(key)
+                    upserts.append(bench.pipeline(key + ".again.csv"))
+                entry["upsert_seconds"] = statistics.median(r["seconds"] for r in upserts)
+                entry["upsert_rss"] = max(r["peak_rss_mb"] for r in upserts)
+            results.append(entry)
+        return results
+    finally:
+        stop_pid(moto.pid)
+        if pg:
+            pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "",
+        f"{'rows':>10} {'MB':>6}  {'method':<34} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {'peak RSS':>9} {'vs raw':>7}",
+    ]
+    for r in results:
+
+        def row(method: str, seconds: float, rss: float, spread: tuple[float, float] | None = None) -> str:
+            noise = f"  ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
+            return (f"{r['rows']:>10,} {r['mb']:>6.0f}  {method:<34} {seconds:>8.2f} {r['rows'] / seconds:>11,.0f} "
+                    f"{r['mb'] / seconds:>7.1f} {rss:>7.0f}MB {seconds / r['raw_seconds']:>6.2f}x{noise}")  # fmt: skip
+
+        lines.append(row("raw psql \\copy (valid rows)", r["raw_seconds"], r["raw_rss"], r["raw_spread"]))
+        lines.append(row("pipeline, first load", r["pipeline_seconds"], r["pipeline_rss"], r["pipeline_spread"]))
+        if "upsert_seconds" in r:
+            lines.append(row("pipeline, upsert over loaded rows", r["upsert_seconds"], r["upsert_rss"]))
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        lines.append(f"scaling {a['rows']:,} -> {b['rows']:,} rows: time x{b['pipeline_seconds'] / a['pipeline_seconds']:.2f} "
+                     f"(rows x{b['rows'] / a['rows']:.0f}), peak RSS {a['pipeline_rss']:.0f} -> {b['pipeline_rss']:.0f} MB")  # fmt: skip
+    first = results[0]
+    lines.append(
+        f"{first['rows']:,}-row ratio, pipeline / raw \\copy: {first['pipeline_seconds'] / first['raw_seconds']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(report(run(args.rows, args.runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
