@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STACK ?= embedded
 export STACK
 
-.PHONY: help venv test unit unit-py312 lint typecheck schema clean up down status logs env demo
+.PHONY: help venv test unit unit-py312 lint typecheck schema bench clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ else
 	@$(MAKE) -s $(VENV312)/.installed
 	PYTHONPATH=lambda:scripts $(VENV312)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 endif
+
+bench: venv ## the pipeline against raw psql \copy, 1M and 5M rows (generates bench/data once; several minutes)
+	$(BIN)/python -m devstack.bench $(BENCH_ARGS)
 
 schema: venv ## regenerate db/ledger.sql from the SQLAlchemy description
 	@{ head -n 3 db/ledger.sql; echo; $(BIN)/python -c "from ingest.adapters.postgres import ledger_ddl; print(ledger_ddl(), end='')"; } > db/ledger.sql.new && mv db/ledger.sql.new db/ledger.sql

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from ingest.adapters.postgres import target_table
 from ingest.contract import ContractRegistry, default_contracts_dir
 from tests.e2e.conftest import REPO, unique_users
+from tests.integration.test_cli import ingest
 
 pytestmark = pytest.mark.stack
 
@@ -130,6 +131,16 @@ def test_a_failing_function_is_retried_then_dead_lettered_and_the_object_kept(st
         assert stack.s3.head_object(Bucket=stack.bucket, Key=key)
         statuses = stack.query("SELECT status FROM ingest_files WHERE object_key = %s", key)
         assert [s["status"] for s in statuses] == ["failed"] * 3
+
+        # the dependency is fixed; the documented replay brings the message back and the file loads, once
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER IF EXISTS refuse_poison ON test"))
+        replayed = ingest("replay", "--dead-letters", env=stack.env)
+        assert replayed.returncode == 0 and "moved 1 message" in replayed.stdout, replayed.stderr
+        assert stack.receipts_for(key, count=4, timeout=60)[-1]["status"] == "loaded"
+        again = ingest("replay", key, env=stack.env)
+        assert again.returncode == 0 and "SKIPPED" in again.stdout, again.stderr
+        assert stack.query("SELECT count(*) AS n FROM test WHERE instrument = %s", key)[0]["n"] == 1
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TRIGGER IF EXISTS refuse_poison ON test"))

@@ -1,0 +1,439 @@
+"""``ingest``: the command line for people who write contracts and run the pipeline.
+
+Every verb is a thin call into the library the function uses. Exit codes: 0 ok, 1 the file is (or
+would be) rejected or a check found problems, 2 usage, 3 an error reaching the stack or the database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .contract import ContractError, ContractRegistry, default_contracts_dir, glob_to_regex
+from .processing import Outcome, process
+from .rejection import FileRejected
+
+OK, REJECTED, USAGE, ERROR = 0, 1, 2, 3
+READ_BYTES = 1024 * 1024
+
+
+class StackError(click.ClickException):
+    exit_code = ERROR
+
+
+def _registry(contracts_dir: str | None) -> ContractRegistry:
+    try:
+        return ContractRegistry.from_directory(contracts_dir or os.environ.get("INGEST_CONTRACTS_DIR")
+                                               or default_contracts_dir())  # fmt: skip
+    except ContractError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--contracts", "contracts_dir", envvar="INGEST_CONTRACTS_DIR", help="folder of contract files")
+@click.pass_context
+def main(ctx: click.Context, contracts_dir: str | None) -> None:
+    """Check files against table contracts, draft contracts, and run the pipeline's stack.
+
+    \b
+    Examples:
+      ingest check samples/users_with_errors.csv
+      ingest contract lint
+      ingest status
+    """
+    ctx.obj = {"contracts_dir": contracts_dir}
+
+
+# --- check ------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--contract", "contract_name", help="contract to check against (default: the one the key maps to)")
+@click.option("--key", help="the object key it would be uploaded as (default: incoming/<file name>)")
+@click.option("--show", default=10, show_default=True, help="how many rejected rows to list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def check(obj: dict[str, Any], file: Path, contract_name: str | None, key: str | None, show: int,
+          as_json: bool) -> None:  # fmt: skip
+    """Run the real normalization and validation on a local file; no stack needed.
+
+    Exits 1 when the pipeline would reject the file.
+
+    \b
+    Example:
+      ingest check samples/users_with_errors.csv
+      ingest check exports/march.csv --contract users --json
+    """
+    registry = _registry(obj["contracts_dir"])
+    key = key or f"incoming/{file.name}"
+    if contract_name and contract_name not in registry.contracts:
+        raise click.UsageError(f"no contract named {contract_name!r}; known: {', '.join(registry.contracts)}")
+    if not contract_name and len(registry.match(key)) != 1:
+        from .service import choose_contract
+
+        try:
+            choose_contract(registry, key)
+        except FileRejected as exc:  # what the pipeline would answer for this key
+            verdict = {
+                "file": str(file),
+                "key": key,
+                "verdict": "rejected",
+                "reason": exc.reason,
+                "message": exc.message,
+            }
+            hint = "  (check it against a contract anyway with --contract NAME, or name its key with --key)"
+            _emit(as_json, verdict, f"{file}: REJECTED ({exc.reason}): {exc.message}\n{hint}")  # fmt: skip
+            sys.exit(REJECTED)
+    contract = registry[contract_name] if contract_name else registry.match(key)[0]
+    rows_out = 0
+    outcome = Outcome()
+    started = time.monotonic()
+
+    def count_valid(block: bytes) -> None:
+        nonlocal rows_out
+        rows_out += block.count(b"\n")
+
+    rejection: FileRejected | None = None
+    try:
+        process(_read_with_progress(file, as_json), contract, count_valid, lambda block: None, outcome)
+    except FileRejected as exc:
+        rejection = exc
+    first_errors = [
+        {"line": e.line, "column": e.column, "rule": e.rule, "value": e.value, "message": e.message}
+        for e in outcome.first_errors[:show]
+    ]
+    fmt = outcome.text_format
+    data = {
+        "file": str(file), "key": key, "contract": contract.name, "table": contract.table,
+        "verdict": "rejected" if rejection else "loadable",
+        "reason": rejection.reason if rejection else None, "message": rejection.message if rejection else None,
+        "rows_total": outcome.rows_total, "rows_valid": outcome.rows_valid, "rows_rejected": outcome.rows_rejected,
+        "errors_by_rule": dict(outcome.errors_by_rule), "first_errors": first_errors,
+        "encoding": fmt.encoding if fmt else None, "delimiter": fmt.delimiter if fmt else None,
+        "compression": fmt.compression if fmt else None, "engine": outcome.engine,
+        "seconds": round(time.monotonic() - started, 3),
+    }  # fmt: skip
+    lines = [
+        f"{file}  ->  contract {contract.name} (table {contract.table})",
+        f"  read as {data['encoding']}, delimiter {data['delimiter']!r}"
+        + (f", {data['compression']}" if data["compression"] else "")
+        + f", {data['engine']} engine, {data['seconds']}s",
+        f"  rows: {outcome.rows_total:,} read, {outcome.rows_valid:,} valid, {outcome.rows_rejected:,} rejected",
+    ]
+    if outcome.errors_by_rule:
+        lines.append("  by rule: " + ", ".join(f"{rule} {n}" for rule, n in sorted(outcome.errors_by_rule.items())))
+    for e in first_errors:
+        lines.append(f"    line {e['line']:>6}  {e['column'] or '(row)':<14} {e['rule']:<14} {e['message']}")
+    if len(outcome.first_errors) > show:
+        lines.append(f"    ... ({outcome.rows_rejected - show} more rows rejected)")
+    lines.append(f"  REJECTED ({rejection.reason}): {rejection.message}" if rejection else "  OK: the file would load")
+    _emit(as_json, data, "\n".join(lines))
+    sys.exit(REJECTED if rejection else OK)
+
+
+def _read_with_progress(file: Path, quiet: bool) -> Iterator[bytes]:
+    size = file.stat().st_size
+    show = not quiet and size > 20 * READ_BYTES and sys.stderr.isatty()
+    with open(file, "rb") as handle:
+        if not show:
+            yield from iter(lambda: handle.read(READ_BYTES), b"")
+            return
+        with click.progressbar(length=size, label="checking", file=sys.stderr) as bar:
+            for chunk in iter(lambda: handle.read(READ_BYTES), b""):
+                bar.update(len(chunk))
+                yield chunk
+
+
+# --- contracts --------------------------------------------------------------------------------------
+
+
+@main.group()
+def contract() -> None:
+    """Draft and check contract files."""
+
+
+@contract.command("lint")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
+    """Every contract parses, names known types, and no two claim the same keys.
+
+    \b
+    Example:
+      ingest contract lint
+    """
+    registry = _registry(obj["contracts_dir"])
+    problems = []
+    contracts = list(registry)
+    for i, a in enumerate(contracts):
+        for b in contracts[i + 1 :]:
+            for pattern in a.keys:
+                example = _example_key(pattern)
+                if b.claims(example):
+                    problems.append(f"{a.name} and {b.name} both claim keys like {example!r} ({pattern})")
+            for pattern in b.keys:
+                example = _example_key(pattern)
+                if a.claims(example):
+                    problems.append(f"{b.name} and {a.name} both claim keys like {example!r} ({pattern})")
+    data = {"contracts": [c.name for c in contracts], "problems": problems}
+    text = "\n".join([f"{len(contracts)} contracts: {', '.join(data['contracts'])}"]
+                     + [f"  PROBLEM: {p}" for p in problems] + ([] if problems else ["  OK"]))  # fmt: skip
+    _emit(as_json, data, text)
+    sys.exit(REJECTED if problems else OK)
+
+
+def _example_key(pattern: str) -> str:
+    example = pattern.replace("**", "a/b").replace("*", "x").replace("?", "y")
+    assert glob_to_regex(pattern).fullmatch(example)
+    return example
+
+
+@contract.command("new")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="contract (and table) name: a lower-case SQL identifier")
+@click.option("--rows", default=10_000, show_default=True, help="how many rows to infer types from")
+def contract_new(file: Path, name: str, rows: int) -> None:
+    """Draft a contract from a sample CSV (types, required columns, key candidates), to edit by hand.
+
+    \b
+    Example:
+      ingest contract new exports/orders.csv --name orders > lambda/contracts/orders.toml
+    """
+    from .drafting import draft_contract
+
+    click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows))
+
+
+# --- the running stack --------------------------------------------------------------------------------
+
+
+def _stack_env() -> dict[str, str]:
+    """The running stack's settings: from the environment, else from the embedded stack's state file."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "INGEST_", "DATABASE_URL"))}
+    if "DATABASE_URL" in env and "AWS_ENDPOINT_URL" in env:
+        return env
+    try:
+        from devstack.stack import Settings, environment, read_state
+
+        state = read_state(Settings.from_env())
+    except ImportError:
+        state = None
+    if state and state.get("ready"):
+        return {**environment(state), **env}
+    if "DATABASE_URL" in env:
+        return env
+    raise StackError("no running stack: start one with `make up`, or set DATABASE_URL (and AWS_ENDPOINT_URL)")
+
+
+def _database(env: dict[str, str]) -> Any:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    try:
+        return psycopg.connect(env["DATABASE_URL"], row_factory=dict_row, connect_timeout=5)
+    except psycopg.Error as exc:
+        raise StackError(f"cannot reach the database: {exc}") from None
+
+
+def _aws(env: dict[str, str], service: str) -> Any:
+    import boto3
+
+    session = boto3.session.Session(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )  # fmt: skip
+    return session.client(service, endpoint_url=env.get("AWS_ENDPOINT_URL"))
+
+
+def _ledger_rows(env: dict[str, str], where: str = "", params: tuple[Any, ...] = (), limit: int = 20) -> list[dict]:
+    with _database(env) as conn:
+        exists = conn.execute("SELECT to_regclass('ingest_files') IS NOT NULL AS e").fetchone()
+        if not exists or not exists["e"]:
+            return []
+        return conn.execute(
+            "SELECT id, md5, bucket, object_key, contract, table_name, status, reason, error, rows_total, "
+            f"rows_valid, rows_rejected, rows_loaded, errors_key, finished_at, duration_ms FROM ingest_files {where} "
+            "ORDER BY id DESC LIMIT %s",
+            (*params, limit),
+        ).fetchall()
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def status(limit: int, as_json: bool) -> None:
+    """The ledger of the running stack (or DATABASE_URL): recent files, status, counts, durations.
+
+    \b
+    Example:
+      ingest status --limit 5
+    """
+    rows = _ledger_rows(_stack_env(), limit=limit)
+    lines = [f"{'id':>5}  {'status':<9} {'rows':>9} {'rejected':>8} {'ms':>7}  {'key':<44} reason"]
+    for r in rows:
+        lines.append(f"{r['id']:>5}  {r['status']:<9} {r['rows_loaded'] or 0:>9,} {r['rows_rejected'] or 0:>8,} "
+                     f"{r['duration_ms'] or 0:>7}  {r['object_key']:<44} {r['reason'] or ''}")  # fmt: skip
+    if not rows:
+        lines.append("  (no files yet)")
+    _emit(as_json, {"files": rows}, "\n".join(lines))
+
+
+def _find(env: dict[str, str], ref: str) -> dict[str, Any]:
+    rows = _ledger_rows(env, "WHERE md5 = %s OR object_key = %s", (ref, ref), limit=1)
+    if not rows:
+        raise click.ClickException(f"no file {ref!r} in the ledger (give an object key or an MD5)")
+    return rows[0]
+
+
+@main.command()
+@click.argument("ref", metavar="KEY|MD5")
+@click.option("--json", "as_json", is_flag=True)
+def errors(ref: str, as_json: bool) -> None:
+    """The rejected rows of one file, read back from errors/.
+
+    \b
+    Example:
+      ingest errors incoming/users_with_errors.csv
+    """
+    env = _stack_env()
+    entry = _find(env, ref)
+    if not entry["errors_key"]:
+        _emit(as_json, {"file": entry, "errors": []}, f"{entry['object_key']}: no rejected rows ({entry['status']})")
+        return
+    s3 = _aws(env, "s3")
+    body = s3.get_object(Bucket=entry["bucket"], Key=entry["errors_key"])["Body"].read().decode()
+    if entry["errors_key"].endswith(".json"):
+        summary = json.loads(body)
+        _emit(as_json, summary, f"{entry['object_key']}: {summary.get('status')} ({summary.get('reason')}): "
+                                f"{summary.get('message')}")  # fmt: skip
+        return
+    rows = list(csv.DictReader(io.StringIO(body)))
+    lines = [f"{entry['object_key']}: {len(rows)} problems (s3://{entry['bucket']}/{entry['errors_key']})"]
+    lines += [f"  line {r['line']:>6}  {r['column'] or '(row)':<14} {r['rule']:<14} {r['message']}" for r in rows]
+    _emit(as_json, {"file": entry, "errors": rows}, "\n".join(lines))
+
+
+@main.command()
+@click.argument("ref", metavar="KEY|MD5", required=False)
+@click.option("--dead-letters", is_flag=True, help="move every message of the dead-letter queue back instead")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipt")
+@click.option("--json", "as_json", is_flag=True)
+def replay(ref: str | None, dead_letters: bool, wait: bool, as_json: bool) -> None:
+    """Run one object through the function again (e.g. one that failed while a dependency was down).
+
+    It goes through the same queue and function as an upload; the ledger keeps it exactly-once, so it is
+    safe to repeat: content that loaded comes back ``skipped``.
+
+    \b
+    Examples:
+      ingest replay incoming/users.csv
+      ingest replay --dead-letters
+    """
+    env = _stack_env()
+    sqs = _aws(env, "sqs")
+    if dead_letters:
+        moved = _redrive(sqs, env["INGEST_DLQ_URL"], env["INGEST_QUEUE_URL"])
+        _emit(as_json, {"moved": moved}, f"moved {moved} message(s) from the dead-letter queue back to the queue")
+        return
+    if not ref:
+        raise click.UsageError("give KEY|MD5, or --dead-letters")
+    if ref.startswith("incoming/"):
+        bucket, key = env.get("INGEST_BUCKET", ""), ref
+    else:
+        entry = _find(env, ref)
+        bucket, key = entry["bucket"], entry["object_key"]
+    since = time.time()
+    sqs.send_message(QueueUrl=env["INGEST_QUEUE_URL"], MessageBody=json.dumps(_s3_event(bucket, key)))
+    _finish(env, key, since, wait, as_json, f"queued s3://{bucket}/{key} for the function")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", help="object key (default: incoming/<file name>)")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipt")
+@click.option("--json", "as_json", is_flag=True)
+def upload(file: Path, key: str | None, wait: bool, as_json: bool) -> None:
+    """Upload a file to the running stack and wait for its receipt.
+
+    \b
+    Example:
+      ingest upload samples/users.csv --key incoming/users/today.csv
+    """
+    env = _stack_env()
+    key = key or f"incoming/{file.name}"
+    since = time.time()
+    _aws(env, "s3").upload_file(str(file), env["INGEST_BUCKET"], key)
+    _finish(env, key, since, wait, as_json, f"uploaded {file} to s3://{env['INGEST_BUCKET']}/{key}")
+
+
+def _finish(env: dict[str, str], key: str, since: float, wait: bool, as_json: bool, done: str) -> None:
+    if not wait:
+        _emit(as_json, {"key": key}, done)
+        return
+    receipt = _wait_for_receipt(env, key, since)
+    if receipt is None:
+        raise StackError(f"{done}, but no receipt arrived within 120 s (see: make logs)")
+    text = f"{done}\n{receipt['status'].upper()}: " + (
+        f"{receipt['rows_loaded']:,} rows into {receipt['table']}, {receipt['rows_rejected']:,} rejected"
+        if receipt["status"] == "loaded" else (receipt.get("message") or "")
+    )  # fmt: skip
+    _emit(as_json, receipt, text)
+    sys.exit({"loaded": OK, "skipped": OK, "rejected": REJECTED}.get(receipt["status"], ERROR))
+
+
+def _wait_for_receipt(env: dict[str, str], key: str, since: float, timeout: float = 120) -> dict[str, Any] | None:
+    sqs = _aws(env, "sqs")
+    tap = sqs.get_queue_url(QueueName="ingest-receipts-tap")["QueueUrl"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            envelope = json.loads(message["Body"])
+            receipt = json.loads(envelope["Message"])
+            published = datetime.fromisoformat(envelope["Timestamp"].replace("Z", "+00:00")).timestamp()
+            if receipt.get("key") == key and published >= int(since):
+                sqs.delete_message(QueueUrl=tap, ReceiptHandle=message["ReceiptHandle"])
+                return dict(receipt)
+            sqs.change_message_visibility(QueueUrl=tap, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    return None
+
+
+def _s3_event(bucket: str, key: str) -> dict[str, Any]:
+    from urllib.parse import quote_plus
+
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "eventName": "ObjectCreated:Put",
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "ingest-replay",
+               "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"}, "object": {"key": quote_plus(key)}},
+    }]}  # fmt: skip
+
+
+def _redrive(sqs: Any, source: str, target: str) -> int:
+    moved = 0
+    while True:
+        batch = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        if not batch:
+            return moved
+        for message in batch:
+            sqs.send_message(QueueUrl=target, MessageBody=message["Body"])
+            sqs.delete_message(QueueUrl=source, ReceiptHandle=message["ReceiptHandle"])
+            moved += 1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The `ingest` command as a user runs it (its installed entry point), for the verbs that need no stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ingest.contract import parse_contract
+from tests.conftest import REPO, SAMPLES
+
+INGEST = str(Path(sys.executable).parent / "ingest")
+
+
+def ingest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INGEST, *args], capture_output=True, text=True, cwd=REPO, env=env or os.environ.copy(),
+                          timeout=120)  # fmt: skip
+
+
+def test_check_reports_rows_rules_and_the_verdict():
+    result = ingest("check", str(SAMPLES / "users_with_errors.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "contract users" in result.stdout and "10 read, 6 valid, 4 rejected" in result.stdout
+    assert "line      3  email" in result.stdout and "OK: the file would load" in result.stdout
+
+
+def test_check_json_and_the_rejected_exit_code(tmp_path):
+    bad = tmp_path / "users.csv"
+    bad.write_text("id,email,full_name\n1,x,A\n2,y,B\n")
+    result = ingest("check", str(bad), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "rejected" and report["reason"] == "too_many_rejected_rows"
+    assert report["first_errors"][0]["rule"] == "pattern" and report["encoding"] == "utf-8"
+
+
+def test_check_a_file_no_contract_claims():
+    result = ingest("check", str(SAMPLES / "inventory.csv"))
+    assert result.returncode == 1 and "REJECTED (no_contract)" in result.stdout
+    forced = ingest("check", str(SAMPLES / "inventory.csv"), "--contract", "users", "--json")
+    assert forced.returncode == 1 and json.loads(forced.stdout)["reason"] == "no_header"
+
+
+def test_usage_errors_exit_2():
+    assert ingest("check", str(SAMPLES / "users.csv"), "--contract", "nope").returncode == 2
+    assert ingest("frobnicate").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "verb", [["check"], ["contract", "lint"], ["contract", "new"], ["status"], ["errors"], ["replay"], ["upload"]]
+)
+def test_every_verb_has_help_with_an_example(verb):
+    result = ingest(*verb, "--help")
+    assert result.returncode == 0 and "Example" in result.stdout
+
+
+def test_contract_lint_passes_the_shipped_contracts_and_catches_overlaps(tmp_path):
+    assert ingest("contract", "lint").returncode == 0
+    for name, keys in (("a", '["incoming/a_*.csv"]'), ("b", '["incoming/a_x.csv"]')):
+        (tmp_path / f"{name}.toml").write_text(f'table = "{name}"\nkeys = {keys}\n[[columns]]\nname = "v"\n')
+    result = ingest("--contracts", str(tmp_path), "contract", "lint")
+    assert result.returncode == 1 and "a and b both claim" in result.stdout
+    (tmp_path / "c.toml").write_text('table = "c"\nkeys = ["k"]\n[[columns]]\nname = "v"\ntype = "varchar"\n')
+    broken = ingest("--contracts", str(tmp_path), "contract", "lint")
+    assert broken.returncode == 1 and "type must be one of" in broken.stderr
+
+
+def test_contract_new_drafts_a_contract_that_parses_and_accepts_its_sample(tmp_path):
+    result = ingest("contract", "new", str(SAMPLES / "users.csv"), "--name", "people")
+    assert result.returncode == 0, result.stderr
+    draft = parse_contract("people", tomllib.loads(result.stdout))
+    types = {c.name: c.type for c in draft.columns}
+    assert types == {"id": "integer", "email": "text", "full_name": "text", "signup_date": "date",
+                     "country": "text", "age": "integer", "balance": "numeric", "is_active": "boolean"}  # fmt: skip
+    assert draft.load_mode == "upsert" and draft.upsert_key == ("id",)
+    (tmp_path / "people.toml").write_text(result.stdout)
+    check = ingest("--contracts", str(tmp_path), "check", str(SAMPLES / "users.csv"), "--contract", "people")
+    assert check.returncode == 0 and "5 valid, 0 rejected" in check.stdout
+
+
+def test_stack_verbs_say_clearly_when_no_stack_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INGEST_", "DATABASE_URL"))}
+    env["INGEST_STACK_DIR"] = str(tmp_path / "none")
+    result = ingest("status", env=env)
+    assert result.returncode == 3 and "no running stack" in result.stderr

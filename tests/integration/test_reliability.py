@@ -1,0 +1,112 @@
+"""Hostile input, least privilege and secrets, through the real service, emulator and PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ingest.adapters.postgres import Database
+from ingest.service import ingest_object
+
+UTF8 = "id,email,full_name\n" + "".join(f"{i},u{i}@example.com,Zoë {i}\n" for i in range(1, 200))
+BAD_INPUTS = {
+    "empty": (b"", "empty_object"),
+    "header_only": (b"id,email,full_name\n", "no_data_rows"),
+    "binary": (bytes(range(256)) * 40, "binary_content"),
+    "truncated_gzip": (gzip.compress(UTF8.encode() * 50)[:-40], "truncated_gzip"),
+    "invalid_utf8": (UTF8.encode() + b"999,x@example.com,Bad \xff\xfe byte\n", "invalid_encoding"),
+    "huge_field": (b"id,email,full_name\n1,a@b.co," + b"x" * (10 * 2**20) + b"\n", "field_too_large"),
+    "ten_thousand_columns": (b"id,email,full_name\n" + b",".join([b"1"] * 10_000) + b"\n", "too_many_rejected_rows"),
+    "unbalanced_quotes": (b'id,email,full_name\n1,a@b.co,"Ann\n2,b@b.co,Bob\n', "malformed_csv"),
+    "sql_in_header": (b'id,email,full_name,"x""); DROP TABLE users; --"\n1,a@b.co,A,1\n', "unknown_columns"),
+    "duplicate_header": (b"id,email,email,full_name\n1,a@b.co,a@b.co,A\n", "duplicate_header"),
+    "all_rows_invalid": (b"id,email,full_name\nx,bad,\ny,bad,\n", "too_many_rejected_rows"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_rejected_with_its_reason_and_loads_nothing(pipeline, name):
+    data, reason = BAD_INPUTS[name]
+    key = "incoming/users/" + name + (".csv.gz" if name.endswith("gzip") else ".csv")
+    pipeline.upload(key, data)
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert (receipt.status, receipt.reason) == ("rejected", reason), receipt.message
+    md5 = hashlib.md5(data).hexdigest()
+    summary = pipeline.get(f"errors/users/{md5}.json")
+    assert f'"reason": "{reason}"'.encode() in summary and b'"status": "rejected"' in summary
+    assert pipeline.keys("processed/") == []
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 0
+    assert pipeline.get(key) == data  # the original stays as it was
+    [published] = pipeline.receipts()
+    assert published["status"] == "rejected" and published["reason"] == reason
+
+
+@pytest.mark.parametrize("key", ["incoming/users/../users.csv", "incoming/users/a\x07b.csv", "incoming/users/./x.csv"])
+def test_suspicious_keys_are_refused(pipeline, key):
+    pipeline.upload(key, b"id,email,full_name\n1,a@b.co,A\n")
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert (receipt.status, receipt.reason) == ("rejected", "invalid_key")
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 0
+
+
+def test_formula_cells_are_data_in_the_table_and_defused_in_the_errors_csv(pipeline):
+    data = b'id,email,full_name\n1,a@b.co,=HYPERLINK("x")\n2,+bad,B\n3,c@d.ef,@SUM(A1)\n'
+    pipeline.upload("incoming/users.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    names = [r["full_name"] for r in pipeline.query("SELECT full_name FROM users ORDER BY id")]
+    assert names == ['=HYPERLINK("x")', "@SUM(A1)"]
+    errors_csv = pipeline.get(receipt.errors_key).decode()
+    assert ",'+bad," in errors_csv and ",+bad," not in errors_csv
+
+
+def test_no_secret_reaches_a_receipt_a_log_line_or_an_error_report(pipeline, caplog, capsys):
+    secret = "s3cr3t-Passw0rd"
+    pipeline.upload("incoming/users.csv", b"id,email,full_name\n1,a@b.co,A\n")
+    pipeline.deps.database = Database(f"postgresql://ingest:{secret}@127.0.0.1:1/ingest", connect_timeout=1)
+    with caplog.at_level(logging.DEBUG), pytest.raises(Exception):  # noqa: B017 - any failure will do
+        ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    [published] = pipeline.receipts()
+    assert published["status"] == "failed"
+    everything = str(published) + caplog.text + capsys.readouterr().out
+    assert secret not in everything
+    for key in pipeline.keys("errors/"):
+        assert secret.encode() not in pipeline.get(key)
+
+
+def test_the_function_role_writes_its_tables_and_nothing_else(pipeline, database_url):
+    role, password = "ingest_fn_test", "fn-pass"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        template = open_roles_sql().replace("ingest_function", role)
+        template = template.replace("ON DATABASE ingest", "ON DATABASE " + admin.info.dbname)
+        admin.execute(template.replace(":password", f"'{password}'"))
+        admin.execute("CREATE TABLE payroll (id int primary key, salary int); INSERT INTO payroll VALUES (1, 100)")
+    function_url = psycopg.conninfo.make_conninfo(database_url, user=role, password=password)
+    try:
+        pipeline.deps.database = Database(function_url)
+        pipeline.upload("incoming/users.csv", b"id,email,full_name\n1,a@b.co,A\n")
+        assert ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps).status == "loaded"
+        pipeline.deps.database.dispose()
+        with psycopg.connect(function_url, autocommit=True) as fn:
+            for attempt in ("DROP TABLE payroll", "ALTER TABLE payroll ADD COLUMN x int",
+                            "UPDATE payroll SET salary = 0", "INSERT INTO payroll VALUES (2, 1)",
+                            "SELECT * FROM payroll"):  # fmt: skip
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    fn.execute(attempt)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
+
+
+def open_roles_sql() -> str:
+    from tests.conftest import REPO
+
+    text = (REPO / "db" / "roles.sql").read_text()
+    return "\n".join(line for line in io.StringIO(text).read().splitlines() if not line.startswith("--"))
