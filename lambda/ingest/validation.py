@@ -196,14 +196,17 @@ class SeenValues:
     """Values seen so far with the line of their first occurrence.
 
     Row by row (the exact engine) they live in a dict. Batch by batch (the columnar engine), integer keys
-    live in sorted numpy arrays (16 bytes a key, merged like an LSM tree) so that millions of rows need
-    little memory; other keys in the dict. One file is checked by one engine only.
+    live in sorted numpy runs of 8-12 bytes a key: a batch whose keys all exceed every key seen (ids in
+    ascending order, the common case) becomes a run of its own, never copied again and skipped by every
+    later lookup; other batches are merged like an LSM tree. One file is checked by one engine only.
     """
 
     def __init__(self, integer: bool):
         self.integer = integer
         self._dict: dict[object, int] = {}
-        self._levels: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, first lines)
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # disjoint, in ascending key order
+        self._levels: list[tuple[np.ndarray, np.ndarray]] = []  # overlapping, merged by size
+        self._max: int | None = None
 
     def first_line(self, key: tuple[object, ...], line: int) -> int | None:
         """Row by row (the exact engine): record ``key`` at ``line`` unless seen; else the earlier line."""
@@ -222,29 +225,55 @@ class SeenValues:
                     out[i] = first
             return out
         unique, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        earlier = np.full(len(unique), -1, dtype=np.int64)
-        for level_keys, level_lines in self._levels:
-            pos = np.searchsorted(level_keys, unique).clip(max=len(level_keys) - 1)
-            hit = level_keys[pos] == unique
-            earlier[hit] = level_lines[pos[hit]]
-        # a repeat within this batch points at its first row in the batch, unless an earlier batch had it
+        earlier = self._lookup(unique)
         batch_first = lines[first_index]
         first_of_row = np.where(earlier[inverse] >= 0, earlier[inverse], batch_first[inverse])
         is_repeat = (earlier[inverse] >= 0) | (np.arange(len(keys)) != first_index[inverse])
         out[is_repeat] = first_of_row[is_repeat]
         new = earlier < 0
-        self._add(unique[new], batch_first[new])
+        self._add(unique[new], batch_first[new].astype(np.int32))
         return out
+
+    def _lookup(self, unique: np.ndarray) -> np.ndarray:
+        earlier = np.full(len(unique), -1, dtype=np.int64)
+        if self._runs and self._max is not None:
+            candidates = unique <= self._max  # keys above every key seen cannot be repeats
+            if candidates.any():
+                for run_keys, run_lines in self._runs:
+                    self._probe(run_keys, run_lines, unique, earlier, candidates)
+        for level_keys, level_lines in self._levels:
+            self._probe(level_keys, level_lines, unique, earlier, np.ones(len(unique), dtype=bool))
+        return earlier
+
+    @staticmethod
+    def _probe(keys: np.ndarray, lines: np.ndarray, unique: np.ndarray, earlier: np.ndarray,
+               candidates: np.ndarray) -> None:  # fmt: skip
+        inside = candidates & (unique >= keys[0]) & (unique <= keys[-1])
+        if not inside.any():
+            return
+        probe = unique[inside]
+        pos = np.searchsorted(keys, probe)
+        hit = keys[pos] == probe
+        found = earlier[inside]
+        found[hit] = lines[pos[hit]]
+        earlier[inside] = found
 
     def _add(self, keys: np.ndarray, lines: np.ndarray) -> None:
         if not len(keys):
             return
-        self._levels.append((keys, lines))
-        while len(self._levels) > 1 and len(self._levels[-1][0]) * 2 >= len(self._levels[-2][0]):
-            (k2, l2), (k1, l1) = self._levels.pop(), self._levels.pop()
-            merged_keys = np.concatenate([k1, k2])
-            order = np.argsort(merged_keys, kind="stable")
-            self._levels.append((merged_keys[order], np.concatenate([l1, l2])[order]))
+        if not self._levels and (self._max is None or keys[0] > self._max):
+            if keys[0] >= -(2**31) and keys[-1] < 2**31:
+                keys = keys.astype(np.int32)  # 8 bytes a key instead of 12 where the ids allow
+            self._runs.append((keys, lines))
+        else:
+            self._levels.append((keys, lines))
+            while len(self._levels) > 1 and len(self._levels[-1][0]) * 2 >= len(self._levels[-2][0]):
+                (k2, l2), (k1, l1) = self._levels.pop(), self._levels.pop()
+                merged_keys = np.concatenate([k1, k2])
+                order = np.argsort(merged_keys, kind="stable")
+                self._levels.append((merged_keys[order], np.concatenate([l1, l2])[order]))
+        top = int(keys[-1])
+        self._max = top if self._max is None else max(self._max, top)
 
 
 def build_coercer(col: Column) -> Coercer:
