@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 import uuid
 from urllib.parse import unquote_plus
@@ -176,3 +177,49 @@ def test_editing_the_function_takes_effect_on_the_next_invocation(stack):
         assert stack.function_pid() != before
     finally:
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_the_same_content_under_eight_keys_at_once_loads_exactly_once(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, ids = unique_users(rows=5)
+    keys = [f"incoming/users/burst_{uuid.uuid4().hex[:6]}_{i}.csv" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: stack.upload(key, data), keys))
+    statuses = sorted(stack.receipts_for(key)[0]["status"] for key in keys)
+    assert statuses == ["loaded"] + ["skipped"] * 7
+    md5 = hashlib.md5(data).hexdigest()
+    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 5
+
+
+def test_killing_the_function_during_copy_leaves_nothing_and_the_retry_loads_once(stack):
+    if stack.kind != "embedded":
+        pytest.skip("kills the function's host process")
+    base = uuid.uuid4().int % 500_000_000 + 1_500_000_000 - 600_000  # its own id range, within integer
+    rows = 400_000
+    data = b"id,email,full_name,country\n" + b"".join(
+        f"{base + i},k{base + i}@example.com,Killed mid load {i:07d},DE\n".encode() for i in range(rows)
+    )
+    md5 = hashlib.md5(data).hexdigest()
+    key = f"incoming/users/kill_{uuid.uuid4().hex[:8]}.csv"
+    stack.upload(key, data)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the function is streaming rows into PostgreSQL
+        copying = stack.query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ingest' AND query LIKE 'COPY%%'"
+        )[0]["n"]
+        if copying:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the load never reached COPY")
+    pid = stack.function_pid()
+    os.killpg(pid, signal.SIGKILL)
+    assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
+    receipts = stack.receipts_for(key, timeout=120)
+    assert receipts[-1]["status"] == "loaded" and receipts[-1]["rows_loaded"] == rows
+    assert stack.function_pid() != pid  # the runtime was started again
+    assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == rows
+    loaded = stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)
+    assert loaded[0]["n"] == 1

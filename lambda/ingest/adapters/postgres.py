@@ -7,6 +7,7 @@ content loads exactly once even when deliveries race (the loser waits on the ind
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -213,6 +214,9 @@ class Load:
         self._copy_open = True
         self._copied = 0
         self.rows_loaded = 0
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)  # bounded: memory stays flat
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
 
     def _choose_strategy(self) -> str:
         conn, target = self._conn, self.target
@@ -228,9 +232,36 @@ class Load:
         return "staging" if conn.execute(sa.select(sa.exists().select_from(target))).scalar() else "copy"
 
     def write(self, data: bytes) -> None:
-        self._copy.write(data)
+        """Queue a block for COPY; a writer thread sends it while the caller validates the next one."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._send_blocks, name="copy-writer", daemon=True)
+            self._writer.start()
+        if self._writer_error is not None:
+            raise self._writer_error
+        self._blocks.put(data)
+
+    def _send_blocks(self) -> None:
+        while (block := self._blocks.get()) is not None:
+            if self._writer_error is None:
+                try:
+                    self._copy.write(block)
+                except BaseException as exc:
+                    self._writer_error = exc
+
+    def _drain_writer(self) -> None:
+        if self._writer is not None:
+            self._blocks.put(None)
+            self._writer.join()
+            self._writer = None
 
     def _finish_copy(self, error: BaseException | None = None) -> None:
+        self._drain_writer()
+        if error is None and self._writer_error is not None:
+            error = self._writer_error
+            if self._copy_open:
+                self._copy_open = False
+                self._copy_context.__exit__(type(error), error, error.__traceback__)
+            raise error
         if self._copy_open:
             self._copy_open = False
             exc_type = type(error) if error else None
@@ -268,7 +299,12 @@ class Load:
             key = set(self.contract.upsert_key)
             updates: dict[str, Any] = {n: upsert.excluded[n] for n in into if n not in key}
             updates["_ingest_loaded_at"] = sa.func.now()
-            statement = upsert.on_conflict_do_update(index_elements=list(key), set_=updates)
+            # Rows the file leaves as they were are not rewritten (no new tuple, no WAL): a daily full
+            # snapshot of mostly unchanged rows costs reading, not writing.
+            changed = sa.tuple_(*(self.target.c[n] for n in names)).is_distinct_from(
+                sa.tuple_(*(upsert.excluded[n] for n in names))
+            )
+            statement = upsert.on_conflict_do_update(index_elements=list(key), set_=updates, where=changed)
         else:
             statement = sa.insert(self.target).from_select(into, source)
         return int(self._conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount)
