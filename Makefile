@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STACK ?= embedded
 export STACK
 
-.PHONY: help venv test unit unit-py312 lint typecheck schema bench clean up down status logs env demo
+.PHONY: help venv test unit unit-py312 lint typecheck schema bench image push deploy clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,15 @@ endif
 
 bench: venv ## the pipeline against raw psql \copy, 1M and 5M rows (generates bench/data once; several minutes)
 	$(BIN)/python -m devstack.bench $(BENCH_ARGS)
+
+image: ## build the Lambda image (needs Docker)
+	scripts/deploy.sh image
+
+push: venv ## build, tag and push the image to ECR (needs Docker and AWS credentials)
+	scripts/deploy.sh push
+
+deploy: venv ## push, then deploy deploy/template.yaml with the new image digest (needs DATABASE_SECRET_ARN)
+	scripts/deploy.sh deploy
 
 schema: venv ## regenerate db/ledger.sql from the SQLAlchemy description
 	@{ head -n 3 db/ledger.sql; echo; $(BIN)/python -c "from ingest.adapters.postgres import ledger_ddl; print(ledger_ddl(), end='')"; } > db/ledger.sql.new && mv db/ledger.sql.new db/ledger.sql

@@ -1,7 +1,9 @@
 """Builds the real adapters from the environment, once per process (a warm Lambda reuses them).
 
 Environment:
-  DATABASE_URL           libpq URL of the PostgreSQL database (required)
+  DATABASE_URL           libpq URL of the PostgreSQL database, or:
+  DATABASE_SECRET_ARN    a Secrets Manager secret holding it (the RDS JSON form: host, port, username,
+                         password, dbname; or a plain URL string), read once per cold start
   INGEST_TOPIC_ARN       SNS topic for receipts (optional: without it receipts are only logged)
   INGEST_OUTPUT_BUCKET   bucket for processed/ and errors/ (default: the bucket of the upload)
   INGEST_CONTRACTS_DIR   folder of contract files (default: lambda/contracts beside the package)
@@ -10,11 +12,14 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
+from typing import Any
 
 import boto3
 from botocore.config import Config
+from psycopg.conninfo import make_conninfo
 
 from .adapters.postgres import Database
 from .adapters.s3 import ObjectStore
@@ -31,10 +36,8 @@ class ConfigurationError(RuntimeError):
 
 @lru_cache(maxsize=1)
 def dependencies() -> Dependencies:
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        raise ConfigurationError("DATABASE_URL is not set: the function does not know where to load")
     session = boto3.session.Session()
+    database_url = os.environ.get("DATABASE_URL") or _database_url_from_secret(session)
     return Dependencies(
         contracts=ContractRegistry.from_directory(os.environ.get("INGEST_CONTRACTS_DIR") or default_contracts_dir()),
         store=ObjectStore(session.client("s3", config=AWS_CONFIG)),
@@ -42,3 +45,26 @@ def dependencies() -> Dependencies:
         notifier=Notifier(session.client("sns", config=AWS_CONFIG), os.environ.get("INGEST_TOPIC_ARN") or None),
         output_bucket=os.environ.get("INGEST_OUTPUT_BUCKET") or None,
     )
+
+
+def _database_url_from_secret(session: Any) -> str:
+    arn = os.environ.get("DATABASE_SECRET_ARN")
+    if not arn:
+        raise ConfigurationError(
+            "neither DATABASE_URL nor DATABASE_SECRET_ARN is set: the function does not know where to load"
+        )
+    value = session.client("secretsmanager", config=AWS_CONFIG).get_secret_value(SecretId=arn)["SecretString"]
+    return database_url_from_secret(value)
+
+
+def database_url_from_secret(value: str) -> str:
+    """A libpq connection string from a secret: a URL as it is, or the RDS JSON form."""
+    text = value.strip()
+    if not text.startswith("{"):
+        return text
+    secret = json.loads(text)
+    return str(make_conninfo(
+        host=secret["host"], port=str(secret.get("port", 5432)), user=secret["username"],
+        password=secret["password"], dbname=secret.get("dbname") or secret.get("dbInstanceIdentifier") or "postgres",
+        sslmode=secret.get("sslmode", "require"),
+    ))  # fmt: skip

@@ -25,7 +25,8 @@ class Context:
 def fresh_bootstrap(pipeline):
     bootstrap.dependencies.cache_clear()
     yield
-    bootstrap.dependencies().database.dispose()
+    if bootstrap.dependencies.cache_info().currsize:
+        bootstrap.dependencies().database.dispose()
     bootstrap.dependencies.cache_clear()
 
 
@@ -176,3 +177,27 @@ def test_one_bad_object_in_a_direct_event_does_not_block_the_others(pipeline):
 def test_unknown_event_shapes_fail_clearly(pipeline):
     with pytest.raises(ValueError, match="not an S3, SNS, EventBridge or SQS event"):
         lambda_handler({"hello": "world"}, Context())
+
+
+def test_the_database_url_can_come_from_secrets_manager(pipeline, monkeypatch):
+    import boto3
+
+    secrets = boto3.session.Session(region_name="us-east-1").client(
+        "secretsmanager", endpoint_url=pipeline.aws.endpoint
+    )
+    arn = secrets.create_secret(Name="ingest/database", SecretString=pipeline.database_url)["ARN"]
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.setenv("DATABASE_SECRET_ARN", arn)
+    bootstrap.dependencies.cache_clear()
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    [receipt] = lambda_handler(s3_event(pipeline.bucket, "incoming/users.csv"), Context())["receipts"]
+    assert receipt["status"] == "loaded"
+
+
+def test_without_any_database_setting_the_function_says_so(pipeline, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("DATABASE_SECRET_ARN", raising=False)
+    bootstrap.dependencies.cache_clear()
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    with pytest.raises(bootstrap.ConfigurationError, match="neither DATABASE_URL nor DATABASE_SECRET_ARN"):
+        lambda_handler(s3_event(pipeline.bucket, "incoming/users.csv"), Context())

@@ -1,0 +1,94 @@
+"""deploy/: the template is valid CloudFormation (cfn-lint), sets what the function reads, and grants
+nothing wider than it needs; the deploy script stops clearly without Docker or credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "deploy" / "template.yaml"
+#: Read by the function but deliberately not set by the template: alternatives, defaults, emulators.
+OPTIONAL = {"DATABASE_URL", "INGEST_OUTPUT_BUCKET", "INGEST_CONTRACTS_DIR", "AWS_ENDPOINT_URL"}
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict:
+    if isinstance(node, yaml.ScalarNode):
+        value: object = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {suffix: value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+def template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+
+
+def test_cfn_lint_passes():
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_variable_the_function_reads_is_set_by_the_template():
+    read = set()
+    for path in (REPO / "lambda" / "ingest").rglob("*.py"):
+        if path.name == "cli.py":
+            continue  # the command line runs on people's machines, not in Lambda
+        read |= set(re.findall(r"os\.environ(?:\.get)?[\[(]\"([A-Z_]+)\"", path.read_text()))
+    variables = template()["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+    assert {"DATABASE_SECRET_ARN", "INGEST_TOPIC_ARN"} <= read
+    assert read - OPTIONAL - {"POWERTOOLS_SERVICE_NAME"} <= set(variables), read - set(variables)
+    assert "DATABASE_URL" not in variables  # the connection comes from Secrets Manager only
+
+
+def test_the_policy_names_no_wildcard_resource_or_action():
+    role = template()["Resources"]["FunctionRole"]["Properties"]
+    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    assert {s["Sid"] for s in statements} == {"ReadUploads", "WriteOutputs", "PublishReceipts", "ReadDatabaseSecret",
+                                             "ConsumeUploads", "WriteLogs"}  # fmt: skip
+    for statement in statements:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for resource in resources:
+            text = str(resource)
+            assert text != "*" and not text.endswith(":*'}") and "s3:::*" not in text, statement["Sid"]
+            if "*" in text:  # only object keys under one prefix of the one bucket
+                assert re.search(r"/(incoming|processed|errors)/\*", text), statement["Sid"]
+        assert all("*" not in action for action in actions), statement["Sid"]
+
+
+def test_the_queue_trigger_reports_batch_item_failures_and_the_dlq_has_an_alarm():
+    resources = template()["Resources"]
+    assert resources["QueueTrigger"]["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert resources["DeadLetterAlarm"]["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert resources["LogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    command = resources["Function"]["Properties"]["ImageConfig"]["Command"]
+    dockerfile = (REPO / "lambda" / "Dockerfile").read_text()
+    assert f'CMD ["{command[0]}"]' in dockerfile
+
+
+@pytest.mark.parametrize("action", ["image", "push", "deploy"])
+def test_the_deploy_script_stops_clearly_without_docker_or_credentials(action, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")  # fmt: skip
+    result = subprocess.run([str(REPO / "scripts" / "deploy.sh"), action], capture_output=True, text=True, env=env,
+                            cwd=REPO, timeout=120)  # fmt: skip
+    assert result.returncode == 1
+    assert "no AWS credentials" in result.stderr or "Docker" in result.stderr, result.stderr
