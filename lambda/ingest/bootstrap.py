@@ -63,8 +63,13 @@ def database_url_from_secret(value: str) -> str:
     if not text.startswith("{"):
         return text
     secret = json.loads(text)
-    return str(make_conninfo(
-        host=secret["host"], port=str(secret.get("port", 5432)), user=secret["username"],
-        password=secret["password"], dbname=secret.get("dbname") or secret.get("dbInstanceIdentifier") or "postgres",
-        sslmode=secret.get("sslmode", "require"),
-    ))  # fmt: skip
+    return str(
+        make_conninfo(
+            host=secret["host"],
+            port=str(secret.get("port", 5432)),
+            user=secret["username"],
+            password=secret["password"],
+            dbname=secret.get("dbname") or secret.get("dbInstanceIdentifier") or "postgres",
+            sslmode=secret.get("sslmode", "require"),
+        )
+    )

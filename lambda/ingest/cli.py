@@ -33,8 +33,9 @@ class StackError(click.ClickException):
 
 def _registry(contracts_dir: str | None) -> ContractRegistry:
     try:
-        return ContractRegistry.from_directory(contracts_dir or os.environ.get("INGEST_CONTRACTS_DIR")
-                                               or default_contracts_dir())  # fmt: skip
+        return ContractRegistry.from_directory(
+            contracts_dir or os.environ.get("INGEST_CONTRACTS_DIR") or default_contracts_dir()
+        )
     except ContractError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -68,8 +69,9 @@ def main(ctx: click.Context, contracts_dir: str | None) -> None:
 @click.option("--show", default=10, show_default=True, help="how many rejected rows to list")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
-def check(obj: dict[str, Any], file: Path, contract_name: str | None, key: str | None, show: int,
-          as_json: bool) -> None:  # fmt: skip
+def check(
+    obj: dict[str, Any], file: Path, contract_name: str | None, key: str | None, show: int, as_json: bool
+) -> None:
     """Run the real normalization and validation on a local file; no stack needed.
 
     Exits 1 when the pipeline would reject the file.
@@ -97,7 +99,7 @@ def check(obj: dict[str, Any], file: Path, contract_name: str | None, key: str |
                 "message": exc.message,
             }
             hint = "  (check it against a contract anyway with --contract NAME, or name its key with --key)"
-            _emit(as_json, verdict, f"{file}: REJECTED ({exc.reason}): {exc.message}\n{hint}")  # fmt: skip
+            _emit(as_json, verdict, f"{file}: REJECTED ({exc.reason}): {exc.message}\n{hint}")
             sys.exit(REJECTED)
     contract = registry[contract_name] if contract_name else registry.match(key)[0]
     rows_out = 0
@@ -119,15 +121,24 @@ def check(obj: dict[str, Any], file: Path, contract_name: str | None, key: str |
     ]
     fmt = outcome.text_format
     data = {
-        "file": str(file), "key": key, "contract": contract.name, "table": contract.table,
+        "file": str(file),
+        "key": key,
+        "contract": contract.name,
+        "table": contract.table,
         "verdict": "rejected" if rejection else "loadable",
-        "reason": rejection.reason if rejection else None, "message": rejection.message if rejection else None,
-        "rows_total": outcome.rows_total, "rows_valid": outcome.rows_valid, "rows_rejected": outcome.rows_rejected,
-        "errors_by_rule": dict(outcome.errors_by_rule), "first_errors": first_errors,
-        "encoding": fmt.encoding if fmt else None, "delimiter": fmt.delimiter if fmt else None,
-        "compression": fmt.compression if fmt else None, "engine": outcome.engine,
+        "reason": rejection.reason if rejection else None,
+        "message": rejection.message if rejection else None,
+        "rows_total": outcome.rows_total,
+        "rows_valid": outcome.rows_valid,
+        "rows_rejected": outcome.rows_rejected,
+        "errors_by_rule": dict(outcome.errors_by_rule),
+        "first_errors": first_errors,
+        "encoding": fmt.encoding if fmt else None,
+        "delimiter": fmt.delimiter if fmt else None,
+        "compression": fmt.compression if fmt else None,
+        "engine": outcome.engine,
         "seconds": round(time.monotonic() - started, 3),
-    }  # fmt: skip
+    }
     lines = [
         f"{file}  ->  contract {contract.name} (table {contract.table})",
         f"  read as {data['encoding']}, delimiter {data['delimiter']!r}"
@@ -191,8 +202,11 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
                 if a.claims(example):
                     problems.append(f"{b.name} and {a.name} both claim keys like {example!r} ({pattern})")
     data = {"contracts": [c.name for c in contracts], "problems": problems}
-    text = "\n".join([f"{len(contracts)} contracts: {', '.join(data['contracts'])}"]
-                     + [f"  PROBLEM: {p}" for p in problems] + ([] if problems else ["  OK"]))  # fmt: skip
+    text = "\n".join(
+        [f"{len(contracts)} contracts: {', '.join(data['contracts'])}"]
+        + [f"  PROBLEM: {p}" for p in problems]
+        + ([] if problems else ["  OK"])
+    )
     _emit(as_json, data, text)
     sys.exit(REJECTED if problems else OK)
 
@@ -254,9 +268,10 @@ def _aws(env: dict[str, str], service: str) -> Any:
     import boto3
 
     session = boto3.session.Session(
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
         region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
-    )  # fmt: skip
+    )
     return session.client(service, endpoint_url=env.get("AWS_ENDPOINT_URL"))
 
 
@@ -286,8 +301,10 @@ def status(limit: int, as_json: bool) -> None:
     rows = _ledger_rows(_stack_env(), limit=limit)
     lines = [f"{'id':>5}  {'status':<9} {'rows':>9} {'rejected':>8} {'ms':>7}  {'key':<44} reason"]
     for r in rows:
-        lines.append(f"{r['id']:>5}  {r['status']:<9} {r['rows_loaded'] or 0:>9,} {r['rows_rejected'] or 0:>8,} "
-                     f"{r['duration_ms'] or 0:>7}  {r['object_key']:<44} {r['reason'] or ''}")  # fmt: skip
+        lines.append(
+            f"{r['id']:>5}  {r['status']:<9} {r['rows_loaded'] or 0:>9,} {r['rows_rejected'] or 0:>8,} "
+            f"{r['duration_ms'] or 0:>7}  {r['object_key']:<44} {r['reason'] or ''}"
+        )
     if not rows:
         lines.append("  (no files yet)")
     _emit(as_json, {"files": rows}, "\n".join(lines))
@@ -319,8 +336,11 @@ def errors(ref: str, as_json: bool) -> None:
     body = s3.get_object(Bucket=entry["bucket"], Key=entry["errors_key"])["Body"].read().decode()
     if entry["errors_key"].endswith(".json"):
         summary = json.loads(body)
-        _emit(as_json, summary, f"{entry['object_key']}: {summary.get('status')} ({summary.get('reason')}): "
-                                f"{summary.get('message')}")  # fmt: skip
+        _emit(
+            as_json,
+            summary,
+            f"{entry['object_key']}: {summary.get('status')} ({summary.get('reason')}): {summary.get('message')}",
+        )
         return
     rows = list(csv.DictReader(io.StringIO(body)))
     lines = [f"{entry['object_key']}: {len(rows)} problems (s3://{entry['bucket']}/{entry['errors_key']})"]
@@ -390,8 +410,9 @@ def _finish(env: dict[str, str], key: str, since: float, wait: bool, as_json: bo
         raise StackError(f"{done}, but no receipt arrived within 120 s (see: make logs)")
     text = f"{done}\n{receipt['status'].upper()}: " + (
         f"{receipt['rows_loaded']:,} rows into {receipt['table']}, {receipt['rows_rejected']:,} rejected"
-        if receipt["status"] == "loaded" else (receipt.get("message") or "")
-    )  # fmt: skip
+        if receipt["status"] == "loaded"
+        else (receipt.get("message") or "")
+    )
     _emit(as_json, receipt, text)
     sys.exit({"loaded": OK, "skipped": OK, "rejected": REJECTED}.get(receipt["status"], ERROR))
 
@@ -415,12 +436,23 @@ def _wait_for_receipt(env: dict[str, str], key: str, since: float, timeout: floa
 def _s3_event(bucket: str, key: str) -> dict[str, Any]:
     from urllib.parse import quote_plus
 
-    return {"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "eventName": "ObjectCreated:Put",
-        "s3": {"s3SchemaVersion": "1.0", "configurationId": "ingest-replay",
-               "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"}, "object": {"key": quote_plus(key)}},
-    }]}  # fmt: skip
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "ingest-replay",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": quote_plus(key)},
+                },
+            }
+        ]
+    }
 
 
 def _redrive(sqs: Any, source: str, target: str) -> int:

@@ -364,21 +364,33 @@ def supported(source: Source) -> str | None:
     return None
 
 
-def process_columnar(source: Source, header: list[str], header_bytes: int, header_lines: int, contract: Contract,
-                     plan: HeaderPlan, emit_valid: Callable[[bytes], None],
-                     emit_errors: Callable[[list[RowError]], None], counts: Any) -> None:  # fmt: skip
+def process_columnar(
+    source: Source,
+    header: list[str],
+    header_bytes: int,
+    header_lines: int,
+    contract: Contract,
+    plan: HeaderPlan,
+    emit_valid: Callable[[bytes], None],
+    emit_errors: Callable[[list[RowError]], None],
+    counts: Any,
+) -> None:
     """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
     delimiter = source.text_format.delimiter
     index = LineIndex(delimiter, first_line=header_lines + 1)
     names = [f"f{i}" for i in range(len(header))]
     read_options = pacsv.ReadOptions(
-        column_names=names, use_threads=False, block_size=2 * BLOCK_BYTES,
+        column_names=names,
+        use_threads=False,
+        block_size=2 * BLOCK_BYTES,
         encoding="utf8" if source.codec.startswith("utf-8") else source.codec,
-    )  # fmt: skip
+    )
     convert_options = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False,
+        column_types={n: pa.string() for n in names},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
         check_utf8=True,
-    )  # fmt: skip
+    )
     screens = [ColumnScreen(col, contract.null_values) for col in contract.columns]
     exact = RowValidator(contract, plan)
     keys = KeyChecks(contract)
@@ -395,9 +407,14 @@ def process_columnar(source: Source, header: list[str], header_bytes: int, heade
                 return "skip"
 
             parse_options = pacsv.ParseOptions(
-                delimiter=delimiter, quote_char='"', double_quote=True, escape_char=False, newlines_in_values=True,
-                ignore_empty_lines=True, invalid_row_handler=on_invalid_row,
-            )  # fmt: skip
+                delimiter=delimiter,
+                quote_char='"',
+                double_quote=True,
+                escape_char=False,
+                newlines_in_values=True,
+                ignore_empty_lines=True,
+                invalid_row_handler=on_invalid_row,
+            )
             table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options)
             batch = pa.RecordBatch.from_arrays(
                 [pa.concat_arrays(c.chunks) if c.num_chunks != 1 else c.chunk(0) for c in table.columns], names

@@ -64,8 +64,10 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000) -> str:
             key_candidates.append(column_name)
         columns.append((column_name, raw_name, inferred, required))
     if key_candidates:
-        lines.append(f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
-                     + ", ".join(key_candidates))  # fmt: skip
+        lines.append(
+            f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
+            + ", ".join(key_candidates)
+        )
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
     lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0", ""]

@@ -246,8 +246,9 @@ class SeenValues:
         return earlier
 
     @staticmethod
-    def _probe(keys: np.ndarray, lines: np.ndarray, unique: np.ndarray, earlier: np.ndarray,
-               candidates: np.ndarray) -> None:  # fmt: skip
+    def _probe(
+        keys: np.ndarray, lines: np.ndarray, unique: np.ndarray, earlier: np.ndarray, candidates: np.ndarray
+    ) -> None:
         inside = candidates & (unique >= keys[0]) & (unique <= keys[-1])
         if not inside.any():
             return

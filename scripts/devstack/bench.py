@@ -91,9 +91,13 @@ class Bench:
         bin_dir = find_bin_dir()
         self.psql = str(bin_dir / "psql") if bin_dir and (bin_dir / "psql").exists() else shutil.which("psql")
         self.child_env = {
-            **os.environ, "AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": database_url,
-            "INGEST_TOPIC_ARN": "", "POWERTOOLS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO / "lambda"),
-        }  # fmt: skip
+            **os.environ,
+            "AWS_ENDPOINT_URL": endpoint,
+            "DATABASE_URL": database_url,
+            "INGEST_TOPIC_ARN": "",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(REPO / "lambda"),
+        }
 
     def sql(self, statement: str) -> None:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -132,9 +136,11 @@ class Bench:
                 [self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", self.database_url, "-c", command]
             )
         else:  # no psql here: the same COPY through psycopg, streamed from the file
-            code = (f"import psycopg,sys\nwith psycopg.connect({self.database_url!r}) as c, c.cursor() as cur, "
-                    f"cur.copy('COPY users ({columns}) FROM STDIN (FORMAT csv, HEADER true)') as cp, "
-                    f"open({str(csv_path)!r},'rb') as f:\n    [cp.write(b) for b in iter(lambda: f.read(1<<20), b'')]")  # fmt: skip
+            code = (
+                f"import psycopg,sys\nwith psycopg.connect({self.database_url!r}) as c, c.cursor() as cur, "
+                f"cur.copy('COPY users ({columns}) FROM STDIN (FORMAT csv, HEADER true)') as cp, "
+                f"open({str(csv_path)!r},'rb') as f:\n    [cp.write(b) for b in iter(lambda: f.read(1<<20), b'')]"
+            )
             seconds, peak, _ = measure([sys.executable, "-c", code])
         return seconds, peak
 
@@ -163,8 +169,11 @@ def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
                 bench.fresh_tables()
                 result = bench.pipeline(key)
                 pipeline_runs.append(result)
-                print(f"  pipeline run {i + 1}: {result['seconds']:.2f}s, peak RSS {result['peak_rss_mb']:.0f} MB, "
-                      f"{result['status']} {result['rows_loaded']:,} rows", flush=True)  # fmt: skip
+                print(
+                    f"  pipeline run {i + 1}: {result['seconds']:.2f}s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"{result['status']} {result['rows_loaded']:,} rows",
+                    flush=True,
+                )
             valid_csv = workdir / f"valid_{rows}.csv"
             md5 = pipeline_runs[-1]["md5"]
             bench.s3.download_file(BUCKET, f"processed/users/{md5}.csv", str(valid_csv))
@@ -175,13 +184,16 @@ def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
                 print(f"  raw \\copy run {i + 1}: {seconds:.2f}s, peak RSS {peak:.0f} MB", flush=True)
             raw = statistics.median(s for s, _ in raw_runs)
             entry = {
-                "rows": rows, "mb": size_mb, "raw_seconds": raw, "raw_rss": max(p for _, p in raw_runs),
+                "rows": rows,
+                "mb": size_mb,
+                "raw_seconds": raw,
+                "raw_rss": max(p for _, p in raw_runs),
                 "raw_spread": (min(s for s, _ in raw_runs), max(s for s, _ in raw_runs)),
                 "pipeline_seconds": statistics.median(r["seconds"] for r in pipeline_runs),
                 "pipeline_spread": (min(r["seconds"] for r in pipeline_runs), max(r["seconds"] for r in pipeline_runs)),
                 "pipeline_rss": max(r["peak_rss_mb"] for r in pipeline_runs),
                 "rows_loaded": pipeline_runs[-1]["rows_loaded"],
-            }  # fmt: skip
+            }
             if rows == sizes[0]:
                 # the same content again under new bytes (a trailing blank line): an upsert over existing rows
                 again = workdir / "again.csv"
@@ -203,30 +215,32 @@ def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _row(r: dict[str, Any], method: str, seconds: float, rss: float, spread: tuple[float, float] | None = None) -> str:
+    noise = f"  ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
+    return (
+        f"{r['rows']:>10,} {r['mb']:>6.0f}  {method:<34} {seconds:>8.2f} {r['rows'] / seconds:>11,.0f} "
+        f"{r['mb'] / seconds:>7.1f} {rss:>7.0f}MB {seconds / r['raw_seconds']:>6.2f}x{noise}"
+    )
+
+
 def report(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "",
-        f"{'rows':>10} {'MB':>6}  {'method':<34} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {'peak RSS':>9} {'vs raw':>7}",
-    ]
+    header = f"{'rows':>10} {'MB':>6}  {'method':<34} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {'peak RSS':>9}"
+    lines = ["", header + f" {'vs raw':>7}"]
     for r in results:
-
-        def row(method: str, seconds: float, rss: float, spread: tuple[float, float] | None = None) -> str:
-            noise = f"  ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
-            return (f"{r['rows']:>10,} {r['mb']:>6.0f}  {method:<34} {seconds:>8.2f} {r['rows'] / seconds:>11,.0f} "
-                    f"{r['mb'] / seconds:>7.1f} {rss:>7.0f}MB {seconds / r['raw_seconds']:>6.2f}x{noise}")  # fmt: skip
-
-        lines.append(row("raw psql \\copy (valid rows)", r["raw_seconds"], r["raw_rss"], r["raw_spread"]))
-        lines.append(row("pipeline, first load", r["pipeline_seconds"], r["pipeline_rss"], r["pipeline_spread"]))
+        lines.append(_row(r, "raw psql \\copy (valid rows)", r["raw_seconds"], r["raw_rss"], r["raw_spread"]))
+        lines.append(_row(r, "pipeline, first load", r["pipeline_seconds"], r["pipeline_rss"], r["pipeline_spread"]))
         if "upsert_seconds" in r:
-            lines.append(row("pipeline, upsert over loaded rows", r["upsert_seconds"], r["upsert_rss"]))
+            lines.append(_row(r, "pipeline, upsert over loaded rows", r["upsert_seconds"], r["upsert_rss"]))
     if len(results) > 1:
         a, b = results[0], results[-1]
-        lines.append(f"scaling {a['rows']:,} -> {b['rows']:,} rows: time x{b['pipeline_seconds'] / a['pipeline_seconds']:.2f} "
-                     f"(rows x{b['rows'] / a['rows']:.0f}), peak RSS {a['pipeline_rss']:.0f} -> {b['pipeline_rss']:.0f} MB")  # fmt: skip
+        growth = b["pipeline_seconds"] / a["pipeline_seconds"]
+        lines.append(
+            f"scaling {a['rows']:,} -> {b['rows']:,} rows: time x{growth:.2f} (rows x{b['rows'] / a['rows']:.0f}), "
+            f"peak RSS {a['pipeline_rss']:.0f} -> {b['pipeline_rss']:.0f} MB"
+        )
     first = results[0]
-    lines.append(
-        f"{first['rows']:,}-row ratio, pipeline / raw \\copy: {first['pipeline_seconds'] / first['raw_seconds']:.2f}x"
-    )
+    ratio = first["pipeline_seconds"] / first["raw_seconds"]
+    lines.append(f"{first['rows']:,}-row ratio, pipeline / raw \\copy: {ratio:.2f}x")
     return "\n".join(lines)
 
 

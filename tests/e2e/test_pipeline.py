@@ -153,7 +153,7 @@ def _wait_for_dead_letter(stack, key: str, timeout: float = 30) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for message in stack.sqs.receive_message(
-            QueueUrl=stack.env["INGEST_DLQ_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+            QueueUrl=stack.env["INGEST_DLQ_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0
         ).get("Messages", []):
             records = json.loads(message["Body"]).get("Records", [])
             keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records]

@@ -18,8 +18,9 @@ INGEST = str(Path(sys.executable).parent / "ingest")
 
 
 def ingest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([INGEST, *args], capture_output=True, text=True, cwd=REPO, env=env or os.environ.copy(),
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [INGEST, *args], capture_output=True, text=True, cwd=REPO, env=env or os.environ.copy(), timeout=120
+    )
 
 
 def test_check_reports_rows_rules_and_the_verdict():
@@ -75,8 +76,16 @@ def test_contract_new_drafts_a_contract_that_parses_and_accepts_its_sample(tmp_p
     assert result.returncode == 0, result.stderr
     draft = parse_contract("people", tomllib.loads(result.stdout))
     types = {c.name: c.type for c in draft.columns}
-    assert types == {"id": "integer", "email": "text", "full_name": "text", "signup_date": "date",
-                     "country": "text", "age": "integer", "balance": "numeric", "is_active": "boolean"}  # fmt: skip
+    assert types == {
+        "id": "integer",
+        "email": "text",
+        "full_name": "text",
+        "signup_date": "date",
+        "country": "text",
+        "age": "integer",
+        "balance": "numeric",
+        "is_active": "boolean",
+    }
     assert draft.load_mode == "upsert" and draft.upsert_key == ("id",)
     (tmp_path / "people.toml").write_text(result.stdout)
     check = ingest("--contracts", str(tmp_path), "check", str(SAMPLES / "users.csv"), "--contract", "people")

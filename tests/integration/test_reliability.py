@@ -94,9 +94,13 @@ def test_the_function_role_writes_its_tables_and_nothing_else(pipeline, database
         assert ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps).status == "loaded"
         pipeline.deps.database.dispose()
         with psycopg.connect(function_url, autocommit=True) as fn:
-            for attempt in ("DROP TABLE payroll", "ALTER TABLE payroll ADD COLUMN x int",
-                            "UPDATE payroll SET salary = 0", "INSERT INTO payroll VALUES (2, 1)",
-                            "SELECT * FROM payroll"):  # fmt: skip
+            for attempt in (
+                "DROP TABLE payroll",
+                "ALTER TABLE payroll ADD COLUMN x int",
+                "UPDATE payroll SET salary = 0",
+                "INSERT INTO payroll VALUES (2, 1)",
+                "SELECT * FROM payroll",
+            ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     fn.execute(attempt)
     finally:

@@ -40,8 +40,9 @@ def template() -> dict:
 
 
 def test_cfn_lint_passes():
-    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -60,8 +61,14 @@ def test_every_variable_the_function_reads_is_set_by_the_template():
 def test_the_policy_names_no_wildcard_resource_or_action():
     role = template()["Resources"]["FunctionRole"]["Properties"]
     statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
-    assert {s["Sid"] for s in statements} == {"ReadUploads", "WriteOutputs", "PublishReceipts", "ReadDatabaseSecret",
-                                             "ConsumeUploads", "WriteLogs"}  # fmt: skip
+    assert {s["Sid"] for s in statements} == {
+        "ReadUploads",
+        "WriteOutputs",
+        "PublishReceipts",
+        "ReadDatabaseSecret",
+        "ConsumeUploads",
+        "WriteLogs",
+    }
     for statement in statements:
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -86,9 +93,14 @@ def test_the_queue_trigger_reports_batch_item_failures_and_the_dlq_has_an_alarm(
 @pytest.mark.parametrize("action", ["image", "push", "deploy"])
 def test_the_deploy_script_stops_clearly_without_docker_or_credentials(action, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")  # fmt: skip
-    result = subprocess.run([str(REPO / "scripts" / "deploy.sh"), action], capture_output=True, text=True, env=env,
-                            cwd=REPO, timeout=120)  # fmt: skip
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock",
+    )
+    result = subprocess.run(
+        [str(REPO / "scripts" / "deploy.sh"), action], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
     assert result.returncode == 1
     assert "no AWS credentials" in result.stderr or "Docker" in result.stderr, result.stderr

@@ -113,8 +113,10 @@ def test_random_tables_give_identical_results_in_both_engines(users, rows, delim
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(max_size=2000), st.text(max_size=500).map(lambda t: t.encode("utf-8"))),
-       header=st.booleans())  # fmt: skip
+@given(
+    data=st.one_of(st.binary(max_size=2000), st.text(max_size=500).map(lambda t: t.encode("utf-8"))),
+    header=st.booleans(),
+)
 def test_arbitrary_bytes_either_load_or_are_rejected_with_a_reason(users, data, header):
     """Never a crash: every input ends as an outcome or a FileRejected with a known reason."""
     if header:
@@ -128,7 +130,17 @@ def test_arbitrary_bytes_either_load_or_are_rejected_with_a_reason(users, data, 
 
 
 REASONS = {
-    "empty_object", "binary_content", "invalid_encoding", "truncated_gzip", "corrupt_gzip", "no_header",
-    "duplicate_header", "missing_columns", "unknown_columns", "malformed_csv", "field_too_large", "no_data_rows",
+    "empty_object",
+    "binary_content",
+    "invalid_encoding",
+    "truncated_gzip",
+    "corrupt_gzip",
+    "no_header",
+    "duplicate_header",
+    "missing_columns",
+    "unknown_columns",
+    "malformed_csv",
+    "field_too_large",
+    "no_data_rows",
     "too_many_rejected_rows",
-}  # fmt: skip
+}
