@@ -33,6 +33,7 @@ class Settings:
     function_port: int
     database_url: str | None
     retry_delay: int
+    function_timeout: int | None = None  # overrides resources.json (tests of timeouts)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -44,6 +45,7 @@ class Settings:
             function_port=int(env.get("INGEST_FUNCTION_PORT") or 9000),
             database_url=env.get("DATABASE_URL") or None,
             retry_delay=int(env.get("INGEST_RETRY_DELAY") or 2),
+            function_timeout=int(env["INGEST_FUNCTION_TIMEOUT"]) if env.get("INGEST_FUNCTION_TIMEOUT") else None,
         )
 
     @property
@@ -202,6 +204,8 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         state["resources"] = resources
         state["region"] = region
 
+        if settings.function_timeout:
+            definition["function"]["timeout_seconds"] = settings.function_timeout
         fn = definition["function"]
         aws_env = aws_environment(region, endpoint)
         function_env = {

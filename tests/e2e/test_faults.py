@@ -1,0 +1,94 @@
+"""Faults on a stack of their own (its own PostgreSQL cluster, a 3-second function timeout)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from devstack.postgres import PostgresServer
+from devstack.processes import free_port
+from devstack.stack import Settings, read_state
+from tests.e2e.conftest import Stack, run_cli, unique_users
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory) -> Iterator[tuple[Stack, dict[str, str]]]:
+    env = {**os.environ, "INGEST_STACK_DIR": str(tmp_path_factory.mktemp("faults")),
+           "INGEST_EMULATOR_PORT": str(free_port()), "INGEST_FUNCTION_PORT": str(free_port()),
+           "INGEST_RETRY_DELAY": "1", "INGEST_FUNCTION_TIMEOUT": "3"}  # fmt: skip
+    env.pop("DATABASE_URL", None)
+    env.pop("AWS_ENDPOINT_URL", None)
+    started = run_cli("up", env=env, check=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in run_cli("env", env=env).stdout.splitlines())
+    try:
+        yield Stack(env={k: v.strip("'") for k, v in exports.items()}, state_dir=None, kind="embedded"), env
+    finally:
+        run_cli("down", env=env, check=False)
+
+
+def _postgres(env: dict[str, str]) -> PostgresServer:
+    p = read_state(Settings.from_env(env))["postgres"]  # type: ignore[index]
+    from pathlib import Path
+
+    return PostgresServer(url=p["url"], kind=p["kind"], data_dir=Path(p["data_dir"]), bin_dir=Path(p["bin_dir"]),
+                          run_as=p["run_as"], port=p["port"])  # fmt: skip
+
+
+def test_postgres_down_then_back_the_file_is_retried_and_loaded_once(own_stack):
+    stack, env = own_stack
+    server = _postgres(env)
+    from devstack.postgres import _run
+
+    _run([str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-m", "fast", "-w", "stop"], server.run_as)
+    try:
+        data, ids = unique_users(rows=4)
+        key = f"incoming/users/pgdown_{uuid.uuid4().hex[:8]}.csv"
+        stack.upload(key, data)
+        first = stack.receipts_for(key, timeout=60)[0]
+        assert first["status"] == "failed" and "connect" in first["message"].lower()
+    finally:
+        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.data_dir}"
+        _run([str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-o", options,
+              "-l", str(server.data_dir / "server.log"), "-w", "start"], server.run_as)  # fmt: skip
+    receipts = stack.receipts_for(key, count=2, timeout=60)
+    assert receipts[-1]["status"] == "loaded"
+    md5 = hashlib.md5(data).hexdigest()
+    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 4
+
+
+def test_a_timed_out_invocation_recycles_the_runtime_and_the_next_file_loads(own_stack):
+    stack, _env = own_stack
+    rows = 600_000  # several seconds of work: more than the 3-second timeout
+    base = uuid.uuid4().int % 100_000_000 + 1_000_000_000
+    big = b"id,email,full_name\n" + b"".join(f"{base + i},t{i}@example.com,T {i}\n".encode() for i in range(rows))
+    slow_key = f"incoming/users/slow_{uuid.uuid4().hex[:8]}.csv"
+    stack.upload(slow_key, big)
+    dlq = stack.env["INGEST_DLQ_URL"]
+    # every attempt times out: no receipt is published (the runtime is stopped mid-flight), and after three
+    # receives the message waits in the dead-letter queue; nothing of it is in the table
+    import time
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        attrs = stack.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
+        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the timed-out upload never reached the dead-letter queue")
+    md5 = hashlib.md5(big).hexdigest()
+    assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
+
+    data, ids = unique_users(rows=3)
+    key = f"incoming/users/after_timeout_{uuid.uuid4().hex[:8]}.csv"
+    stack.upload(key, data)
+    assert stack.receipts_for(key, timeout=60)[0]["status"] == "loaded"
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 3
