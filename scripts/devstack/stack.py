@@ -161,6 +161,15 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
     if state and is_running(settings):
         print(f"the embedded stack is already running ({settings.stack_dir})", file=out)
         return state
+    if state and state.get("ready") and _only_dispatcher_down(state):
+        # The emulator and the database (and so every queued message) are intact: restart the dispatcher and
+        # the function only. Messages it had taken come back when their visibility timeout ends.
+        print("the dispatcher had stopped; starting it (and the function) again", file=out)
+        pid = _read_pid(Path(state["function"]["pid_file"]))
+        if pid:
+            stop_pid(pid, timeout=5)
+        _start_dispatcher(settings, state)
+        return state
     if state:
         print("a previous stack is partly running; stopping what is left of it first", file=out)
         down(settings, out)
@@ -207,7 +216,6 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         if settings.function_timeout:
             definition["function"]["timeout_seconds"] = settings.function_timeout
         fn = definition["function"]
-        aws_env = aws_environment(region, endpoint)
         function_env = {
             **function_environment(definition, endpoint, pg.url, resources["topic_arn"]),
             # host-process specifics: import the package from the source tree, log unbuffered
@@ -224,31 +232,13 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         }
         config_file = settings.stack_dir / "function.json"
         config_file.write_text(json.dumps(function_config, indent=2))
-        argv = [
-            sys.executable,
-            "-m",
-            "devstack.dispatcher",
-            "--queue-url",
-            resources["queue_url"],
-            "--endpoint-url",
-            endpoint,
-            "--embedded",
-            str(config_file),
-            "--retry-delay",
-            str(settings.retry_delay),
-        ]
-        env = {**os.environ, **aws_env, "PYTHONUNBUFFERED": "1"}
-        dispatcher = spawn("dispatcher", argv, settings.logs / "dispatcher.log", env=env, cwd=REPO)
-        state["dispatcher"] = {"pid": dispatcher.pid, "queue_url": resources["queue_url"]}
         state["function"] = {
             "port": settings.function_port,
             "invoke_url": f"http://{HOST}:{settings.function_port}/2015-03-31/functions/function/invocations",
             "pid_file": function_config["pid_file"],
             "timeout_seconds": fn["timeout_seconds"],
         }
-        _write_state(settings, state)
-        log = settings.logs / "dispatcher.log"
-        wait_until(lambda: "dispatcher started" in log.read_text(), 30, "the dispatcher", dispatcher, log)
+        _start_dispatcher(settings, state)
         state["ready"] = True
         state["started_in_ms"] = int((time.monotonic() - started) * 1000)
         _write_state(settings, state)
@@ -257,6 +247,37 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         down(settings, out, quiet=True)
         raise
     return state
+
+
+def _only_dispatcher_down(state: dict[str, Any]) -> bool:
+    running = {name.split(" ")[0]: ok for name, _pid, _where, ok in process_table(state)}
+    return running.get("emulator", False) and running.get("postgres", False) and not running.get("dispatcher", True)
+
+
+def _start_dispatcher(settings: Settings, state: dict[str, Any]) -> None:
+    """The dispatcher, which starts the function (RIE + awslambdaric) as its child."""
+    endpoint = state["emulator"]["endpoint"]
+    queue_url = state["resources"]["queue_url"]
+    argv = [
+        sys.executable,
+        "-m",
+        "devstack.dispatcher",
+        "--queue-url",
+        queue_url,
+        "--endpoint-url",
+        endpoint,
+        "--embedded",
+        str(settings.stack_dir / "function.json"),
+        "--retry-delay",
+        str(settings.retry_delay),
+    ]
+    env = {**os.environ, **aws_environment(state["region"], endpoint), "PYTHONUNBUFFERED": "1"}
+    log = settings.logs / "dispatcher.log"
+    seen = log.read_text().count("dispatcher started") if log.exists() else 0
+    dispatcher = spawn("dispatcher", argv, log, env=env, cwd=REPO)
+    state["dispatcher"] = {"pid": dispatcher.pid, "queue_url": queue_url}
+    _write_state(settings, state)
+    wait_until(lambda: log.read_text().count("dispatcher started") > seen, 30, "the dispatcher", dispatcher, log)
 
 
 def down(settings: Settings, out: Any = sys.stdout, quiet: bool = False) -> None:

@@ -92,3 +92,25 @@ def test_a_timed_out_invocation_recycles_the_runtime_and_the_next_file_loads(own
     stack.upload(key, data)
     assert stack.receipts_for(key, timeout=60)[0]["status"] == "loaded"
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 3
+
+
+def test_a_stopped_dispatcher_loses_no_message_and_make_up_restarts_it(own_stack):
+    from devstack.processes import alive, stop_pid
+
+    stack, env = own_stack
+    state = read_state(Settings.from_env(env))
+    assert state is not None
+    dispatcher = state["dispatcher"]["pid"]
+    stop_pid(dispatcher)
+    data, ids = unique_users(rows=2)
+    key = f"incoming/users/while_down_{uuid.uuid4().hex[:8]}.csv"
+    stack.upload(key, data)  # waits in the queue: nobody consumes it
+    status = run_cli("status", env=env, check=False)
+    assert status.returncode == 1 and "STOPPED" in status.stdout
+    again = run_cli("up", env=env)
+    assert "starting it (and the function) again" in again.stdout
+    assert not alive(dispatcher) and read_state(Settings.from_env(env))["dispatcher"]["pid"] != dispatcher  # type: ignore[index]
+    receipts = stack.receipts_for(key, timeout=60)
+    assert [r["status"] for r in receipts] == ["loaded"]
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 2
+    assert run_cli("status", env=env).returncode == 0
