@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -417,20 +417,15 @@ def _finish(env: dict[str, str], key: str, since: float, wait: bool, as_json: bo
     sys.exit({"loaded": OK, "skipped": OK, "rejected": REJECTED}.get(receipt["status"], ERROR))
 
 
-def _wait_for_receipt(env: dict[str, str], key: str, since: float, timeout: float = 120) -> dict[str, Any] | None:
+def _wait_for_receipt(env: dict[str, str], key: str, since: float) -> dict[str, Any] | None:
+    from .adapters.sns import wait_for_receipt
+
     sqs = _aws(env, "sqs")
     tap = sqs.get_queue_url(QueueName="ingest-receipts-tap")["QueueUrl"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for message in sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
-            envelope = json.loads(message["Body"])
-            receipt = json.loads(envelope["Message"])
-            published = datetime.fromisoformat(envelope["Timestamp"].replace("Z", "+00:00")).timestamp()
-            if receipt.get("key") == key and published >= int(since):
-                sqs.delete_message(QueueUrl=tap, ReceiptHandle=message["ReceiptHandle"])
-                return dict(receipt)
-            sqs.change_message_visibility(QueueUrl=tap, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
-    return None
+    receipt = wait_for_receipt(sqs, tap, key, datetime.fromtimestamp(since, UTC))
+    if receipt is not None:
+        receipt.pop("_subject", None)
+    return receipt
 
 
 def _s3_event(bucket: str, key: str) -> dict[str, Any]:

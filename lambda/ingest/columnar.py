@@ -73,7 +73,6 @@ class ColumnScreen:
         self.nulls = pa.array(list(nulls), pa.string())
         self.check: Callable[[pa.Array], Checked] = getattr(self, f"_{col.type}")
         self.pattern_in_re2 = col.pattern is not None and _re2_compiles(col.pattern)
-        self.has_control = False
 
     def __call__(self, raw: pa.Array, has_control: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         """(values with NULLs, is_null, needs_exact) for one batch's raw cells.
@@ -81,7 +80,6 @@ class ColumnScreen:
         ``has_control``: whether the file has shown control bytes yet; without them, ASCII whitespace is
         exactly what ``str.strip`` removes from ASCII text, and the cheap kernels suffice.
         """
-        self.has_control = has_control
         if has_control:
             trimmed = pc.utf8_trim(raw, characters=ASCII_WHITESPACE)
         else:

@@ -8,14 +8,14 @@ exactly-once promise, not a failure. Exits non-zero when any file ends otherwise
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import psycopg
+
+from ingest.adapters.sns import wait_for_receipt
 
 from .function import REPO
 from .stack import Settings, down, environment, is_running, read_state, up
@@ -85,7 +85,8 @@ def _run(env: dict[str, str]) -> list[str]:
             expect = "skipped"  # an earlier run loaded this content; the ledger keeps it exactly-once
         sent_at = datetime.now(UTC).replace(microsecond=0)
         s3.put_object(Bucket=bucket, Key=sample.key, Body=data)
-        receipt, subject = _wait_for_receipt(sqs, tap, sample.key, sent_at)
+        receipt = wait_for_receipt(sqs, tap, sample.key, sent_at, timeout=RECEIPT_TIMEOUT_S)
+        subject = receipt.pop("_subject", "") if receipt else ""
         _print_receipt(sample, receipt, subject)
         if receipt is None:
             problems.append(f"{sample.key}: no receipt within {RECEIPT_TIMEOUT_S}s (see: make logs)")
@@ -102,22 +103,6 @@ def _already_loaded(database_url: str, md5: str) -> bool:
             return False
         row = conn.execute("SELECT 1 FROM ingest_files WHERE md5 = %s AND status = 'loaded'", (md5,)).fetchone()
         return row is not None
-
-
-def _wait_for_receipt(sqs: Any, queue: str, key: str, since: datetime) -> tuple[dict[str, Any] | None, str]:
-    deadline = time.monotonic() + RECEIPT_TIMEOUT_S
-    while time.monotonic() < deadline:
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
-        for message in messages:
-            envelope = json.loads(message["Body"])
-            receipt = json.loads(envelope["Message"])
-            published = datetime.fromisoformat(envelope["Timestamp"].replace("Z", "+00:00"))
-            if receipt.get("key") == key and published >= since:
-                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-                return receipt, envelope.get("Subject", "")
-            # Someone else's receipt (or an old one): leave it for its reader.
-            sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
-    return None, ""
 
 
 def _print_receipt(sample: Sample, receipt: dict[str, Any] | None, subject: str) -> None:
