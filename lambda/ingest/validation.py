@@ -192,19 +192,55 @@ class KeyChecks:
         return None
 
 
+def _deltas(values: np.ndarray) -> np.ndarray:
+    steps = np.diff(values)
+    return steps.astype(np.uint16) if len(steps) == 0 or steps.max() < 2**16 else steps.astype(np.int64)
+
+
+def _undelta(first: int, deltas: np.ndarray) -> np.ndarray:
+    return first + np.concatenate([[0], np.cumsum(deltas, dtype=np.int64)])
+
+
+class _Run:
+    """Ascending, unique integer keys of one batch with the lines they first appeared on, kept as deltas:
+    mostly 2 bytes a key for the keys (ids with small gaps) and 2 for the lines. Expanded only to answer a
+    lookup that falls inside the run, which is rare (a repeat, or keys out of order)."""
+
+    def __init__(self, keys: np.ndarray, lines: np.ndarray):
+        self.low, self.high = int(keys[0]), int(keys[-1])
+        self.key_deltas = _deltas(keys)
+        self.first_line = int(lines[0])
+        self.line_deltas = _deltas(lines)
+
+    def probe(self, probe: np.ndarray) -> np.ndarray:
+        """The first lines of the probed keys found in this run, -1 elsewhere."""
+        found = np.full(len(probe), -1, dtype=np.int64)
+        inside = (probe >= self.low) & (probe <= self.high)
+        if not inside.any():
+            return found
+        keys = _undelta(self.low, self.key_deltas)
+        pos = np.searchsorted(keys, probe[inside]).clip(max=len(keys) - 1)
+        hit = keys[pos] == probe[inside]
+        result = np.full(len(pos), -1, dtype=np.int64)
+        result[hit] = _undelta(self.first_line, self.line_deltas)[pos[hit]]
+        found[inside] = result
+        return found
+
+
 class SeenValues:
     """Values seen so far with the line of their first occurrence.
 
     Row by row (the exact engine) they live in a dict. Batch by batch (the columnar engine), integer keys
-    live in sorted numpy runs of 8-12 bytes a key: a batch whose keys all exceed every key seen (ids in
-    ascending order, the common case) becomes a run of its own, never copied again and skipped by every
-    later lookup; other batches are merged like an LSM tree. One file is checked by one engine only.
+    live in numpy: a batch whose keys all exceed every key seen (ids in ascending order, the common case)
+    becomes a compact run (about 4 bytes a key: key and line deltas), never copied again and
+    skipped by later lookups; other batches are merged like an LSM tree (12 bytes a key). One file is
+    checked by one engine only.
     """
 
     def __init__(self, integer: bool):
         self.integer = integer
         self._dict: dict[object, int] = {}
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # disjoint, in ascending key order
+        self._runs: list[_Run] = []  # disjoint, in ascending key order
         self._levels: list[tuple[np.ndarray, np.ndarray]] = []  # overlapping, merged by size
         self._max: int | None = None
 
@@ -231,43 +267,28 @@ class SeenValues:
         is_repeat = (earlier[inverse] >= 0) | (np.arange(len(keys)) != first_index[inverse])
         out[is_repeat] = first_of_row[is_repeat]
         new = earlier < 0
-        self._add(unique[new], batch_first[new].astype(np.int32))
+        self._add(unique[new], batch_first[new])
         return out
 
     def _lookup(self, unique: np.ndarray) -> np.ndarray:
         earlier = np.full(len(unique), -1, dtype=np.int64)
-        if self._runs and self._max is not None:
-            candidates = unique <= self._max  # keys above every key seen cannot be repeats
-            if candidates.any():
-                for run_keys, run_lines in self._runs:
-                    self._probe(run_keys, run_lines, unique, earlier, candidates)
-        for level_keys, level_lines in self._levels:
-            self._probe(level_keys, level_lines, unique, earlier, np.ones(len(unique), dtype=bool))
+        if self._max is not None and (unique <= self._max).any():  # keys above every key seen are new
+            for run in self._runs:
+                found = run.probe(unique)
+                earlier = np.where(found >= 0, found, earlier)
+            for level_keys, level_lines in self._levels:
+                pos = np.searchsorted(level_keys, unique).clip(max=len(level_keys) - 1)
+                hit = level_keys[pos] == unique
+                earlier[hit] = level_lines[pos[hit]]
         return earlier
-
-    @staticmethod
-    def _probe(
-        keys: np.ndarray, lines: np.ndarray, unique: np.ndarray, earlier: np.ndarray, candidates: np.ndarray
-    ) -> None:
-        inside = candidates & (unique >= keys[0]) & (unique <= keys[-1])
-        if not inside.any():
-            return
-        probe = unique[inside]
-        pos = np.searchsorted(keys, probe)
-        hit = keys[pos] == probe
-        found = earlier[inside]
-        found[hit] = lines[pos[hit]]
-        earlier[inside] = found
 
     def _add(self, keys: np.ndarray, lines: np.ndarray) -> None:
         if not len(keys):
             return
         if not self._levels and (self._max is None or keys[0] > self._max):
-            if keys[0] >= -(2**31) and keys[-1] < 2**31:
-                keys = keys.astype(np.int32)  # 8 bytes a key instead of 12 where the ids allow
-            self._runs.append((keys, lines))
+            self._runs.append(_Run(keys, lines))
         else:
-            self._levels.append((keys, lines))
+            self._levels.append((keys, lines.astype(np.int32)))
             while len(self._levels) > 1 and len(self._levels[-1][0]) * 2 >= len(self._levels[-2][0]):
                 (k2, l2), (k1, l1) = self._levels.pop(), self._levels.pop()
                 merged_keys = np.concatenate([k1, k2])

@@ -144,3 +144,14 @@ REASONS = {
     "no_data_rows",
     "too_many_rejected_rows",
 }
+
+
+def test_repeated_keys_across_many_batches_are_found_like_the_exact_engine(users, small_blocks):
+    ids = [*range(1, 3000), 5, 2999, 1500, *range(5000, 5600, 3), 5003, 4000, 1, 7, 9000, 8000]
+    ids += [*range(7000, 6000, -7), 7000, 6993, 9000]  # descending: the overlapping (LSM) path too
+    data = ("id,email,full_name\n" + "".join(f"{i},u{i}@example.com,User {i}\n" for i in ids)).encode()
+    exact, fast = both(data, users, chunk=8192)
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "columnar"
+    assert exact.outcome.errors_by_rule["duplicate_key"] == 9
+    assert "id 5 already appeared at line 6" in exact.errors

@@ -214,7 +214,7 @@ class Load:
         self._copy_open = True
         self._copied = 0
         self.rows_loaded = 0
-        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)  # bounded: memory stays flat
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=1)  # bounded: memory stays flat
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
 

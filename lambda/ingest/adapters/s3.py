@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CHUNK_BYTES = 1024 * 1024
-PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts must be at least 5 MiB, except the last
+PART_BYTES = 5 * 1024 * 1024  # the smallest part S3 accepts (but the last): least memory
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
