@@ -21,6 +21,7 @@ from .processes import HOST, free_port
 
 DEFAULT_USER = "ingest"
 DEFAULT_DB = "ingest"
+TEMP_PREFIX = "ingest-pg-"
 
 
 @dataclass
@@ -44,6 +45,8 @@ class PostgresServer:
             _stop_pgserver(self.data_dir)
         if remove and self.data_dir and self.kind != "external":
             shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self.data_dir.parent.name.startswith(TEMP_PREFIX):  # the private folder made for an unprivileged user
+                shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
 def find_bin_dir() -> Path | None:
@@ -89,7 +92,7 @@ def _start_cluster(bin_dir: Path, data_dir: Path, port: int) -> PostgresServer:
     if run_as and not _can_reach(run_as, data_dir.parent):
         # The repository lies where the unprivileged user cannot enter (e.g. under /root): keep the
         # cluster in a private temp folder and point a symlink at it so `make down` still finds it.
-        real = Path(tempfile.mkdtemp(prefix="ingest-pg-"))
+        real = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         os.chmod(real, 0o755)
         data_dir.symlink_to(real / "data")
         data_dir = real / "data"
