@@ -40,7 +40,7 @@ from .validation import (
     field_count_error,
 )
 
-BLOCK_BYTES = 4 * 1024 * 1024
+BLOCK_BYTES = 2 * 1024 * 1024
 #: What Python's str.strip() removes among ASCII characters.
 ASCII_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 NON_ASCII_AT_EDGE = r"^[^\x00-\x7f]|[^\x00-\x7f]$"
