@@ -422,17 +422,32 @@ def process_columnar(
             if any((pc.max(pc.utf8_length(c)).as_py() or 0) > MAX_FIELD_CHARS for c in batch.columns):
                 raise ExactEngineNeeded("a field larger than the exact engine accepts")
             is_row = np.ones(records, dtype=bool)
+            blank = 0
             errors = []
             for number, text in invalid:
                 is_row[number - 1] = False
-                errors.append(field_count_error(int(lines[number - 1]), _fields(text, delimiter), plan.width))
-            counts.rows_total += records
+                fields = _fields(text, delimiter)
+                if len(fields) == 1 and not fields[0].strip():
+                    blank += 1  # a line of whitespace only: blank to the exact engine too, not a row
+                    continue
+                errors.append(field_count_error(int(lines[number - 1]), fields, plan.width))
+            if plan.width == 1:  # there a whitespace-only line parses as a row; the exact engine skips it
+                keep = ~_np(pc.equal(pc.utf8_trim_whitespace(batch.column(0)), ""))
+                if not keep.all():
+                    blank += int((~keep).sum())
+                    row_lines = lines[is_row][keep]
+                    batch = batch.filter(pa.array(keep))
+                else:
+                    row_lines = lines[is_row]
+            else:
+                row_lines = lines[is_row]
+            counts.rows_total += records - blank
             valid_block, row_errors, n_valid = _validate_batch(
-                batch, lines[is_row], plan, screens, exact, keys, special, index.has_control
+                batch, row_lines, plan, screens, exact, keys, special, index.has_control
             )
             errors += row_errors
             counts.rows_valid += n_valid
-            counts.rows_rejected += records - n_valid
+            counts.rows_rejected += records - blank - n_valid
             if valid_block:
                 emit_valid(valid_block)
             if errors:

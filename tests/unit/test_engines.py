@@ -194,3 +194,19 @@ def test_values_round_trip_through_the_pipeline(rows, delimiter, newline, quote_
     expected = [["" if c.strip() in TEXT_CONTRACT.null_values else c.strip() for c in row] for row in rows]
     assert list(csv.reader(io.StringIO(result.valid, newline="")))[1:] == expected
     assert (result.outcome.rows_valid, result.outcome.rows_rejected) == (len(rows), 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"id,email,full_name\n ", b'id,email,full_name\n1,a@b.co,A\n \t \n"  "\n2,c@d.ef,B\n'],
+)
+def test_whitespace_only_lines_are_blank_in_both_engines(users, data):
+    exact, fast = both(data, users)
+    assert_same(exact, fast)
+
+
+def test_whitespace_only_lines_in_a_one_column_file():
+    contract = parse_contract("one", {"table": "one", "keys": ["k"], "columns": [{"name": "v"}]})
+    exact, fast = both(b"v\na\n  \nb\n\t\nc\n", contract)
+    assert_same(exact, fast)
+    assert exact.outcome.rows_total == 3 and fast.outcome.engine == "columnar"
