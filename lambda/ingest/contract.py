@@ -54,10 +54,6 @@ class Column:
     max_length: int | None = None  # text only
     description: str = ""
 
-    @property
-    def is_key(self) -> bool:
-        return self.primary_key or self.unique
-
 
 @dataclass(frozen=True)
 class Contract:
