@@ -117,6 +117,37 @@ def process(
     return _process_exact(source, contract, valid_sink, error_sink, outcome)
 
 
+class _Outputs:
+    """The two output streams of one run, shared by both engines: headers, counting, the end checks."""
+
+    def __init__(self, contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome):
+        self.contract = contract
+        self.outcome = outcome
+        self.valid_sink = valid_sink
+        self.valid = _Blocks(valid_sink)
+        self.valid.write(",".join(contract.column_names) + "\n")
+        self.errors = _Blocks(error_sink)
+        self.errors.write(csv_line(ERRORS_HEADER))
+
+    def valid_block(self, block: bytes) -> None:
+        self.valid.flush()  # the header (or lines written before) goes first
+        self.valid_sink(block)
+
+    def row_errors(self, row_errors: list[RowError]) -> None:
+        for error in row_errors:
+            _count_error(self.outcome, error)
+            self.errors.write(_error_line(error))
+
+    def finish(self) -> Outcome:
+        if self.outcome.rows_total == 0:
+            raise FileRejected("no_data_rows", "the object has a header but no data rows")
+        self.valid.flush()
+        if self.outcome.rows_rejected:
+            self.errors.flush()
+        judge(self.outcome, self.contract)
+        return self.outcome
+
+
 def _process_columnar(
     source: Source,
     header: list[str],
@@ -130,27 +161,11 @@ def _process_columnar(
     outcome.engine = "columnar"
     plan = plan_header(contract, header)
     outcome.ignored_columns = plan.ignored
-    valid = _Blocks(valid_sink)
-    valid.write(",".join(contract.column_names) + "\n")
-    errors = _Blocks(error_sink)
-    errors.write(csv_line(ERRORS_HEADER))
-
-    def emit_valid(block: bytes) -> None:
-        valid.flush()
-        valid_sink(block)
-
-    def emit_errors(row_errors: list[RowError]) -> None:
-        for error in row_errors:
-            _count_error(outcome, error)
-            errors.write(_error_line(error))
-        errors.flush()
-
-    process_columnar(source, header, header_bytes, header_lines, contract, plan, emit_valid, emit_errors, outcome)
-    if outcome.rows_total == 0:
-        raise FileRejected("no_data_rows", "the object has a header but no data rows")
-    valid.flush()
-    judge(outcome, contract)
-    return outcome
+    out = _Outputs(contract, valid_sink, error_sink, outcome)
+    process_columnar(
+        source, header, header_bytes, header_lines, contract, plan, out.valid_block, out.row_errors, outcome
+    )
+    return out.finish()
 
 
 def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome) -> Outcome:
@@ -164,30 +179,17 @@ def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_s
     plan = plan_header(contract, header)
     outcome.ignored_columns = plan.ignored
     validate = RowValidator(contract, plan)
-
-    valid = _Blocks(valid_sink)
-    valid.write(",".join(contract.column_names) + "\n")
-    errors = _Blocks(error_sink)
-    errors.write(csv_line(ERRORS_HEADER))
+    out = _Outputs(contract, valid_sink, error_sink, outcome)
     for line, fields in records:
         outcome.rows_total += 1
         values, row_errors = validate(line, fields)
         if values is not None:
             outcome.rows_valid += 1
-            valid.write(csv_line(values))
-            continue
-        outcome.rows_rejected += 1
-        for error in row_errors:
-            _count_error(outcome, error)
-            errors.write(_error_line(error))
-
-    if outcome.rows_total == 0:
-        raise FileRejected("no_data_rows", "the object has a header but no data rows")
-    valid.flush()
-    if outcome.rows_rejected:
-        errors.flush()
-    judge(outcome, contract)
-    return outcome
+            out.valid.write(csv_line(values))
+        else:
+            outcome.rows_rejected += 1
+            out.row_errors(row_errors)
+    return out.finish()
 
 
 def _count_error(outcome: Outcome, error: RowError) -> None:

@@ -43,6 +43,7 @@ class Stack:
     env: dict[str, str]
     state_dir: Path | None
     kind: str
+    cli_env: dict[str, str] | None = None  # the environment `python -m devstack` runs this stack with
 
     def __post_init__(self) -> None:
         session = boto3.session.Session(
@@ -99,15 +100,22 @@ def stack(request, session_database_url, tmp_path_factory) -> Iterator[Stack]:
 
 
 def _embedded_stack(database_url: str, state_dir: Path) -> Iterator[Stack]:
+    yield from embedded_stack(state_dir, {"DATABASE_URL": database_url})
+
+
+def embedded_stack(state_dir: Path, settings: dict[str, str]) -> Iterator[Stack]:
+    """An embedded stack of its own (free ports, its own state folder), started and stopped by the CLI.
+    ``settings`` adds to or overrides its environment; DATABASE_URL absent means its own cluster."""
     env = {
         **os.environ,
         "INGEST_STACK_DIR": str(state_dir),
         "INGEST_EMULATOR_PORT": str(free_port()),
         "INGEST_FUNCTION_PORT": str(free_port()),
         "INGEST_RETRY_DELAY": "1",
-        "DATABASE_URL": database_url,
     }
     env.pop("AWS_ENDPOINT_URL", None)
+    env.pop("DATABASE_URL", None)
+    env.update(settings)
     started = run_cli("up", env=env, check=False)
     if started.returncode != 0:
         run_cli("down", env=env, check=False)
@@ -115,7 +123,9 @@ def _embedded_stack(database_url: str, state_dir: Path) -> Iterator[Stack]:
     exports = run_cli("env", env=env).stdout
     stack_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
     try:
-        yield Stack(env={k: v.strip("'") for k, v in stack_env.items()}, state_dir=state_dir, kind="embedded")
+        yield Stack(
+            env={k: v.strip("'") for k, v in stack_env.items()}, state_dir=state_dir, kind="embedded", cli_env=env
+        )
     finally:
         run_cli("down", env=env, check=False)
 

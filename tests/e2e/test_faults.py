@@ -3,42 +3,37 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from devstack.postgres import PostgresServer
-from devstack.processes import free_port
 from devstack.stack import Settings, read_state
-from tests.e2e.conftest import Stack, run_cli, unique_users
+from tests.e2e.conftest import Stack, embedded_stack, run_cli, unique_users
 
 pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory) -> Iterator[tuple[Stack, dict[str, str]]]:
-    env = {**os.environ, "INGEST_STACK_DIR": str(tmp_path_factory.mktemp("faults")),
-           "INGEST_EMULATOR_PORT": str(free_port()), "INGEST_FUNCTION_PORT": str(free_port()),
-           "INGEST_RETRY_DELAY": "1", "INGEST_FUNCTION_TIMEOUT": "3"}  # fmt: skip
-    env.pop("DATABASE_URL", None)
-    env.pop("AWS_ENDPOINT_URL", None)
-    started = run_cli("up", env=env, check=False)
-    assert started.returncode == 0, started.stdout + started.stderr
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in run_cli("env", env=env).stdout.splitlines())
-    try:
-        yield Stack(env={k: v.strip("'") for k, v in exports.items()}, state_dir=None, kind="embedded"), env
-    finally:
-        run_cli("down", env=env, check=False)
+    for stack in embedded_stack(tmp_path_factory.mktemp("faults"), {"INGEST_FUNCTION_TIMEOUT": "3"}):
+        assert stack.cli_env is not None
+        yield stack, stack.cli_env
 
 
 def _postgres(env: dict[str, str]) -> PostgresServer:
     p = read_state(Settings.from_env(env))["postgres"]  # type: ignore[index]
     from pathlib import Path
 
-    return PostgresServer(url=p["url"], kind=p["kind"], data_dir=Path(p["data_dir"]), bin_dir=Path(p["bin_dir"]),
-                          run_as=p["run_as"], port=p["port"])  # fmt: skip
+    return PostgresServer(
+        url=p["url"],
+        kind=p["kind"],
+        data_dir=Path(p["data_dir"]),
+        bin_dir=Path(p["bin_dir"]),
+        run_as=p["run_as"],
+        port=p["port"],
+    )
 
 
 def test_postgres_down_then_back_the_file_is_retried_and_loaded_once(own_stack):
@@ -55,8 +50,20 @@ def test_postgres_down_then_back_the_file_is_retried_and_loaded_once(own_stack):
         assert first["status"] == "failed" and "connect" in first["message"].lower()
     finally:
         options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.data_dir}"
-        _run([str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-o", options,
-              "-l", str(server.data_dir / "server.log"), "-w", "start"], server.run_as)  # fmt: skip
+        _run(
+            [
+                str(server.bin_dir / "pg_ctl"),
+                "-D",
+                str(server.data_dir),
+                "-o",
+                options,
+                "-l",
+                str(server.data_dir / "server.log"),
+                "-w",
+                "start",
+            ],
+            server.run_as,
+        )
     receipts = stack.receipts_for(key, count=2, timeout=60)
     assert receipts[-1]["status"] == "loaded"
     md5 = hashlib.md5(data).hexdigest()

@@ -163,9 +163,13 @@ def test_repeated_keys_across_many_batches_are_found_like_the_exact_engine(users
 
 TEXT_CONTRACT = parse_contract(
     "notes",
-    {"table": "notes", "keys": ["incoming/notes.csv"], "max_rejected_share": 1.0,
-     "columns": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
-)  # fmt: skip
+    {
+        "table": "notes",
+        "keys": ["incoming/notes.csv"],
+        "max_rejected_share": 1.0,
+        "columns": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+    },
+)
 # Text as people write it: any printable character, tabs and line breaks; other control characters make
 # a file look binary (more than 1% of its bytes), which is a rejection of its own (binary_content).
 CELL_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from(["\t", "\n", "\r"]), max_size=12)
@@ -185,8 +189,9 @@ def test_values_round_trip_through_the_pipeline(rows, delimiter, newline, quote_
     # Python's writer leaves a lone CR unquoted under QUOTE_MINIMAL (a reader then sees a line break):
     # quote everything when a value holds one, as a careful producer would
     quote_all = quote_all or any("\r" in cell for row in rows for cell in row)
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator=newline,
-                        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)  # fmt: skip
+    writer = csv.writer(
+        buffer, delimiter=delimiter, lineterminator=newline, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL
+    )
     writer.writerow(["a", "b", "c"])
     writer.writerows(rows)
     result = outcome_of(buffer.getvalue().encode(), TEXT_CONTRACT, "auto", 1 << 20)
