@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -45,7 +46,6 @@ BLOCK_BYTES = 2 * 1024 * 1024
 ASCII_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 NON_ASCII_AT_EDGE = r"^[^\x00-\x7f]|[^\x00-\x7f]$"
 CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
-NEEDS_QUOTING = r'[,"\r\n]'
 
 Checked = tuple[pa.Array, np.ndarray]  # (normalized values, True where the screen proves the cell valid)
 
@@ -65,32 +65,151 @@ def _matches(values: pa.Array, pattern: str) -> np.ndarray:
     return _np(pc.match_substring_regex(values, pattern))
 
 
+#: What pyarrow's ascii_trim_whitespace removes.
+TRIMMED_BYTES = np.frombuffer(b" \t\n\x0b\x0c\r", dtype=np.uint8)
+ALL_TRIMMED_BYTES = np.frombuffer(ASCII_WHITESPACE.encode(), dtype=np.uint8)
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[48:58] = True
+
+
+class Cells:
+    """A string array (no NULLs) as numpy views of its bytes: each cell is ``data[starts[i]:ends[i]]``.
+
+    Checks over bytes (which cells hold a class of bytes and how many, the byte at a position) cost a
+    numpy pass or two over the column, a fraction of what a regex kernel costs.
+    """
+
+    def __init__(self, s: pa.Array):
+        n = len(s)
+        buffers = s.buffers()
+        if n:
+            offsets = np.frombuffer(buffers[1], dtype=np.int32)[s.offset : s.offset + n + 1].astype(np.int64)
+        else:
+            offsets = np.zeros(1, dtype=np.int64)
+        self.starts, self.ends = offsets[:-1], offsets[1:]
+        self.lengths = self.ends - self.starts
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if n and buffers[2] is not None else None
+        self.data = data if data is not None and len(data) else np.zeros(1, dtype=np.uint8)
+        self.low, self.high = int(offsets[0]), int(offsets[-1])  # the cells' bytes, one after another
+
+    def count(self, byte_class: np.ndarray) -> np.ndarray:
+        """Per cell, how many of its bytes are in ``byte_class`` (a boolean table of 256 entries)."""
+        found = np.flatnonzero(byte_class[self.data[self.low : self.high]]) + self.low
+        if not len(found):
+            return np.zeros(len(self.starts), dtype=np.int64)
+        # cell i holds the bytes from ends[i-1] to ends[i] (an Arrow string array's cells are contiguous)
+        return np.bincount(np.searchsorted(self.ends, found, side="right"), minlength=len(self.starts))
+
+    def byte_at(self, position: np.ndarray | int) -> np.ndarray:
+        """The byte at ``position`` within each cell (from its start), 0 where the cell is shorter."""
+        at = self.starts + position
+        return np.where(at < self.ends, np.take(self.data, at, mode="clip"), 0)
+
+    def last_byte(self) -> np.ndarray:
+        return np.where(self.lengths > 0, np.take(self.data, self.ends - 1, mode="clip"), 0)
+
+    def pairs(self, first: int, second: int) -> np.ndarray:
+        """Which cells hold the byte ``first`` followed by ``second``."""
+        data = self.data[self.low : self.high]
+        found = np.flatnonzero((data[:-1] == first) & (data[1:] == second)) + self.low
+        hits = np.zeros(len(self.starts), dtype=bool)
+        if len(found):
+            cell = np.searchsorted(self.ends, found, side="right")
+            hits[cell[found + 1 < self.ends[np.minimum(cell, len(self.ends) - 1)]]] = True
+        return hits
+
+
+def _byte_table(values: bytes | np.ndarray) -> np.ndarray:
+    table = np.zeros(256, dtype=bool)
+    table[np.frombuffer(values, dtype=np.uint8) if isinstance(values, bytes) else values] = True
+    return table
+
+
+TRIMMED = _byte_table(TRIMMED_BYTES)
+ALL_TRIMMED = _byte_table(ALL_TRIMMED_BYTES)
+NOT_DIGIT = ~_DIGIT
+NOT_DIGIT_OR_POINT = ~_byte_table(b"0123456789.")
+POINT = _byte_table(b".")
+COLLAPSED_OTHER = _byte_table(b"\t\n\r")
+SPECIAL = _byte_table(b',"\r\n')  # what makes a CSV field need quotes
+
+
+@dataclass(frozen=True)
+class DateLayout:
+    """Where the digits and the literal bytes of one date format sit, with two-digit months and days."""
+
+    width: int  # bytes
+    digits: np.ndarray  # positions of the YYYY, MM and DD digits
+    literal_at: np.ndarray
+    literals: np.ndarray
+    iso_order: np.ndarray  # the positions that make YYYY-MM-DD (the dashes are written afterwards)
+
+    @classmethod
+    def of(cls, fmt: str) -> DateLayout:
+        positions: dict[str, int] = {}
+        literal_at: list[int] = []
+        literals = bytearray()
+        at = 0
+        for token in _tokens(fmt):
+            if token in ("YYYY", "MM", "DD"):
+                positions[token] = at
+                at += len(token)
+            else:
+                for byte in token.encode("utf-8"):
+                    literal_at.append(at)
+                    literals.append(byte)
+                    at += 1
+        y, m, d = positions["YYYY"], positions["MM"], positions["DD"]
+        digits = [*range(y, y + 4), m, m + 1, d, d + 1]
+        return cls(
+            width=at,
+            digits=np.array(digits),
+            literal_at=np.array(literal_at, dtype=np.int64),
+            literals=np.frombuffer(bytes(literals), dtype=np.uint8),
+            iso_order=np.array([y, y + 1, y + 2, y + 3, 0, m, m + 1, 0, d, d + 1]),
+        )
+
+
 class ColumnScreen:
     """One contract column's vectorized screen; cells it cannot prove valid are left to the exact rules."""
 
     def __init__(self, col: Column, nulls: tuple[str, ...]):
         self.col = col
         self.nulls = pa.array(list(nulls), pa.string())
-        self.check: Callable[[pa.Array], Checked] = getattr(self, f"_{col.type}")
+        self.longest_null = max(len(v.encode("utf-8")) for v in nulls)
+        self.check: Callable[[pa.Array, Cells, bool], Checked] = getattr(self, f"_{col.type}")
         self.pattern_in_re2 = col.pattern is not None and _re2_compiles(col.pattern)
+        self.date_layouts = [DateLayout.of(fmt) for fmt in col.formats]
 
-    def __call__(self, raw: pa.Array, has_control: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    def __call__(self, raw: pa.Array, has_control: bool, ascii: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         """(values with NULLs, is_null, needs_exact) for one batch's raw cells.
 
         ``has_control``: whether the file has shown control bytes yet; without them, ASCII whitespace is
         exactly what ``str.strip`` removes from ASCII text, and the cheap kernels suffice.
+        ``ascii``: whether the batch's bytes are all ASCII, which spares the Unicode checks.
         """
-        if has_control:
-            trimmed = pc.utf8_trim(raw, characters=ASCII_WHITESPACE)
+        cells = Cells(raw)
+        edges = ALL_TRIMMED if has_control else TRIMMED
+        if (edges[cells.byte_at(0)] | edges[cells.last_byte()]).any():
+            trimmed = pc.utf8_trim(raw, characters=ASCII_WHITESPACE) if has_control else pc.ascii_trim_whitespace(raw)
+            cells = Cells(trimmed)
         else:
-            trimmed = pc.ascii_trim_whitespace(raw)
+            trimmed = raw  # nothing to trim: spare the copy
         needs_exact = np.zeros(len(raw), dtype=bool)
-        if not pc.all(pc.string_is_ascii(trimmed)).as_py():
+        if not ascii and not pc.all(pc.string_is_ascii(trimmed)).as_py():
             needs_exact |= _matches(trimmed, NON_ASCII_AT_EDGE)  # Python strips Unicode whitespace too
         if has_control:
             needs_exact |= _matches(trimmed, CONTROL)
-        is_null = _np(pc.is_in(trimmed, value_set=self.nulls))
-        values, ok = self.check(trimmed)
+        short = cells.lengths <= self.longest_null
+        if short.all():
+            is_null = _np(pc.is_in(trimmed, value_set=self.nulls))
+        elif short.any():
+            is_null = np.zeros(len(raw), dtype=bool)
+            candidates = np.flatnonzero(short)
+            is_null[candidates] = _np(pc.is_in(trimmed.take(pa.array(candidates)), value_set=self.nulls))
+        else:
+            is_null = np.zeros(len(raw), dtype=bool)
+        values, ok = self.check(trimmed, cells, ascii)
         needs_exact |= ~ok & ~is_null
         if self.col.required:
             needs_exact |= is_null
@@ -99,13 +218,13 @@ class ColumnScreen:
             values = pc.if_else(pa.array(unset), pa.scalar(None, pa.string()), values)
         return values, is_null, needs_exact
 
-    # one method per contract type: (trimmed cells) -> (normalized values, proven valid)
+    # one method per contract type: (trimmed cells, their bytes, all ASCII?) -> (normalized values, proven valid)
 
-    def _text(self, s: pa.Array) -> Checked:
+    def _text(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         col = self.col
         ok = np.ones(len(s), dtype=bool)
         strict = bool(col.normalize or col.pattern or col.allowed)
-        if strict:
+        if strict and not ascii:
             ok &= _np(pc.string_is_ascii(s))  # the exact rules are Unicode-aware; the kernels here are not
         for step in col.normalize:
             if step == "lower":
@@ -115,7 +234,11 @@ class ColumnScreen:
             elif step == "collapse_whitespace":
                 s = _collapse_whitespace(s)
         if col.max_length is not None:
-            ok &= _np(pc.less_equal(pc.utf8_length(s), col.max_length))
+            if ascii:  # one byte a character
+                lengths = Cells(s).lengths if "collapse_whitespace" in col.normalize else cells.lengths
+                ok &= lengths <= col.max_length
+            else:
+                ok &= _np(pc.less_equal(pc.utf8_length(s), col.max_length))
         if col.pattern is not None:
             if self.pattern_in_re2:
                 ok &= _matches(s, col.pattern)  # control characters (where \s differs) were sent to exact
@@ -125,28 +248,42 @@ class ColumnScreen:
             ok &= _np(pc.is_in(s, value_set=pa.array(list(col.allowed), pa.string())))
         return s, ok
 
-    def _integer(self, s: pa.Array) -> Checked:
+    def _integer(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         # Canonical integers only (no "+", no leading zeros): their normalized text is the text itself.
         # Anything else ("+5", "007") is rare and goes to the exact rules.
         low, high = INT_RANGES[self.col.type]
-        ok = _matches(s, r"^-?(0|[1-9][0-9]{0,17})$")
-        numbers = pc.cast(pc.if_else(pa.array(ok), s, "0"), pa.int64()).to_numpy()
+        negative = cells.byte_at(0) == 45
+        digits = cells.lengths - negative
+        lead = cells.byte_at(negative.astype(np.int64))
+        ok = (digits >= 1) & (digits <= 18) & (cells.count(NOT_DIGIT) == negative)
+        ok &= np.where(negative, lead != 48, (digits == 1) | (lead != 48))  # "-0" is normalized to "0": exact
+        numbers = pc.cast(s if ok.all() else pc.if_else(pa.array(ok), s, "0"), pa.int64()).to_numpy()
         ok &= (numbers >= low) & (numbers <= high) & _within(self.col, numbers.astype(np.float64), exact=True)
         return s, ok
 
     _bigint = _integer
 
-    def _numeric(self, s: pa.Array) -> Checked:
+    def _numeric(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         # Canonical decimals only (no "+", no leading zeros, digits on both sides of a point): their
         # normalized text is the text itself. The rest ("+1", ".5", "007.10") goes to the exact rules.
         col = self.col
-        ok = _matches(s, r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$")
-        length = pc.utf8_length(s).to_numpy()
-        point = pc.find_substring(s, ".").to_numpy()
-        negative = _np(pc.starts_with(s, "-"))
-        whole_digits = np.where(point >= 0, point, length) - negative
-        fraction_digits = np.where(point >= 0, length - point - 1, 0)
-        whole_zero = _np(pc.starts_with(s, "0")) | _np(pc.starts_with(s, "-0"))
+        negative = cells.byte_at(0) == 45
+        body = cells.starts + negative
+        points = cells.count(POINT)
+        # where the point is (with at most one point): the sum of the positions of the points in the cell
+        positions = np.zeros(len(cells.data) + 1, dtype=np.int64)
+        np.cumsum(np.where(cells.data == 46, np.arange(len(cells.data)), 0), out=positions[1:])
+        point = np.where(points == 1, positions[cells.ends] - positions[cells.starts], cells.ends)
+        whole_digits = point - body
+        fraction_digits = np.where(points == 1, cells.ends - point - 1, 0)
+        whole_zero = cells.byte_at(negative.astype(np.int64)) == 48
+        ok = (
+            (cells.count(NOT_DIGIT_OR_POINT) == negative)
+            & (points <= 1)
+            & (whole_digits >= 1)
+            & ((whole_digits == 1) | ~whole_zero)
+            & ((points == 0) | (fraction_digits >= 1))
+        )
         if col.precision is not None:
             ok &= np.where(whole_zero, 0, whole_digits) <= col.precision - (col.scale or 0)
         if col.scale is not None:
@@ -156,68 +293,71 @@ class ColumnScreen:
             ok &= _within(col, numbers, exact=False)
         return s, ok
 
-    def _double(self, s: pa.Array) -> Checked:
+    def _double(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         ok = _matches(s, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
         numbers = pc.cast(pc.if_else(pa.array(ok), pc.utf8_ltrim(s, characters="+"), "0"), pa.float64()).to_numpy()
         ok &= np.isfinite(numbers) & _within(self.col, numbers, exact=False)
         return s, ok
 
-    def _boolean(self, s: pa.Array) -> Checked:
+    def _boolean(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         lowered = pc.ascii_lower(s)
         true = _np(pc.is_in(lowered, value_set=pa.array(sorted(TRUE_WORDS))))
         false = _np(pc.is_in(lowered, value_set=pa.array(sorted(FALSE_WORDS))))
         values = pc.if_else(pa.array(true), "true", "false")
-        return values, (true | false) & _np(pc.string_is_ascii(s))
+        ok = true | false
+        return values, ok if ascii else ok & _np(pc.string_is_ascii(s))
 
-    def _date(self, s: pa.Array) -> Checked:
-        # Per format, in order: the cells of fixed width (two-digit month and day) are sliced apart; the
-        # first format a cell matches decides it, valid date or not, as in the exact rules. Cells with a
-        # one-digit month or day are rare and go to the exact rules.
+    def _date(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
+        # Per format, in order: the cells of fixed width (two-digit month and day) are read by position;
+        # the first format a cell matches decides it, valid date or not, as in the exact rules. Cells with
+        # a one-digit month or day are rare and go to the exact rules.
         n = len(s)
         decided = np.zeros(n, dtype=bool)
-        years = np.zeros(n, dtype=np.int64)
-        months = np.zeros(n, dtype=np.int64)
-        days = np.zeros(n, dtype=np.int64)
-        for fmt in self.col.formats:
-            rows = np.flatnonzero(~decided)
+        iso = np.zeros((n, 10), dtype=np.uint8)  # YYYY-MM-DD, filled in for the decided cells
+        for layout in self.date_layouts:
+            rows = np.flatnonzero(~decided & (cells.lengths == layout.width))
             if not len(rows):
-                break
-            subset = s if len(rows) == n else s.take(pa.array(rows))
-            matched = _matches(subset, _fixed_date_pattern(fmt))
-            if not matched.any():
                 continue
+            text = cells.data[np.clip(cells.starts[rows, None] + np.arange(layout.width), 0, len(cells.data) - 1)]
+            matched = _DIGIT[text[:, layout.digits]].all(axis=1) & (text[:, layout.literal_at] == layout.literals).all(
+                axis=1
+            )
             hits = rows[matched]
-            chosen = subset.filter(pa.array(matched))
-            for target, token in ((years, "YYYY"), (months, "MM"), (days, "DD")):
-                start = fmt.index(token)
-                piece = pc.utf8_slice_codeunits(chosen, start, start + len(token))
-                target[hits] = pc.cast(piece, pa.int64()).to_numpy()
+            iso[hits] = text[matched][:, layout.iso_order]
             decided[hits] = True
+        digits = iso.astype(np.int64) - 48
+        years = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
+        months = digits[:, 5] * 10 + digits[:, 6]
+        days = digits[:, 8] * 10 + digits[:, 9]
         ok = decided & _real_dates(years, months, days)
         if not ok.any():
             return pa.nulls(n, pa.string()), ok
-        text = pc.binary_join_element_wise(
-            pc.utf8_lpad(pc.cast(pa.array(years), pa.string()), 4, "0"),
-            pc.utf8_lpad(pc.cast(pa.array(months), pa.string()), 2, "0"),
-            pc.utf8_lpad(pc.cast(pa.array(days), pa.string()), 2, "0"),
-            "-",
-        )
+        iso[:, 4] = iso[:, 7] = 45
+        offsets = np.arange(0, 10 * n + 1, 10, dtype=np.int32)
+        text = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(iso))
         return text, ok
 
-    def _timestamptz(self, s: pa.Array) -> Checked:
+    def _timestamptz(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         return _exact_column(self.col, s)
 
 
 def _collapse_whitespace(s: pa.Array) -> pa.Array:
-    """Runs of whitespace to one space. Runs of plain spaces are halved with a plain replace until none
-    is left; cells with tabs or line breaks (rare) take the regex."""
-    other = _np(pc.or_(pc.or_(pc.match_substring(s, "\t"), pc.match_substring(s, "\n")), pc.match_substring(s, "\r")))
+    """Runs of whitespace to one space, in the few cells that have one: runs of plain spaces are halved
+    with a plain replace until none is left; cells with tabs or line breaks (rarer) take the regex."""
+    cells = Cells(s)
+    other = cells.count(COLLAPSED_OTHER) > 0
     if other.any():
         mask = pa.array(other)
         collapsed = pc.replace_substring_regex(s.filter(mask), r"[ \t\n\r\x0b\x0c\x1c-\x1f]+", " ")
         s = pc.replace_with_mask(s, mask, collapsed)
-    while pc.any(pc.match_substring(s, "  ")).as_py():
-        s = pc.replace_substring(s, "  ", " ")
+        cells = Cells(s)
+    doubled = cells.pairs(32, 32)
+    if doubled.any():
+        mask = pa.array(doubled)
+        subset = s.filter(mask)
+        while pc.any(pc.match_substring(subset, "  ")).as_py():
+            subset = pc.replace_substring(subset, "  ", " ")
+        s = pc.replace_with_mask(s, mask, subset)
     return s
 
 
@@ -243,11 +383,6 @@ def _real_dates(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (y >= 1) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= limit)
 
 
-def _fixed_date_pattern(fmt: str) -> str:
-    widths = {"YYYY": "[0-9]{4}", "MM": "[0-9]{2}", "DD": "[0-9]{2}"}
-    return "^" + "".join(widths.get(part) or _re2_escape(part) for part in _tokens(fmt)) + "$"
-
-
 def _tokens(fmt: str) -> Iterator[str]:
     i = 0
     while i < len(fmt):
@@ -259,10 +394,6 @@ def _tokens(fmt: str) -> Iterator[str]:
         else:
             yield fmt[i]
             i += 1
-
-
-def _re2_escape(text: str) -> str:
-    return "".join("\\" + ch if not ch.isalnum() else ch for ch in text)
 
 
 def _re2_compiles(pattern: str) -> bool:
@@ -306,10 +437,13 @@ def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
     """Rows as CSV (NULL as an empty field, quoting exactly as ``processing.csv_field``), one buffer."""
     parts = []
     for column, special in zip(columns, maybe_special):
-        if special and _any_special_byte(column):
-            needs = pc.match_substring_regex(column, NEEDS_QUOTING)
-            quoted = pc.binary_join_element_wise('"', pc.replace_substring(column, '"', '""'), '"', "")
-            column = pc.if_else(needs, quoted, column)
+        if special:
+            needs = Cells(column).count(SPECIAL) > 0
+            if needs.any():
+                mask = pa.array(needs)
+                subset = column.filter(mask)
+                quoted = pc.binary_join_element_wise('"', pc.replace_substring(subset, '"', '""'), '"', "")
+                column = pc.replace_with_mask(column, mask, quoted)
         parts.append(column)
     parts.append(pa.nulls(len(columns[0]) if columns else 0, pa.string()))
     joined = pc.binary_join_element_wise(
@@ -321,15 +455,6 @@ def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
     block = bytearray(memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]])  # the one copy
     np.frombuffer(block, dtype=np.uint8)[offsets[1:] - offsets[0] - 1] = 10  # each line's last "," becomes "\n"
     return block  # type: ignore[return-value]  # a bytearray: every sink takes any buffer
-
-
-def _any_special_byte(column: pa.Array) -> bool:
-    """Whether any value could need quoting: one pass over the column's bytes instead of a regex."""
-    if not len(column) or column.buffers()[2] is None:
-        return False
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
-    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return bool(((data == 44) | (data == 34) | (data == 10) | (data == 13)).any())
 
 
 # --- the engine -------------------------------------------------------------------------------------
@@ -419,7 +544,7 @@ def process_columnar(
             )
             if batch.num_rows + len(invalid) != records:
                 raise ExactEngineNeeded("the parser and the line index disagree on the records of a block")
-            if any((pc.max(pc.utf8_length(c)).as_py() or 0) > MAX_FIELD_CHARS for c in batch.columns):
+            if len(block) > MAX_FIELD_CHARS and any(_too_long(c) for c in batch.columns):
                 raise ExactEngineNeeded("a field larger than the exact engine accepts")
             is_row = np.ones(records, dtype=bool)
             blank = 0
@@ -442,8 +567,9 @@ def process_columnar(
             else:
                 row_lines = lines[is_row]
             counts.rows_total += records - blank
+            ascii = not (np.frombuffer(block, dtype=np.uint8) >= 128).any()
             valid_block, row_errors, n_valid = _validate_batch(
-                batch, row_lines, plan, screens, exact, keys, special, index.has_control
+                batch, row_lines, plan, screens, exact, keys, special, index.has_control, ascii
             )
             errors += row_errors
             counts.rows_valid += n_valid
@@ -457,6 +583,13 @@ def process_columnar(
         raise ExactEngineNeeded(str(exc)) from None
     except (pa.ArrowInvalid, pa.ArrowException, UnicodeDecodeError) as exc:
         raise ExactEngineNeeded(f"the columnar reader stopped: {exc}") from None
+
+
+def _too_long(column: pa.Array) -> bool:
+    """Whether a cell has more characters than the exact engine accepts (bytes first: they bound them)."""
+    if Cells(column).lengths.max(initial=0) <= MAX_FIELD_CHARS:
+        return False
+    return (pc.max(pc.utf8_length(column)).as_py() or 0) > MAX_FIELD_CHARS
 
 
 def _record_blocks(source: Source, header_bytes: int, index: LineIndex) -> Iterator[tuple[bytes, int]]:
@@ -505,6 +638,7 @@ def _validate_batch(
     keys: KeyChecks,
     special: list[bool],
     has_control: bool,
+    ascii: bool,
 ) -> tuple[bytes, list[RowError], int]:
     n = batch.num_rows
     empty = pa.array([""] * n, pa.string()) if -1 in plan.positions else None
@@ -512,7 +646,7 @@ def _validate_batch(
     needs_exact = np.zeros(n, dtype=bool)
     for screen, position in zip(screens, plan.positions):
         raw = batch.column(position) if position >= 0 else empty
-        values, _is_null, unsure = screen(raw, has_control)
+        values, _is_null, unsure = screen(raw, has_control, ascii)
         columns.append(values)
         needs_exact |= unsure
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import pytest
@@ -215,3 +216,58 @@ def test_whitespace_only_lines_in_a_one_column_file():
     exact, fast = both(b"v\na\n  \nb\n\t\nc\n", contract)
     assert_same(exact, fast)
     assert exact.outcome.rows_total == 3 and fast.outcome.engine == "columnar"
+
+
+# Every cell the byte-level screens judge, in ASCII-only files (where the screens skip the Unicode checks):
+# signs, leading zeros, bounds, points, widths, separators, whitespace at the edges and inside.
+ASCII_EDGES = {
+    "id": ["0", "-0", "-00", "00", "-", "+1", "7", "-7", "2147483647", "2147483648", "-2147483648", "1 2", " 9 "],
+    "email": ["a@b.co", "A@B.CO", " a@b.co", "a@b.co\t", "a b@c.de", "@b.co", "a@.co", "a@b.", "a@@b.co", "x" * 250],
+    "full_name": ["Ann  Lee", "Ann   Lee  Jr", "A\tB", "A\n\nB", '"q"', "a,b", " lead", "trail ", "  ", "A \t B"],
+    "signup_date": ["2024-01-15", "2024-1-15", "01/15/2024", "1/15/2024", "15.01.2024", "2024-02-30", "2024-13-01"]
+    + ["0000-01-01", "2024-01-15 ", "2024/01/15", "20240115", "2024-01-1x", "29.02.2000", "29.02.1900"],
+    "country": ["gb", "GB", " de ", "G B", "GBR", "g", "", "NA"],
+    "age": ["0", "150", "151", "-1", "007", "-0", "1.5", "  42", "N/A", "99999999999999999999"],
+    "balance": ["0", "-0", "0.5", "-0.50", "00.5", ".5", "5.", "1.2.3", "-", "-.5", "1234567890.12", "12345678901.1"]
+    + ["1.234", "1.230", "+1", "1e3", "10", "-10.00", "9999999999.99"],
+    "is_active": ["true", "TRUE", "t", "F", "yes", "No", "y", "1", "0", "maybe", "", " true "],
+}
+
+
+@pytest.mark.parametrize("column", list(ASCII_EDGES))
+def test_ascii_cells_at_the_edges_of_each_rule_give_identical_results(users, column, small_blocks):
+    base = {
+        "id": "1",
+        "email": "a@b.co",
+        "full_name": "Ann",
+        "signup_date": "2024-01-15",
+        "country": "GB",
+        "age": "30",
+        "balance": "1.50",
+        "is_active": "true",
+    }
+    rows = []
+    for i, value in enumerate(ASCII_EDGES[column] * 3):
+        row = {**base, "id": str(i + 1), column: value}
+        rows.append(",".join(_field(row[c], ",") for c in base))
+    data = ("\n".join([",".join(base), *rows]) + "\n").encode()
+    exact, fast = both(data, dataclasses.replace(users, max_rejected_share=1.0))
+    assert fast.outcome.engine == "columnar"
+    assert_same(exact, fast)
+
+
+def test_dates_with_multibyte_separators_give_identical_results():
+    contract = parse_contract(
+        "d",
+        {
+            "table": "d",
+            "keys": ["k"],
+            "max_rejected_share": 1.0,
+            "columns": [{"name": "day", "type": "date", "formats": ["YYYY年MM月DD日", "DD.MM.YYYY"]}],
+        },
+    )
+    cells = ["2024年01月15日", "2024年1月15日", "2024年02月30日", "15.01.2024", "2024-01-15", "2024年01月15"]
+    exact, fast = both(("day\n" + "\n".join(cells) + "\n").encode(), contract)
+    assert fast.outcome.engine == "columnar"
+    assert_same(exact, fast)
+    assert exact.outcome.rows_valid == 3
