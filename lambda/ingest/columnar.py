@@ -92,9 +92,9 @@ class Cells:
         self.data = data if data is not None and len(data) else np.zeros(1, dtype=np.uint8)
         self.low, self.high = int(offsets[0]), int(offsets[-1])  # the cells' bytes, one after another
 
-    def count(self, byte_class: np.ndarray) -> np.ndarray:
-        """Per cell, how many of its bytes are in ``byte_class`` (a boolean table of 256 entries)."""
-        found = np.flatnonzero(byte_class[self.data[self.low : self.high]]) + self.low
+    def count(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per cell, how many of its bytes are in ``byte_class`` (bytes -> boolean mask)."""
+        found = np.flatnonzero(byte_class(self.data[self.low : self.high])) + self.low
         if not len(found):
             return np.zeros(len(self.starts), dtype=np.int64)
         # cell i holds the bytes from ends[i-1] to ends[i] (an Arrow string array's cells are contiguous)
@@ -127,11 +127,31 @@ def _byte_table(values: bytes | np.ndarray) -> np.ndarray:
 
 TRIMMED = _byte_table(TRIMMED_BYTES)
 ALL_TRIMMED = _byte_table(ALL_TRIMMED_BYTES)
-NOT_DIGIT = ~_DIGIT
-NOT_DIGIT_OR_POINT = ~_byte_table(b"0123456789.")
-POINT = _byte_table(b".")
-COLLAPSED_OTHER = _byte_table(b"\t\n\r")
-SPECIAL = _byte_table(b',"\r\n')  # what makes a CSV field need quotes
+
+
+def _any_of(values: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """A byte class of a few bytes: comparisons are several times faster than a table lookup."""
+
+    def mask(data: np.ndarray) -> np.ndarray:
+        found = data == values[0]
+        for value in values[1:]:
+            found |= data == value
+        return found
+
+    return mask
+
+
+def _not_digit(data: np.ndarray) -> np.ndarray:
+    return (data < 48) | (data > 57)
+
+
+def _not_digit_or_point(data: np.ndarray) -> np.ndarray:
+    return ((data < 48) | (data > 57)) & (data != 46)
+
+
+POINT = _any_of(b".")
+COLLAPSED_OTHER = _any_of(b"\t\n\r")
+SPECIAL = _any_of(b',"\r\n')  # what makes a CSV field need quotes
 
 
 @dataclass(frozen=True)
@@ -255,7 +275,7 @@ class ColumnScreen:
         negative = cells.byte_at(0) == 45
         digits = cells.lengths - negative
         lead = cells.byte_at(negative.astype(np.int64))
-        ok = (digits >= 1) & (digits <= 18) & (cells.count(NOT_DIGIT) == negative)
+        ok = (digits >= 1) & (digits <= 18) & (cells.count(_not_digit) == negative)
         ok &= np.where(negative, lead != 48, (digits == 1) | (lead != 48))  # "-0" is normalized to "0": exact
         numbers = pc.cast(s if ok.all() else pc.if_else(pa.array(ok), s, "0"), pa.int64()).to_numpy()
         ok &= (numbers >= low) & (numbers <= high) & _within(self.col, numbers.astype(np.float64), exact=True)
@@ -278,7 +298,7 @@ class ColumnScreen:
         fraction_digits = np.where(points == 1, cells.ends - point - 1, 0)
         whole_zero = cells.byte_at(negative.astype(np.int64)) == 48
         ok = (
-            (cells.count(NOT_DIGIT_OR_POINT) == negative)
+            (cells.count(_not_digit_or_point) == negative)
             & (points <= 1)
             & (whole_digits >= 1)
             & ((whole_digits == 1) | ~whole_zero)

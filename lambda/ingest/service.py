@@ -3,7 +3,8 @@
 Order matters for the promises the pipeline makes:
 1. the object's MD5 decides whether it was loaded already (then ``skipped``);
 2. processing streams the object once: valid rows go to COPY (staging) and to ``processed/``, rejected
-   rows to ``errors/``;
+   rows to ``errors/`` (an object whose ETag is no MD5 is hashed first, and its bytes kept in a local
+   temporary file for processing when there is room, so that S3 is read once);
 3. outputs are completed *before* the commit, so a crash can lose neither a load's report nor the load;
 4. the merge and the ledger row commit together, so a retry after any failure loads exactly once.
 Rejected files are final (a retry would reject them again); failures are raised so the delivery retries.
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .adapters.postgres import Database, Load
-from .adapters.s3 import ObjectStore, StreamingWriter
+from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
 from .contract import Contract, ContractRegistry
@@ -130,10 +131,21 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
     bucket, key = attempt.bucket, attempt.key
     info = deps.store.head(bucket, key)
     attempt.size = info.size
+    spool: Spool | None = None
     if trust_etag and info.etag_md5:
         attempt.md5 = info.etag_md5
-    else:
-        attempt.md5 = deps.store.md5(bucket, key, etag=info.etag)
+    else:  # a multipart upload's ETag is no MD5: hash the bytes, and keep them locally if there is room
+        attempt.md5, spool = deps.store.hash_and_spool(bucket, key, info.etag, info.size)
+    try:
+        return _ingest_hashed(attempt, deps, info, spool)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None) -> Receipt:
+    bucket, key = attempt.bucket, attempt.key
+    assert attempt.md5 is not None
     logger.append_keys(md5=attempt.md5)
     try:
         check_key(key)
@@ -158,7 +170,7 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
         attempt.outcome = Outcome()
         try:
             process(
-                _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest),
+                spool.chunks() if spool else _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest),
                 contract,
                 _tee(load.write, processed.write),
                 errors.write,
@@ -187,7 +199,7 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
             load.rollback(exc)
             raise
         break
-    if digest.hexdigest() != md5:  # an ETag that looked like an MD5 but was not one (SSE-KMS)
+    if spool is None and digest.hexdigest() != md5:  # an ETag that looked like an MD5 but was not one (SSE-KMS)
         processed.abort()
         errors.abort()
         load.rollback()

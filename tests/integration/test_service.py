@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
+from ingest.adapters import s3 as s3_adapter
 from ingest.adapters.postgres import Database
+from ingest.adapters.s3 import ObjectStore
 from ingest.contract import ContractRegistry, parse_contract
 from ingest.service import Dependencies, ingest_object
 from tests.conftest import SAMPLES
@@ -165,7 +167,17 @@ def test_gzip_upload_loads(pipeline):
     assert pipeline.query("SELECT compression FROM ingest_files") == [{"compression": "gzip"}]
 
 
-def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upload(pipeline):
+@pytest.mark.parametrize("room_to_spool", [True, False])
+def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upload(
+    pipeline, monkeypatch, room_to_spool
+):
+    """A multipart ETag is no MD5: the object is hashed first and, where the temporary folder has room,
+    processed from a local copy of those very bytes (one GET); without room, it is read from S3 again."""
+    if not room_to_spool:
+        monkeypatch.setattr(s3_adapter, "SPOOL_MARGIN_BYTES", 1 << 60)
+    reads = []
+    chunks = ObjectStore.chunks
+    monkeypatch.setattr(ObjectStore, "chunks", lambda self, *a, **k: reads.append(a[1]) or chunks(self, *a, **k))
     row = b"1,a@b.co,Ann\n"
     data = (
         b"id,email,full_name\n"
@@ -191,6 +203,8 @@ def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upl
 
     receipt = ingest_object(pipeline.bucket, "incoming/users/big.csv", pipeline.deps)
     assert receipt.status == "loaded" and receipt.md5 == md5(data) and receipt.rows_loaded == 129_999
+    assert reads == ["incoming/users/big.csv"] * (1 if room_to_spool else 2)
+    assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 130_000
     pipeline.upload("incoming/users/same.csv", data)
     assert ingest_object(pipeline.bucket, "incoming/users/same.csv", pipeline.deps).status == "skipped"
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 CHUNK_BYTES = 1024 * 1024
+SPOOL_MARGIN_BYTES = 64 * 1024 * 1024  # left free in the temporary folder (Lambda: /tmp)
 PART_BYTES = 5 * 1024 * 1024  # the smallest part S3 accepts (but the last): least memory
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
@@ -49,11 +52,43 @@ class ObjectStore:
             digest.update(chunk)
         return digest.hexdigest()
 
+    def hash_and_spool(self, bucket: str, key: str, etag: str, size: int) -> tuple[str, Spool | None]:
+        """The object's MD5, read once; its bytes kept in a local temporary file when there is room for
+        them, so that processing reads them from disk instead of from S3 a second time."""
+        if shutil.disk_usage(tempfile.gettempdir()).free < size + SPOOL_MARGIN_BYTES:
+            return self.md5(bucket, key, etag), None
+        spool = Spool()
+        try:
+            digest = hashlib.md5(usedforsecurity=False)
+            for chunk in self.chunks(bucket, key, etag):
+                digest.update(chunk)
+                spool.file.write(chunk)
+            spool.file.flush()
+        except BaseException:
+            spool.close()
+            raise
+        return digest.hexdigest(), spool
+
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     def writer(self, bucket: str, key: str, content_type: str) -> StreamingWriter:
         return StreamingWriter(self.client, bucket, key, content_type)
+
+
+class Spool:
+    """An object's bytes in an anonymous temporary file (gone when closed or when the process ends)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="ingest-spool-")  # noqa: SIM115 (closed by close())
+
+    def chunks(self) -> Iterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(CHUNK_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class StreamingWriter:
@@ -67,7 +102,8 @@ class StreamingWriter:
 
     def __init__(self, client: Any, bucket: str, key: str, content_type: str):
         self.client, self.bucket, self.key, self.content_type = client, bucket, key, content_type
-        self._buffer = bytearray()
+        self._buffer: list[bytes] = []  # the blocks of the next part (joined once, when it is sent)
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_flight: Future[dict[str, Any]] | None = None
@@ -75,9 +111,11 @@ class StreamingWriter:
         self.bytes_written = 0
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
+        """Take a block; the caller must not change it afterwards (it is kept, not copied)."""
+        self._buffer.append(data)
+        self._buffered += len(data)
         self.bytes_written += len(data)
-        if len(self._buffer) >= PART_BYTES:
+        if self._buffered >= PART_BYTES:
             self._send_part()
 
     def _send_part(self) -> None:
@@ -88,8 +126,9 @@ class StreamingWriter:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         self._wait_in_flight()
         number = len(self._parts) + 1
-        body = bytes(self._buffer)
+        body = b"".join(self._buffer)
         self._buffer.clear()
+        self._buffered = 0
         assert self._executor is not None
         self._in_flight = self._executor.submit(self._upload_part, number, body)
 
@@ -108,7 +147,7 @@ class StreamingWriter:
     def close(self) -> None:
         if self._upload_id is None:
             self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self.content_type
+                Bucket=self.bucket, Key=self.key, Body=b"".join(self._buffer), ContentType=self.content_type
             )
         else:
             if self._buffer:
@@ -119,6 +158,7 @@ class StreamingWriter:
             )
             self._shutdown()
         self._buffer.clear()
+        self._buffered = 0
 
     def abort(self) -> None:
         if self._upload_id is not None:
@@ -130,6 +170,7 @@ class StreamingWriter:
             self._upload_id = None
             self._shutdown()
         self._buffer.clear()
+        self._buffered = 0
 
     def _shutdown(self) -> None:
         if self._executor is not None:
