@@ -39,17 +39,27 @@ from .postgres import find_bin_dir, start_postgres
 from .processes import HOST, free_port, stop_pid
 
 BUCKET = "bench"
+# The child's peak RSS is VmHWM, the high-water mark of its own address space. Not getrusage's ru_maxrss:
+# on Linux that also counts the parent's RSS at the moment the child was exec'd (the parent's address space
+# is the child's until exec), so a bench process holding a large file made the function look larger.
 CHILD = """
 import json, resource, sys, time
 from ingest import bootstrap
 from ingest.service import ingest_object
+
+def peak_rss_mb():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 deps = bootstrap.dependencies()
 started = time.perf_counter()
 receipt = ingest_object(sys.argv[1], sys.argv[2], deps)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "status": receipt.status, "rows_loaded": receipt.rows_loaded,
-                  "rows_rejected": receipt.rows_rejected, "md5": receipt.md5,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rows_rejected": receipt.rows_rejected, "md5": receipt.md5, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
@@ -197,7 +207,9 @@ def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
             if rows == sizes[0]:
                 # the same content again under new bytes (a trailing blank line): an upsert over existing rows
                 again = workdir / "again.csv"
-                again.write_bytes(path.read_bytes() + b"\n")
+                shutil.copyfile(path, again)
+                with again.open("ab") as tail:
+                    tail.write(b"\n")
                 bench.upload(again, key + ".again.csv")
                 upserts = []
                 for _ in range(max(1, runs - 1)):
