@@ -65,13 +65,6 @@ def _matches(values: pa.Array, pattern: str) -> np.ndarray:
     return _np(pc.match_substring_regex(values, pattern))
 
 
-#: What pyarrow's ascii_trim_whitespace removes.
-TRIMMED_BYTES = np.frombuffer(b" \t\n\x0b\x0c\r", dtype=np.uint8)
-ALL_TRIMMED_BYTES = np.frombuffer(ASCII_WHITESPACE.encode(), dtype=np.uint8)
-_DIGIT = np.zeros(256, dtype=bool)
-_DIGIT[48:58] = True
-
-
 class Cells:
     """A string array (no NULLs) as numpy views of its bytes: each cell is ``data[starts[i]:ends[i]]``.
 
@@ -105,8 +98,13 @@ class Cells:
         at = self.starts + position
         return np.where(at < self.ends, np.take(self.data, at, mode="clip"), 0)
 
-    def last_byte(self) -> np.ndarray:
-        return np.where(self.lengths > 0, np.take(self.data, self.ends - 1, mode="clip"), 0)
+    def at_an_edge(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> bool:
+        """Whether any cell starts or ends with a byte of ``byte_class``."""
+        found = np.flatnonzero(byte_class(self.data[self.low : self.high])) + self.low
+        if not len(found):
+            return False
+        cell = np.searchsorted(self.ends, found, side="right")
+        return bool(((found == self.starts[cell]) | (found == self.ends[cell] - 1)).any())
 
     def pairs(self, first: int, second: int) -> np.ndarray:
         """Which cells hold the byte ``first`` followed by ``second``."""
@@ -117,16 +115,6 @@ class Cells:
             cell = np.searchsorted(self.ends, found, side="right")
             hits[cell[found + 1 < self.ends[np.minimum(cell, len(self.ends) - 1)]]] = True
         return hits
-
-
-def _byte_table(values: bytes | np.ndarray) -> np.ndarray:
-    table = np.zeros(256, dtype=bool)
-    table[np.frombuffer(values, dtype=np.uint8) if isinstance(values, bytes) else values] = True
-    return table
-
-
-TRIMMED = _byte_table(TRIMMED_BYTES)
-ALL_TRIMMED = _byte_table(ALL_TRIMMED_BYTES)
 
 
 def _any_of(values: bytes) -> Callable[[np.ndarray], np.ndarray]:
@@ -149,6 +137,8 @@ def _not_digit_or_point(data: np.ndarray) -> np.ndarray:
     return ((data < 48) | (data > 57)) & (data != 46)
 
 
+TRIMMED = _any_of(b" \t\n\x0b\x0c\r")  # what pyarrow's ascii_trim_whitespace removes
+ALL_TRIMMED = _any_of(ASCII_WHITESPACE.encode())
 POINT = _any_of(b".")
 COLLAPSED_OTHER = _any_of(b"\t\n\r")
 SPECIAL = _any_of(b',"\r\n')  # what makes a CSV field need quotes
@@ -209,8 +199,7 @@ class ColumnScreen:
         ``ascii``: whether the batch's bytes are all ASCII, which spares the Unicode checks.
         """
         cells = Cells(raw)
-        edges = ALL_TRIMMED if has_control else TRIMMED
-        if (edges[cells.byte_at(0)] | edges[cells.last_byte()]).any():
+        if cells.at_an_edge(ALL_TRIMMED if has_control else TRIMMED):
             trimmed = pc.utf8_trim(raw, characters=ASCII_WHITESPACE) if has_control else pc.ascii_trim_whitespace(raw)
             cells = Cells(trimmed)
         else:
@@ -338,10 +327,11 @@ class ColumnScreen:
             rows = np.flatnonzero(~decided & (cells.lengths == layout.width))
             if not len(rows):
                 continue
-            text = cells.data[np.clip(cells.starts[rows, None] + np.arange(layout.width), 0, len(cells.data) - 1)]
-            matched = _DIGIT[text[:, layout.digits]].all(axis=1) & (text[:, layout.literal_at] == layout.literals).all(
-                axis=1
-            )
+            text = cells.data[cells.starts[rows, None] + np.arange(layout.width)]  # these cells are that wide
+            digits = text[:, layout.digits]
+            matched = ((digits >= 48) & (digits <= 57)).all(axis=1) & (
+                text[:, layout.literal_at] == layout.literals
+            ).all(axis=1)
             hits = rows[matched]
             iso[hits] = text[matched][:, layout.iso_order]
             decided[hits] = True
@@ -528,12 +518,15 @@ def process_columnar(
         block_size=2 * BLOCK_BYTES,
         encoding="utf8" if source.codec.startswith("utf-8") else source.codec,
     )
-    convert_options = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in names},
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-        check_utf8=True,
-    )
+    convert_options = {  # by whether the block is all ASCII, which is valid UTF-8 without checking
+        ascii: pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            check_utf8=not ascii,
+        )
+        for ascii in (False, True)
+    }
     screens = [ColumnScreen(col, contract.null_values) for col in contract.columns]
     exact = RowValidator(contract, plan)
     keys = KeyChecks(contract)
@@ -558,7 +551,8 @@ def process_columnar(
                 ignore_empty_lines=True,
                 invalid_row_handler=on_invalid_row,
             )
-            table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options)
+            ascii = int(np.frombuffer(block, dtype=np.uint8).max(initial=0)) < 128
+            table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options[ascii])
             batch = pa.RecordBatch.from_arrays(
                 [pa.concat_arrays(c.chunks) if c.num_chunks != 1 else c.chunk(0) for c in table.columns], names
             )
@@ -587,7 +581,6 @@ def process_columnar(
             else:
                 row_lines = lines[is_row]
             counts.rows_total += records - blank
-            ascii = not (np.frombuffer(block, dtype=np.uint8) >= 128).any()
             valid_block, row_errors, n_valid = _validate_batch(
                 batch, row_lines, plan, screens, exact, keys, special, index.has_control, ascii
             )

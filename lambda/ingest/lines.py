@@ -14,6 +14,18 @@ import numpy as np
 NEWLINE, CR, QUOTE = 10, 13, 34
 
 
+def _has_control(data: np.ndarray) -> bool:
+    """Whether there is a control byte other than tab, LF and CR (the few below 32 are looked at closely)."""
+    if (data == 127).any():
+        return True
+    low = data < 32
+    low &= data != NEWLINE
+    if not low.any():
+        return False
+    rest = data[low]
+    return bool(((rest != 9) & (rest != CR)).any())
+
+
 class QuotingAnomaly(Exception):
     """Quotes or line ends the columnar engine does not read exactly like the exact engine."""
 
@@ -45,9 +57,7 @@ class LineIndex:
             self.quote_needs_check = False
             self._check_after_close(data[0])
         if not self.has_control:
-            self.has_control = bool(
-                ((data < 32) & (data != 9) & (data != NEWLINE) & (data != CR)).any() or (data == 127).any()
-            )
+            self.has_control = _has_control(data)
         quotes = np.flatnonzero(data == QUOTE)
         newlines = np.flatnonzero(data == NEWLINE)
         self._check_quotes(data, quotes)
