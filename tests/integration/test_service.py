@@ -120,7 +120,17 @@ def test_rejecting_too_many_bad_rows_still_writes_the_row_errors(pipeline):
     assert len(pipeline.get(receipt.errors_key).splitlines()) == 3
 
 
-def test_upsert_updates_existing_rows(pipeline):
+@pytest.fixture(params=["merge", "on conflict"])
+def upsert_statement(request, pipeline, monkeypatch):
+    """Upserts over existing rows use MERGE on PostgreSQL 15 and later, INSERT … ON CONFLICT before: both
+    are run (the older one by making the server look like PostgreSQL 14)."""
+    if request.param == "on conflict":
+        pipeline.deps.database.engine.connect().close()  # the dialect reads the server version on first connect
+        monkeypatch.setattr(pipeline.deps.database.engine.dialect, "server_version_info", (14, 0))
+    return request.param
+
+
+def test_upsert_updates_existing_rows(pipeline, upsert_statement):
     pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
     ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
     pipeline.upload("incoming/users_update.csv", b"id,email,full_name,age\n1,new@example.com,Ada L,37\n9,n@e.co,N,\n")
@@ -129,6 +139,22 @@ def test_upsert_updates_existing_rows(pipeline):
     rows = {r["id"]: r for r in pipeline.query("SELECT * FROM users")}
     assert len(rows) == 6 and rows[1]["email"] == "new@example.com" and rows[1]["age"] == 37
     assert rows[1]["signup_date"] is None  # upsert writes the whole row the file describes
+
+
+def test_upsert_rewrites_only_the_rows_that_changed(pipeline, upsert_statement):
+    first = b"id,email,full_name,age\n1,a@b.co,Ann,30\n2,c@d.co,Bo,40\n3,e@f.co,Cy,50\n"
+    pipeline.upload("incoming/users.csv", first)
+    ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
+    before = {r["id"]: r for r in pipeline.query("SELECT id, _ingest_md5, _ingest_loaded_at FROM users")}
+    second = b"id,email,full_name,age\n1,a@b.co,Ann,30\n2,c@d.co,Bo,41\n4,g@h.co,Di,\n"
+    pipeline.upload("incoming/users_2.csv", second)
+    receipt = ingest_object(pipeline.bucket, "incoming/users_2.csv", pipeline.deps)
+    assert receipt.status == "loaded" and receipt.rows_loaded == 2  # 2 changed, 4 new; 1 as it was
+    after = {r["id"]: r for r in pipeline.query("SELECT id, age, _ingest_md5, _ingest_loaded_at FROM users")}
+    assert after[1] == {**before[1], "age": 30}  # untouched: lineage and load time of the first file
+    assert after[2]["age"] == 41 and after[2]["_ingest_md5"] == md5(second)
+    assert after[2]["_ingest_loaded_at"] > before[2]["_ingest_loaded_at"]
+    assert after[3]["_ingest_md5"] == md5(first) and after[4]["_ingest_md5"] == md5(second)
 
 
 def test_append_contract_with_semicolons_and_timestamps(pipeline):
@@ -244,3 +270,32 @@ def test_database_down_fails_loudly_keeps_the_object_and_publishes_failed(pipeli
     [published] = pipeline.receipts()
     assert published["status"] == "failed" and "connection" in published["message"].lower()
     assert pipeline.keys() == ["incoming/users.csv"]
+
+
+def test_concurrent_upserts_of_overlapping_keys_into_one_table_all_load(pipeline):
+    """Different files that share keys, merged at the same moment: each load waits for the table in turn,
+    none fails on a key another one inserted, and the table ends with every key once."""
+    pipeline.upload("incoming/users/seed.csv", b"id,email,full_name\n1,s@e.ed,Seed\n")
+    ingest_object(pipeline.bucket, "incoming/users/seed.csv", pipeline.deps)  # the table has rows: staging + merge
+    keys = [f"incoming/users/part_{i}.csv" for i in range(6)]
+    for i, key in enumerate(keys):
+        rows = "".join(f"{n},u{n}.{i}@example.com,User {n} v{i}\n" for n in range(1, 5000))
+        pipeline.upload(key, ("id,email,full_name\n" + rows).encode())
+    results: list[str] = []
+    barrier = threading.Barrier(len(keys))
+
+    def deliver(key: str) -> None:
+        deps = Dependencies(
+            pipeline.deps.contracts, pipeline.deps.store, Database(pipeline.database_url), pipeline.deps.notifier
+        )
+        barrier.wait()
+        results.append(ingest_object(pipeline.bucket, key, deps).status)
+        deps.database.dispose()
+
+    threads = [threading.Thread(target=deliver, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["loaded"] * len(keys)
+    assert pipeline.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM users")[0] == {"n": 4999, "d": 4999}
