@@ -42,10 +42,8 @@ BUCKET = "bench"
 # The child's peak RSS is VmHWM, the high-water mark of its own address space. Not getrusage's ru_maxrss:
 # on Linux that also counts the parent's RSS at the moment the child was exec'd (the parent's address space
 # is the child's until exec), so a bench process holding a large file made the function look larger.
-CHILD = """
-import json, resource, sys, time
-from ingest import bootstrap
-from ingest.service import ingest_object
+PEAK_RSS = """
+import resource
 
 def peak_rss_mb():
     try:
@@ -53,6 +51,13 @@ def peak_rss_mb():
             return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+CHILD = (
+    PEAK_RSS
+    + """
+import json, sys, time
+from ingest import bootstrap
+from ingest.service import ingest_object
 
 deps = bootstrap.dependencies()
 started = time.perf_counter()
@@ -61,6 +66,7 @@ seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "status": receipt.status, "rows_loaded": receipt.rows_loaded,
                   "rows_rejected": receipt.rows_rejected, "md5": receipt.md5, "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
 
 def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
