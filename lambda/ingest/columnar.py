@@ -66,7 +66,8 @@ def _matches(values: pa.Array, pattern: str) -> np.ndarray:
 
 
 class Cells:
-    """A string array (no NULLs) as numpy views of its bytes: each cell is ``data[starts[i]:ends[i]]``.
+    """A string array as numpy views of its bytes: each cell is ``data[starts[i]:ends[i]]``, one after
+    another (a NULL cell spans whatever its offsets say, normally nothing; callers mask NULLs themselves).
 
     Checks over bytes (which cells hold a class of bytes and how many, the byte at a position) cost a
     numpy pass or two over the column, a fraction of what a regex kernel costs.
@@ -113,7 +114,7 @@ class Cells:
         hits = np.zeros(len(self.starts), dtype=bool)
         if len(found):
             cell = np.searchsorted(self.ends, found, side="right")
-            hits[cell[found + 1 < self.ends[np.minimum(cell, len(self.ends) - 1)]]] = True
+            hits[cell[found + 1 < self.ends[cell]]] = True  # both bytes in the same cell
         return hits
 
 

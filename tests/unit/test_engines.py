@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -275,3 +276,16 @@ def test_dates_with_multibyte_separators_give_identical_results():
     assert fast.outcome.engine == "columnar"
     assert_same(exact, fast)
     assert exact.outcome.rows_valid == 3
+
+
+def test_cells_read_the_bytes_of_each_cell_also_in_slices_and_empty_cells():
+    whole = pa.array(["x", "", "a b", "  c", "d  ", "12-3", ""], pa.string())
+    cells = columnar.Cells(whole.slice(1, 5))  # "", "a b", "  c", "d  ", "12-3"
+    assert cells.lengths.tolist() == [0, 3, 3, 3, 4]
+    assert cells.count(columnar._any_of(b" ")).tolist() == [0, 1, 2, 2, 0]
+    assert cells.count(columnar._not_digit).tolist() == [0, 3, 3, 3, 1]
+    assert cells.byte_at(0).tolist() == [0, ord("a"), 32, ord("d"), ord("1")]
+    assert cells.byte_at(3).tolist() == [0, 0, 0, 0, ord("3")]
+    assert cells.pairs(32, 32).tolist() == [False, False, True, True, False]
+    assert cells.at_an_edge(columnar.TRIMMED)
+    assert not columnar.Cells(whole.slice(1, 2)).at_an_edge(columnar.TRIMMED)  # "" and "a b": inner space only
