@@ -86,13 +86,16 @@ class Cells:
         self.data = data if data is not None and len(data) else np.zeros(1, dtype=np.uint8)
         self.low, self.high = int(offsets[0]), int(offsets[-1])  # the cells' bytes, one after another
 
-    def count(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Per cell, how many of its bytes are in ``byte_class`` (bytes -> boolean mask)."""
+    def find(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``data``, cell of each) of the bytes in ``byte_class`` (bytes -> boolean mask)."""
         found = np.flatnonzero(byte_class(self.data[self.low : self.high])) + self.low
-        if not len(found):
-            return np.zeros(len(self.starts), dtype=np.int64)
         # cell i holds the bytes from ends[i-1] to ends[i] (an Arrow string array's cells are contiguous)
-        return np.bincount(np.searchsorted(self.ends, found, side="right"), minlength=len(self.starts))
+        return found, np.searchsorted(self.ends, found, side="right")
+
+    def count(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per cell, how many of its bytes are in ``byte_class``."""
+        _found, cell = self.find(byte_class)
+        return np.bincount(cell, minlength=len(self.starts))
 
     def byte_at(self, position: np.ndarray | int) -> np.ndarray:
         """The byte at ``position`` within each cell (from its start), 0 where the cell is shorter."""
@@ -101,10 +104,7 @@ class Cells:
 
     def at_an_edge(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> bool:
         """Whether any cell starts or ends with a byte of ``byte_class``."""
-        found = np.flatnonzero(byte_class(self.data[self.low : self.high])) + self.low
-        if not len(found):
-            return False
-        cell = np.searchsorted(self.ends, found, side="right")
+        found, cell = self.find(byte_class)
         return bool(((found == self.starts[cell]) | (found == self.ends[cell] - 1)).any())
 
     def pairs(self, first: int, second: int) -> np.ndarray:

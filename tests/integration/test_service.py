@@ -235,11 +235,8 @@ def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upl
     assert ingest_object(pipeline.bucket, "incoming/users/same.csv", pipeline.deps).status == "skipped"
 
 
-def test_concurrent_deliveries_of_the_same_content_load_exactly_once(pipeline):
-    data = (SAMPLES / "users.csv").read_bytes()
-    keys = [f"incoming/users/copy_{i}.csv" for i in range(8)]
-    for key in keys:
-        pipeline.upload(key, data)
+def deliver_at_once(pipeline, keys: list[str]) -> list[str]:
+    """Ingest every key in a thread of its own (own connections), all released at the same moment."""
     results: list[str] = []
     barrier = threading.Barrier(len(keys))
 
@@ -256,6 +253,15 @@ def test_concurrent_deliveries_of_the_same_content_load_exactly_once(pipeline):
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def test_concurrent_deliveries_of_the_same_content_load_exactly_once(pipeline):
+    data = (SAMPLES / "users.csv").read_bytes()
+    keys = [f"incoming/users/copy_{i}.csv" for i in range(8)]
+    for key in keys:
+        pipeline.upload(key, data)
+    results = deliver_at_once(pipeline, keys)
     assert sorted(results) == ["loaded"] + ["skipped"] * 7
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5
     assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 1
@@ -281,21 +287,6 @@ def test_concurrent_upserts_of_overlapping_keys_into_one_table_all_load(pipeline
     for i, key in enumerate(keys):
         rows = "".join(f"{n},u{n}.{i}@example.com,User {n} v{i}\n" for n in range(1, 5000))
         pipeline.upload(key, ("id,email,full_name\n" + rows).encode())
-    results: list[str] = []
-    barrier = threading.Barrier(len(keys))
-
-    def deliver(key: str) -> None:
-        deps = Dependencies(
-            pipeline.deps.contracts, pipeline.deps.store, Database(pipeline.database_url), pipeline.deps.notifier
-        )
-        barrier.wait()
-        results.append(ingest_object(pipeline.bucket, key, deps).status)
-        deps.database.dispose()
-
-    threads = [threading.Thread(target=deliver, args=(k,)) for k in keys]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = deliver_at_once(pipeline, keys)
     assert results == ["loaded"] * len(keys)
     assert pipeline.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM users")[0] == {"n": 4999, "d": 4999}

@@ -69,7 +69,7 @@ _COLUMN_TYPES: dict[str, Any] = {
 
 
 def sql_identifier(name: str) -> str:
-    """A quoted identifier for the few statements SQLAlchemy has no construct for (LOCK TABLE)."""
+    """A quoted identifier for the few statements SQLAlchemy has no construct for (LOCK TABLE, MERGE)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -229,8 +229,12 @@ class Load:
             return "copy"
         if conn.execute(sa.select(sa.exists().select_from(target))).scalar():
             return "staging"
-        conn.execute(sa.text(f"LOCK TABLE {sql_identifier(target.name)} IN SHARE ROW EXCLUSIVE MODE"))
+        self._lock_target()
         return "staging" if conn.execute(sa.select(sa.exists().select_from(target))).scalar() else "copy"
+
+    def _lock_target(self) -> None:
+        """Keep other writers of the target out until this transaction ends (readers go on)."""
+        self._conn.execute(sa.text(f"LOCK TABLE {sql_identifier(self.target.name)} IN SHARE ROW EXCLUSIVE MODE"))
 
     def write(self, data: bytes) -> None:
         """Queue a block for COPY; a writer thread sends it while the caller validates the next one."""
@@ -289,25 +293,21 @@ class Load:
         return int(ledger_id)
 
     def _merge(self) -> int:
+        """Upsert the staged rows (only upserts into a table with rows are staged)."""
         names = list(self.contract.column_names)
-        if self.contract.load_mode == "upsert" and (self._conn.dialect.server_version_info or (0,)) >= (15,):
+        if (self._conn.dialect.server_version_info or (0,)) >= (15,):
             return self._merge_statement(names)
-        source = sa.select(*(self.staging.c[n] for n in names), sa.literal(self.md5, sa.String(32)))
+        # PostgreSQL before 15 has no MERGE: INSERT … ON CONFLICT, which probes the key index row by row
         into = [*names, "_ingest_md5"]
-        if self.contract.load_mode == "replace":
-            self._conn.execute(sa.delete(self.target))
-        statement: Any
-        if self.contract.load_mode == "upsert":  # PostgreSQL before 15: no MERGE
-            upsert = pg.insert(self.target).from_select(into, source)
-            key = set(self.contract.upsert_key)
-            updates: dict[str, Any] = {n: upsert.excluded[n] for n in into if n not in key}
-            updates["_ingest_loaded_at"] = sa.func.now()
-            changed = sa.tuple_(*(self.target.c[n] for n in names)).is_distinct_from(
-                sa.tuple_(*(upsert.excluded[n] for n in names))
-            )
-            statement = upsert.on_conflict_do_update(index_elements=list(key), set_=updates, where=changed)
-        else:
-            statement = sa.insert(self.target).from_select(into, source)
+        source = sa.select(*(self.staging.c[n] for n in names), sa.literal(self.md5, sa.String(32)))
+        upsert = pg.insert(self.target).from_select(into, source)
+        key = set(self.contract.upsert_key)
+        updates: dict[str, Any] = {n: upsert.excluded[n] for n in into if n not in key}
+        updates["_ingest_loaded_at"] = sa.func.now()
+        changed = sa.tuple_(*(self.target.c[n] for n in names)).is_distinct_from(
+            sa.tuple_(*(upsert.excluded[n] for n in names))
+        )
+        statement = upsert.on_conflict_do_update(index_elements=list(key), set_=updates, where=changed)
         return int(self._conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount)
 
     def _merge_statement(self, names: list[str]) -> int:
@@ -332,7 +332,7 @@ class Load:
         )
         columns = ", ".join([*(q(n) for n in names), "_ingest_md5"])
         values = ", ".join([*(f"s.{q(n)}" for n in names), ":md5"])
-        self._conn.execute(sa.text(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE"))
+        self._lock_target()
         self._conn.execute(sa.text(f"ANALYZE {staging}"))  # row counts for the planner to choose the join
         statement = sa.text(
             f"MERGE INTO {target} AS t USING {staging} AS s ON {on} "

@@ -46,26 +46,20 @@ class ObjectStore:
         finally:
             body.close()
 
-    def md5(self, bucket: str, key: str, etag: str | None = None) -> str:
-        digest = hashlib.md5(usedforsecurity=False)
-        for chunk in self.chunks(bucket, key, etag):
-            digest.update(chunk)
-        return digest.hexdigest()
-
     def hash_and_spool(self, bucket: str, key: str, etag: str, size: int) -> tuple[str, Spool | None]:
         """The object's MD5, read once; its bytes kept in a local temporary file when there is room for
         them, so that processing reads them from disk instead of from S3 a second time."""
-        if shutil.disk_usage(tempfile.gettempdir()).free < size + SPOOL_MARGIN_BYTES:
-            return self.md5(bucket, key, etag), None
-        spool = Spool()
+        room = shutil.disk_usage(tempfile.gettempdir()).free >= size + SPOOL_MARGIN_BYTES
+        spool = Spool() if room else None
+        digest = hashlib.md5(usedforsecurity=False)
         try:
-            digest = hashlib.md5(usedforsecurity=False)
             for chunk in self.chunks(bucket, key, etag):
                 digest.update(chunk)
-                spool.file.write(chunk)
-            spool.file.flush()
+                if spool is not None:
+                    spool.file.write(chunk)
         except BaseException:
-            spool.close()
+            if spool is not None:
+                spool.close()
             raise
         return digest.hexdigest(), spool
 
@@ -126,9 +120,7 @@ class StreamingWriter:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         self._wait_in_flight()
         number = len(self._parts) + 1
-        body = b"".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
+        body = self._take_buffer()
         assert self._executor is not None
         self._in_flight = self._executor.submit(self._upload_part, number, body)
 
@@ -147,7 +139,7 @@ class StreamingWriter:
     def close(self) -> None:
         if self._upload_id is None:
             self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=b"".join(self._buffer), ContentType=self.content_type
+                Bucket=self.bucket, Key=self.key, Body=self._take_buffer(), ContentType=self.content_type
             )
         else:
             if self._buffer:
@@ -157,8 +149,6 @@ class StreamingWriter:
                 Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
             )
             self._shutdown()
-        self._buffer.clear()
-        self._buffered = 0
 
     def abort(self) -> None:
         if self._upload_id is not None:
@@ -169,8 +159,14 @@ class StreamingWriter:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
             self._upload_id = None
             self._shutdown()
+        self._take_buffer()
+
+    def _take_buffer(self) -> bytes:
+        """The buffered blocks as one body, and an empty buffer."""
+        body = b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
+        return body
 
     def _shutdown(self) -> None:
         if self._executor is not None:
