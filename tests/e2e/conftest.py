@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,57 @@ class Stack:
     def query(self, statement: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
             return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+    @contextmanager
+    def table_locked(self, table: str, mode: str = "SHARE") -> Iterator[psycopg.Connection]:
+        """Hold a lock on ``table`` until the block ends: a load that needs it waits, however fast the
+        machine is (SHARE keeps every writer out and lets readers in). Yields the holding connection.
+        The table is created first if no load has created it yet."""
+        from ingest.adapters.postgres import Database
+        from ingest.contract import ContractRegistry, default_contracts_dir
+
+        [contract] = [c for c in ContractRegistry.from_directory(default_contracts_dir()) if c.table == table]
+        database = Database(self.database_url)
+        database.ensure_tables(contract)
+        database.dispose()
+        conn = psycopg.connect(self.database_url, autocommit=False)
+        try:
+            conn.execute(f'LOCK TABLE "{table}" IN {mode} MODE')
+            yield conn
+        finally:
+            conn.rollback()
+            conn.close()
+
+    def wait_for_lock_wait(self, table: str, timeout: float = 60) -> None:
+        """Wait until a function session is blocked waiting for a lock on ``table``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            waiting = self.query(
+                "SELECT count(*) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND l.relation = %s::regclass AND a.application_name = 'ingest'",
+                table,
+            )[0]["n"]
+            if waiting:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no load waited for the lock on {table} within {timeout}s")
+
+    def kill_function(self, pid: int) -> None:
+        """SIGKILL the function as a crash would: the RIE and the runtime it started (in a session of its
+        own, so killing the RIE's process group alone leaves the runtime running)."""
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # the parent's pid
+                children.append(int(stat.parent.name))
+        for victim in [pid, *children]:
+            try:
+                os.killpg(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def function_pid(self) -> int:
         if self.state_dir is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import time
 import uuid
 from urllib.parse import unquote_plus
@@ -203,20 +202,25 @@ def test_killing_the_function_during_copy_leaves_nothing_and_the_retry_loads_onc
     )
     md5 = hashlib.md5(data).hexdigest()
     key = f"incoming/users/kill_{uuid.uuid4().hex[:8]}.csv"
-    stack.upload(key, data)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until the function is streaming rows into PostgreSQL
-        copying = stack.query(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ingest' AND query LIKE 'COPY%%'"
-        )[0]["n"]
-        if copying:
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("the load never reached COPY")
-    pid = stack.function_pid()
-    os.killpg(pid, signal.SIGKILL)
-    assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
+    # The test holds a lock that the load needs before it can commit (its merge, or its first COPY into an
+    # empty table), so the kill lands before the commit however fast the machine is: during the COPY if
+    # it is seen, else while the load waits on the lock.
+    with stack.table_locked("users"):
+        stack.upload(key, data)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the function streams rows into PostgreSQL or waits
+            busy = stack.query(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ingest' "
+                "AND (query LIKE 'COPY%%' OR wait_event_type = 'Lock')"
+            )[0]["n"]
+            if busy:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the load never reached COPY")
+        pid = stack.function_pid()
+        stack.kill_function(pid)
+        assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
     receipts = stack.receipts_for(key, timeout=120)
     assert receipts[-1]["status"] == "loaded" and receipts[-1]["rows_loaded"] == rows
     assert stack.function_pid() != pid  # the runtime was started again
