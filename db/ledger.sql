@@ -32,6 +32,6 @@ CREATE TABLE IF NOT EXISTS ingest_files (
 
 CREATE INDEX IF NOT EXISTS ingest_files_finished_at ON ingest_files (finished_at);
 
-CREATE UNIQUE INDEX IF NOT EXISTS ingest_files_loaded_md5 ON ingest_files (md5) WHERE status = 'loaded';
+CREATE UNIQUE INDEX IF NOT EXISTS ingest_files_loaded_table_md5 ON ingest_files (table_name, md5) WHERE status = 'loaded';
 
 CREATE INDEX IF NOT EXISTS ingest_files_md5 ON ingest_files (md5);

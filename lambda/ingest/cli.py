@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .contract import ContractError, ContractRegistry, default_contracts_dir, glob_to_regex
+from .contract import ContractError, ContractRegistry, contracts_overlap, default_contracts_dir, glob_to_regex
 from .processing import Outcome, process
 from .rejection import FileRejected
 
@@ -193,14 +193,8 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
     contracts = list(registry)
     for i, a in enumerate(contracts):
         for b in contracts[i + 1 :]:
-            for pattern in a.keys:
-                example = _example_key(pattern)
-                if b.claims(example):
-                    problems.append(f"{a.name} and {b.name} both claim keys like {example!r} ({pattern})")
-            for pattern in b.keys:
-                example = _example_key(pattern)
-                if a.claims(example):
-                    problems.append(f"{b.name} and {a.name} both claim keys like {example!r} ({pattern})")
+            for x, y in contracts_overlap(a, b):
+                problems.append(f"{a.name} and {b.name} both claim keys such as {_example_key(x, y)!r} ({x}, {y})")
     data = {"contracts": [c.name for c in contracts], "problems": problems}
     text = "\n".join(
         [f"{len(contracts)} contracts: {', '.join(data['contracts'])}"]
@@ -211,26 +205,43 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
     sys.exit(REJECTED if problems else OK)
 
 
-def _example_key(pattern: str) -> str:
-    example = pattern.replace("**", "a/b").replace("*", "x").replace("?", "y")
-    assert glob_to_regex(pattern).fullmatch(example)
-    return example
+def _example_key(a: str, b: str) -> str:
+    """A key both globs claim, when a simple one is at hand (else the first glob)."""
+    for filler in ("x", "a/b"):
+        example = a.replace("**", "a/b").replace("*", filler).replace("?", "y")
+        if glob_to_regex(b).fullmatch(example):
+            return example
+    example = b.replace("**", "a/b").replace("*", "x").replace("?", "y")
+    return example if glob_to_regex(a).fullmatch(example) else a
 
 
 @contract.command("new")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="contract (and table) name: a lower-case SQL identifier")
 @click.option("--rows", default=10_000, show_default=True, help="how many rows to infer types from")
-def contract_new(file: Path, name: str, rows: int) -> None:
+@click.pass_obj
+def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     """Draft a contract from a sample CSV (types, required columns, key candidates), to edit by hand.
+
+    The draft loads its sample unchanged (codes with leading zeros stay text, only empty cells are NULL,
+    headers map to columns as the loader maps them) and claims no key an existing contract claims.
 
     \b
     Example:
       ingest contract new exports/orders.csv --name orders > lambda/contracts/orders.toml
     """
-    from .drafting import draft_contract
+    from .drafting import draft_contract, draft_keys
 
-    click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows))
+    try:
+        existing = [c for c in _registry(obj["contracts_dir"]) if c.name != name]
+    except click.ClickException:
+        existing = []  # no contracts yet (or none readable): nothing to collide with
+    for note in draft_keys(name, existing)[1]:
+        click.echo(note, err=True)
+    try:
+        click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows, existing))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 # --- the running stack --------------------------------------------------------------------------------
@@ -299,11 +310,11 @@ def status(limit: int, as_json: bool) -> None:
       ingest status --limit 5
     """
     rows = _ledger_rows(_stack_env(), limit=limit)
-    lines = [f"{'id':>5}  {'status':<9} {'rows':>9} {'rejected':>8} {'ms':>7}  {'key':<44} reason"]
+    lines = [f"{'id':>5}  {'status':<9} {'table':<16} {'rows':>9} {'rejected':>8} {'ms':>7}  {'key':<44} reason"]
     for r in rows:
         lines.append(
-            f"{r['id']:>5}  {r['status']:<9} {r['rows_loaded'] or 0:>9,} {r['rows_rejected'] or 0:>8,} "
-            f"{r['duration_ms'] or 0:>7}  {r['object_key']:<44} {r['reason'] or ''}"
+            f"{r['id']:>5}  {r['status']:<9} {r['table_name'] or '-':<16} {r['rows_loaded'] or 0:>9,} "
+            f"{r['rows_rejected'] or 0:>8,} {r['duration_ms'] or 0:>7}  {r['object_key']:<44} {r['reason'] or ''}"
         )
     if not rows:
         lines.append("  (no files yet)")

@@ -200,13 +200,15 @@ class ColumnScreen:
         ``ascii``: whether the batch's bytes are all ASCII, which spares the Unicode checks.
         """
         cells = Cells(raw)
-        if cells.at_an_edge(ALL_TRIMMED if has_control else TRIMMED):
+        if not self.col.trim:
+            trimmed = raw  # the column keeps its cells' edges as they are
+        elif cells.at_an_edge(ALL_TRIMMED if has_control else TRIMMED):
             trimmed = pc.utf8_trim(raw, characters=ASCII_WHITESPACE) if has_control else pc.ascii_trim_whitespace(raw)
             cells = Cells(trimmed)
         else:
             trimmed = raw  # nothing to trim: spare the copy
         needs_exact = np.zeros(len(raw), dtype=bool)
-        if not ascii and not pc.all(pc.string_is_ascii(trimmed)).as_py():
+        if self.col.trim and not ascii and not pc.all(pc.string_is_ascii(trimmed)).as_py():
             needs_exact |= _matches(trimmed, NON_ASCII_AT_EDGE)  # Python strips Unicode whitespace too
         if has_control:
             needs_exact |= _matches(trimmed, CONTROL)
@@ -528,7 +530,7 @@ def process_columnar(
         )
         for ascii in (False, True)
     }
-    screens = [ColumnScreen(col, contract.null_values) for col in contract.columns]
+    screens = [ColumnScreen(col, contract.nulls(col)) for col in contract.columns]
     exact = RowValidator(contract, plan)
     keys = KeyChecks(contract)
     special = [col.type in ("text", "double", "timestamptz") for col in contract.columns]

@@ -20,7 +20,9 @@ COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "da
 LOAD_MODES = ("append", "replace", "upsert")
 UNKNOWN_COLUMN_POLICIES = ("reject", "ignore")
 NORMALIZERS = ("lower", "upper", "collapse_whitespace")
-DEFAULT_NULL_VALUES = ("", "NA", "N/A", "null", "NULL", "None")
+#: Only an empty cell is NULL unless a contract says otherwise (as in PostgreSQL's CSV COPY): words such as
+#: ``NA`` are data in many files (Namibia's ISO code, North America's continent code).
+DEFAULT_NULL_VALUES = ("",)
 DEFAULT_DATE_FORMATS = ("YYYY-MM-DD",)
 #: Compression suffixes that are transport, not part of the name a contract claims.
 COMPRESSION_SUFFIXES = (".gz",)
@@ -53,6 +55,8 @@ class Column:
     scale: int | None = None  # numeric only
     max_length: int | None = None  # text only
     description: str = ""
+    null_values: tuple[str, ...] | None = None  # cells read as NULL in this column (None: the contract's)
+    trim: bool = True  # strip whitespace at the cell's edges (text columns may keep it)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,10 @@ class Contract:
     @property
     def primary_key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.primary_key)
+
+    def nulls(self, col: Column) -> tuple[str, ...]:
+        """The cells that are NULL in ``col``: always the empty cell, then the column's or the contract's."""
+        return tuple(dict.fromkeys(["", *(col.null_values if col.null_values is not None else self.null_values)]))
 
     def claims(self, key: str) -> bool:
         name = strip_compression_suffix(key)
@@ -110,6 +118,64 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+def _glob_tokens(pattern: str) -> list[str]:
+    tokens: list[str] = []
+    i = 0
+    while i < len(pattern):
+        token = "**" if pattern.startswith("**", i) else pattern[i]
+        tokens.append(token)
+        i += len(token)
+    return tokens
+
+
+def globs_overlap(a: str, b: str) -> bool:
+    """Whether some object key matches both globs: a walk over pairs of positions in the two patterns
+    (each pattern is a small automaton: a literal or ``?`` steps over one character, ``*`` loops over any
+    but ``/``, ``**`` over anything), with the characters that matter as the alphabet."""
+    ta, tb = _glob_tokens(a), _glob_tokens(b)
+    literals = {t for t in ta + tb if len(t) == 1 and t not in "*?"}
+    alphabet = literals | {"/", "\0"}  # "\0": any other character
+
+    def closure(tokens: list[str], states: set[int]) -> set[int]:
+        todo, seen = list(states), set(states)
+        while todo:
+            i = todo.pop()
+            if i < len(tokens) and tokens[i] in ("*", "**") and i + 1 not in seen:
+                seen.add(i + 1)
+                todo.append(i + 1)
+        return seen
+
+    def step(tokens: list[str], states: set[int], ch: str) -> set[int]:
+        nxt = set()
+        for i in states:
+            if i >= len(tokens):
+                continue
+            t = tokens[i]
+            if t == "**" or (t == "*" and ch != "/"):
+                nxt.add(i)
+            elif (t == "?" and ch != "/") or t == ch:
+                nxt.add(i + 1)
+        return closure(tokens, nxt)
+
+    start = (frozenset(closure(ta, {0})), frozenset(closure(tb, {0})))
+    seen, todo = {start}, [start]
+    while todo:
+        sa, sb = todo.pop()
+        if len(ta) in sa and len(tb) in sb:
+            return True
+        for ch in alphabet:
+            pair = (frozenset(step(ta, set(sa), ch)), frozenset(step(tb, set(sb), ch)))
+            if pair[0] and pair[1] and pair not in seen:
+                seen.add(pair)
+                todo.append(pair)
+    return False
+
+
+def contracts_overlap(a: Contract, b: Contract) -> list[tuple[str, str]]:
+    """The pairs of key globs of two contracts that some object key matches both of."""
+    return [(x, y) for x in a.keys for y in b.keys if globs_overlap(x, y)]
+
+
 # --- parsing ----------------------------------------------------------------------------------------
 
 _COLUMN_FIELDS = {
@@ -129,6 +195,8 @@ _COLUMN_FIELDS = {
     "scale",
     "max_length",
     "description",
+    "null_values",
+    "trim",
 }
 _CONTRACT_FIELDS = {
     "table",
@@ -270,11 +338,16 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         raise fail(f"column {name!r}: scale must be an integer from 0 to precision")
     allowed = raw.get("allowed")
     aliases = tuple(raw.get("aliases", ()))
-    for alias in aliases:
-        if normalize_header_name(alias) != alias:
-            raise fail(
-                f"column {name!r}: alias {alias!r} must be written in header form ({normalize_header_name(alias)!r})"
-            )
+    if not all(isinstance(a, str) and a for a in aliases):
+        raise fail(f"column {name!r}: aliases must be non-empty strings (header cells as written)")
+    nulls = raw.get("null_values")
+    if nulls is not None and (not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls)):
+        raise fail(f"column {name!r}: null_values must be a list of strings")
+    trim = raw.get("trim", True)
+    if not isinstance(trim, bool):
+        raise fail(f"column {name!r}: trim must be true or false")
+    if not trim and ctype != "text":
+        raise fail(f"column {name!r}: trim = false applies to text columns only")
     primary_key = bool(raw.get("primary_key", False))
     return Column(
         name=name,
@@ -293,15 +366,9 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         scale=scale,
         max_length=raw.get("max_length"),
         description=str(raw.get("description", "")),
+        null_values=tuple(nulls) if nulls is not None else None,
+        trim=trim,
     )
-
-
-_HEADER_SEPARATORS = re.compile(r"[\s\-]+")
-
-
-def normalize_header_name(raw: str) -> str:
-    """Trim, case-fold, spaces and hyphens to ``_``: ``" Full-Name "`` → ``"full_name"``."""
-    return _HEADER_SEPARATORS.sub("_", raw.strip().casefold())
 
 
 # --- the set of contracts ---------------------------------------------------------------------------

@@ -1,15 +1,33 @@
-"""Draft a contract from a sample CSV: the types whose exact rules accept every value, for a person to edit."""
+"""Draft a contract from a sample CSV, for a person to edit; the draft loads its sample unchanged.
+
+What the drafter guarantees (the property tests hold it to this):
+- every value of the sample reads back from the table as it was written: text exactly (edges included),
+  numbers and dates by value. A column is typed as a number only if every value is already in the
+  canonical form the loader would print back (no leading zeros, no ``+``, no ``.5``): codes such as FIPS
+  ``01001`` or ZIP ``08123`` stay text;
+- only an empty cell is NULL; a word such as ``NA`` is proposed as a column's ``null_values`` only where it
+  stands in for a missing number or date (never in a text column, where ``NA`` may be Namibia);
+- every header maps to a column through the loader's own ``headers.column_name``, and the exact header is
+  recorded as an alias wherever the two differ;
+- the drafted keys claim no object key that an existing contract claims.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from .contract import DEFAULT_NULL_VALUES, IDENTIFIER, Column, normalize_header_name
+from .contract import IDENTIFIER, Column, Contract, globs_overlap
+from .headers import column_name
 from .reading import open_text, read_records
 from .validation import CellError, build_coercer
 
-#: Tried in order; the first type whose rules accept every non-null sample value wins.
+#: Words that files use for a missing value; proposed as null_values for number and date columns only.
+NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--")
+NUMBER_TYPES = ("integer", "bigint", "numeric")
+#: Tried in order; the first whose rules accept every present value (and print it back) wins.
 CANDIDATES = (
     Column(name="x", type="integer"),
     Column(name="x", type="bigint"),
@@ -21,48 +39,109 @@ CANDIDATES = (
 )
 
 
+@dataclass
+class DraftedColumn:
+    name: str
+    header: str
+    type: str = "text"
+    formats: tuple[str, ...] = ()
+    null_values: tuple[str, ...] = ()
+    required: bool = False
+    trim: bool = True
+    unique: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _keeps_every_value(candidate: Column, values: list[str]) -> bool:
+    coerce = build_coercer(candidate)
+    try:
+        for value in values:
+            printed = coerce(value)
+            # a number must print back as written; anything else ("007", "+5", ".5", "1e3") stays text
+            if candidate.type in NUMBER_TYPES and printed != value:
+                return False
+    except CellError:
+        return False
+    return True
+
+
 def infer_column(values: list[str]) -> Column:
-    present = [v.strip() for v in values if v.strip() not in DEFAULT_NULL_VALUES]
-    for candidate in CANDIDATES:
-        coerce = build_coercer(candidate)
-        try:
-            for value in present:
-                coerce(value)
-        except CellError:
-            continue
-        if present:
-            return candidate
-    return Column(name="x", type="text")
+    """The type of a column from its sample values (the first candidate that keeps every value)."""
+    return _infer(values)[0]
 
 
-def draft_contract(sample: bytes, name: str, rows: int = 10_000) -> str:
+def _infer(values: list[str]) -> tuple[Column, tuple[str, ...]]:
+    """(type, null words) for raw sample values; null words only for a number or date column."""
+    present = [v.strip() for v in values if v.strip()]
+    typed = _first_type(present)
+    if typed is not None:
+        return typed, ()
+    words = tuple(w for w in NULL_WORDS if w in set(present))
+    typed = _first_type([v for v in present if v not in words]) if words else None
+    if typed is not None and typed.type != "boolean":
+        return typed, words
+    return Column(name="x", type="text"), ()
+
+
+def _first_type(values: list[str]) -> Column | None:
+    if not values:
+        return None
+    return next((c for c in CANDIDATES if _keeps_every_value(c, values)), None)
+
+
+def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColumn]:
+    """One drafted column per header cell: names unique, the exact header kept where the name differs."""
+    mapped = [column_name(h, i) for i, h in enumerate(header)]
+    names: list[str | None] = [None] * len(header)
+    taken: set[str] = set()
+    # A header that is already its own column name keeps it; the others take the next free suffix.
+    for i, h in enumerate(header):
+        if h == mapped[i] and mapped[i] not in taken:
+            names[i] = mapped[i]
+            taken.add(mapped[i])
+    for i in range(len(header)):
+        if names[i] is None:
+            name, n = mapped[i], 2
+            while name in taken:
+                suffix = f"_{n}"
+                name, n = mapped[i][: 63 - len(suffix)] + suffix, n + 1
+            names[i] = name
+            taken.add(name)
+    columns = []
+    for i, h in enumerate(header):
+        values = [r[i] for r in rows]
+        inferred, words = _infer(values)
+        col = DraftedColumn(name=str(names[i]), header=h, type=inferred.type, formats=inferred.formats)
+        col.null_values = words
+        nulls = {"", *words}
+        col.required = bool(values) and all(v.strip() not in nulls for v in values)
+        if col.type == "text" and any(v != v.strip() for v in values):
+            col.trim = False
+            col.required = bool(values) and all(v != "" for v in values)
+            col.notes.append("values start or end with spaces: kept as they are")
+        cells = [v if not col.trim else v.strip() for v in values]
+        col.unique = col.required and len(set(cells)) == len(cells)
+        columns.append(col)
+    return columns
+
+
+def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Iterable[Contract] = ()) -> str:
     if not IDENTIFIER.match(name):
         raise ValueError(f"--name must be a lower-case SQL identifier, got {name!r}")
     fmt, text = open_text([sample])
     records = read_records(text, fmt.delimiter)
     _line, header = next(records)
     sample_rows = [fields for _line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
+    columns = draft_columns(header, sample_rows)
+    keys, dropped = draft_keys(name, list(existing))
     lines = [
         f"# Drafted by `ingest contract new` from {len(sample_rows)} rows "
         f"({fmt.encoding}, delimiter {fmt.delimiter!r}).",
         "# Check every column: types, required, patterns, the key and the load mode.",
-        'description = ""',
-        f'table = "{name}"',
-        f'keys = ["incoming/{name}.csv", "incoming/{name}_*.csv", "incoming/{name}/*.csv"]',
     ]
-    columns = []
-    key_candidates = []
-    for index, raw_name in enumerate(header):
-        column_name = normalize_header_name(raw_name)
-        if not IDENTIFIER.match(column_name):
-            column_name = "col_" + str(index + 1)
-        values = [r[index] for r in sample_rows]
-        inferred = infer_column(values)
-        required = bool(values) and all(v.strip() not in DEFAULT_NULL_VALUES for v in values)
-        unique = required and len({v.strip() for v in values}) == len(values)
-        if unique and inferred.type in ("integer", "bigint", "text"):
-            key_candidates.append(column_name)
-        columns.append((column_name, raw_name, inferred, required))
+    lines += [f"# {d}" for d in dropped]
+    lines += ['description = ""', f'table = "{name}"', "keys = " + json.dumps(keys)]
+    key_candidates = [c.name for c in columns if c.unique and c.type in ("integer", "bigint", "text")]
     if key_candidates:
         lines.append(
             f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
@@ -71,17 +150,47 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000) -> str:
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
     lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0", ""]
-    for column_name, raw_name, inferred, required in columns:
+    for col in columns:
         lines.append("[[columns]]")
-        lines.append(f'name = "{column_name}"')
-        lines.append(f'type = "{inferred.type}"')
-        if inferred.type == "date":
-            lines.append("formats = " + json.dumps(list(inferred.formats)))
-        if required:
+        lines.append(f"name = {json.dumps(col.name)}")
+        lines.append(f"type = {json.dumps(col.type)}")
+        if col.type == "date":
+            lines.append("formats = " + json.dumps(list(col.formats)))
+        if col.null_values:
+            lines.append("null_values = [" + ", ".join(toml_string(v) for v in col.null_values) + "]")
+        if not col.trim:
+            lines.append("trim = false")
+        if col.required:
             lines.append("required = true")
-        if key_candidates and column_name == key_candidates[0]:
+        if key_candidates and col.name == key_candidates[0]:
             lines.append("primary_key = true")
-        if normalize_header_name(raw_name) != column_name:
-            lines.append(f"# header in the sample: {raw_name!r}")
+        if col.header != col.name and col.header.strip():
+            lines.append(f"aliases = [{toml_string(col.header)}]  # the header as written")
+        lines += [f"# {note}" for note in col.notes]
         lines.append("")
     return "\n".join(lines)
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string: JSON's escapes, plus DEL, which TOML (unlike JSON) does not allow raw."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def draft_keys(name: str, existing: list[Contract]) -> tuple[list[str], list[str]]:
+    """The usual key globs for ``name`` minus those that overlap a key an existing contract claims."""
+    wanted = [f"incoming/{name}.csv", f"incoming/{name}_*.csv", f"incoming/{name}/*.csv"]
+    keys, notes = [], []
+    for pattern in wanted:
+        clash = [(c.name, k) for c in existing for k in c.keys if globs_overlap(pattern, k)]
+        if clash:
+            owners = ", ".join(f"{n} ({k})" for n, k in clash)
+            notes.append(f"not claimed: {pattern}, which overlaps keys of existing contracts: {owners}")
+        else:
+            keys.append(pattern)
+    if not keys:  # every usual glob is taken: a folder of the contract's own
+        own = f"incoming/{name}/*.csv"
+        n = 2
+        while any(globs_overlap(own, k) for c in existing for k in c.keys):
+            own, n = f"incoming/{name}_{n}/*.csv", n + 1
+        keys.append(own)
+    return keys, notes

@@ -153,7 +153,7 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
     except FileRejected as rejection:
         return _rejected(attempt, deps, rejection)
 
-    already = deps.database.find_loaded(attempt.md5)
+    already = deps.database.find_loaded(attempt.md5, attempt.contract.table)
     if already is not None:
         return _skipped(attempt, deps, already.bucket, already.object_key)
 
@@ -328,7 +328,10 @@ def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, er
 
 
 def _skipped(attempt: _Attempt, deps: Dependencies, loaded_bucket: str, loaded_key: str) -> Receipt:
-    message = f"this content (md5 {attempt.md5}) was already loaded from s3://{loaded_bucket}/{loaded_key}"
+    table = attempt.contract.table if attempt.contract else None
+    message = (
+        f"this content (md5 {attempt.md5}) was already loaded into table {table} from s3://{loaded_bucket}/{loaded_key}"
+    )
     logger.info("skipped", extra={"detail": message})
     attempt.outcome = Outcome()
     deps.database.record(

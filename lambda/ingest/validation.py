@@ -16,7 +16,8 @@ from decimal import Decimal
 
 import numpy as np
 
-from .contract import Column, Contract, normalize_header_name
+from .contract import Column, Contract
+from .headers import ColumnLabels
 from .rejection import FileRejected
 
 #: Offending values are cut to this many characters in error reports.
@@ -55,15 +56,9 @@ class HeaderPlan:
 
 
 def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
-    names = [normalize_header_name(h).lstrip("\ufeff") for h in header]
-    by_label = {}
-    for col in contract.columns:
-        by_label[col.name] = col.name
-        for alias in col.aliases:
-            by_label[alias] = col.name
-
-    known = [n for n in names if n in by_label]
-    if not known:
+    labels = ColumnLabels((c.name, c.aliases) for c in contract.columns)
+    targets = [labels.resolve(h, i) for i, h in enumerate(header)]
+    if not any(targets):
         expected = ",".join(contract.column_names)
         raise FileRejected(
             "no_header",
@@ -74,10 +69,9 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
     positions: dict[str, int] = {}
     duplicates = []
     unknown = []
-    for index, name in enumerate(names):
-        target = by_label.get(name)
+    for index, target in enumerate(targets):
         if target is None:
-            unknown.append(name or f"(column {index + 1} has no name)")
+            unknown.append(header[index].strip().lstrip("\ufeff") or f"(column {index + 1} has no name)")
         elif target in positions:
             first = header[positions[target]].strip()
             duplicates.append(
@@ -92,7 +86,7 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
         raise FileRejected(
             "missing_columns",
             f"required column(s) missing from the header: {', '.join(missing)} "
-            f"(header has: {', '.join(n for n in names if n)})",
+            f"(header has: {', '.join(repr(h.strip()) for h in header if h.strip())})",
         )
     if unknown and contract.unknown_columns == "reject":
         shown = ", ".join(repr(_cut(u, 40)) for u in unknown[:20])
@@ -118,9 +112,9 @@ class RowValidator:
     def __init__(self, contract: Contract, plan: HeaderPlan):
         self.contract = contract
         self.plan = plan
-        self._nulls = frozenset(contract.null_values)
         self._cells = [
-            (col, pos, col.required, build_coercer(col)) for col, pos in zip(contract.columns, plan.positions)
+            (col, pos, col.required, build_coercer(col), frozenset(contract.nulls(col)), col.trim)
+            for col, pos in zip(contract.columns, plan.positions)
         ]
         self.keys = KeyChecks(contract)
 
@@ -137,9 +131,8 @@ class RowValidator:
             return None, [field_count_error(line, fields, self.plan.width)]
         values: list[str | None] = []
         errors: list[RowError] = []
-        nulls = self._nulls
-        for col, pos, required, coerce in self._cells:
-            raw = fields[pos].strip() if pos >= 0 else ""
+        for col, pos, required, coerce, nulls, trim in self._cells:
+            raw = (fields[pos].strip() if trim else fields[pos]) if pos >= 0 else ""
             if raw in nulls:
                 if required:
                     errors.append(RowError(line, col.name, "required", raw, f"{col.name} is required"))

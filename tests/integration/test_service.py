@@ -72,7 +72,7 @@ def test_same_content_under_another_key_is_skipped(pipeline):
     second = ingest_object(pipeline.bucket, "incoming/users/copy.csv", pipeline.deps)
     third = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
     assert second.status == third.status == "skipped"
-    assert "already loaded from s3://ingest-test/incoming/users.csv" in second.message
+    assert "already loaded into table users from s3://ingest-test/incoming/users.csv" in second.message
     statuses = [r["status"] for r in pipeline.query("SELECT status FROM ingest_files ORDER BY id")]
     assert statuses == ["loaded", "skipped", "skipped"]
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5

@@ -1,6 +1,7 @@
 import pytest
 
-from ingest.contract import ContractError, ContractRegistry, glob_to_regex, normalize_header_name, parse_contract
+from ingest.contract import ContractError, ContractRegistry, glob_to_regex, globs_overlap, parse_contract
+from ingest.headers import column_name
 
 MINIMAL = {"table": "t", "keys": ["incoming/t.csv"], "columns": [{"name": "a"}]}
 
@@ -58,9 +59,9 @@ def test_glob_star_does_not_cross_segments_but_double_star_does():
 
 
 def test_header_names_are_normalized():
-    assert normalize_header_name("  Full-Name ") == "full_name"
-    assert normalize_header_name("Signup  Date") == "signup_date"
-    assert normalize_header_name("ÉMAIL") == "émail"
+    assert column_name("  Full-Name ", 0) == "full_name"
+    assert column_name("Signup  Date", 0) == "signup_date"
+    assert column_name("ÉMAIL", 0) == "email"
 
 
 @pytest.mark.parametrize(
@@ -99,3 +100,38 @@ def test_two_contracts_cannot_load_one_table():
     b = parse_contract("b", MINIMAL)
     with pytest.raises(ContractError, match="both load table"):
         ContractRegistry([a, b])
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("incoming/orders_*.csv", "incoming/orders_archive.csv", True),
+        ("incoming/orders_*.csv", "incoming/orders_archive_*.csv", True),
+        ("incoming/users/*.csv", "incoming/test/*.csv", False),
+        ("incoming/**", "incoming/x/*.csv", True),
+        ("incoming/*.csv", "incoming/a/b.csv", False),
+        ("a?c", "abc", True),
+        ("a?c", "a/c", False),
+        ("incoming/users.csv", "incoming/users_*.csv", False),
+        ("incoming/*_2024.csv", "incoming/sales_*.csv", True),
+    ],
+)
+def test_globs_overlap_when_some_key_matches_both(a, b, overlap):
+    assert globs_overlap(a, b) is overlap
+    assert globs_overlap(b, a) is overlap
+
+
+def test_null_values_are_opt_in_per_contract_and_per_column():
+    contract = parse_contract(
+        "t",
+        {**MINIMAL, "null_values": ["null"], "columns": [{"name": "a"}, {"name": "b", "null_values": ["NA"]}]},
+    )
+    a, b = contract.columns
+    assert contract.nulls(a) == ("", "null") and contract.nulls(b) == ("", "NA")
+    assert parse_contract("t", MINIMAL).nulls(parse_contract("t", MINIMAL).columns[0]) == ("",)
+
+
+def test_trim_false_is_for_text_columns_only():
+    assert parse_contract("t", {**MINIMAL, "columns": [{"name": "a", "trim": False}]}).columns[0].trim is False
+    with pytest.raises(ContractError, match="text columns only"):
+        parse_contract("t", {**MINIMAL, "columns": [{"name": "a", "type": "integer", "trim": False}]})

@@ -203,6 +203,48 @@ def test_values_round_trip_through_the_pipeline(rows, delimiter, newline, quote_
     assert (result.outcome.rows_valid, result.outcome.rows_rejected) == (len(rows), 0)
 
 
+KEPT_EDGES_CONTRACT = parse_contract(
+    "kept",
+    {
+        "table": "kept",
+        "keys": ["incoming/kept.csv"],
+        "max_rejected_share": 1.0,
+        "null_values": ["null"],
+        "columns": [
+            {"name": "a", "trim": False},
+            {"name": "b", "type": "integer", "null_values": ["NA", "-"]},
+            {"name": "c", "trim": False, "required": True, "null_values": []},
+        ],
+    },
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            CELL_TEXT | st.sampled_from([" x ", "null", " ", "NA"]),
+            st.sampled_from(["", "NA", "-", "null", " 7 ", "12", "x"]),
+            CELL_TEXT | st.sampled_from([" y", "null", ""]),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    chunk=st.sampled_from([7, 1 << 20]),
+)
+def test_kept_edges_and_column_null_values_are_identical_in_both_engines(rows, chunk):
+    buffer = io.StringIO()
+    csv.writer(buffer, quoting=csv.QUOTE_ALL).writerows([["a", "b", "c"], *rows])
+    exact, fast = both(buffer.getvalue().encode(), KEPT_EDGES_CONTRACT, chunk)
+    assert_same(exact, fast)
+    if not isinstance(exact, tuple):
+        valid = list(csv.reader(io.StringIO(exact.valid, newline="")))[1:]
+        kept = [r for r in rows if r[2] != "" and r[1].strip() in ("", "NA", "-", "7", "12")]
+        assert valid == [
+            ["" if a in ("", "null") else a, b.strip() if b.strip() not in ("NA", "-") else "", c] for a, b, c in kept
+        ]
+
+
 @pytest.mark.parametrize(
     "data",
     [b"id,email,full_name\n ", b'id,email,full_name\n1,a@b.co,A\n \t \n"  "\n2,c@d.ef,B\n'],

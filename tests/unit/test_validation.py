@@ -147,10 +147,16 @@ def test_rows_report_every_problem_with_line_column_rule_and_value(users):
     ]
 
 
-def test_null_tokens_become_null_and_field_count_is_checked(users):
+def test_only_empty_cells_and_declared_tokens_are_null_and_field_count_is_checked(users):
     validate = RowValidator(users, plan_header(users, USERS_HEADER))
-    values, errors = validate(2, ["1", "a@b.co", "A", "NA", "N/A", "null", "NULL", "None"])
+    # users.toml declares NA as NULL for age only; elsewhere an empty cell is the only NULL
+    values, errors = validate(2, ["1", "a@b.co", "A", "", "", "NA", " ", ""])
     assert errors == [] and values == ["1", "a@b.co", "A", None, None, None, None, None]
+    values, errors = validate(2, ["1", "a@b.co", "NA", "", "", "", "N/A", ""])
+    assert values is None and [(e.column, e.rule, e.value) for e in errors] == [("balance", "type", "N/A")]
+    text = parse_contract("t", {"table": "t", "keys": ["k"], "columns": [{"name": "code"}, {"name": "n"}]})
+    values, errors = RowValidator(text, plan_header(text, ["code", "n"]))(2, ["NA", "null"])
+    assert values == ["NA", "null"]  # Namibia stays Namibia
     values, errors = validate(3, ["2", "a@b.co"])
     assert values is None and errors[0].rule == "field_count"
 

@@ -1,8 +1,9 @@
 """PostgreSQL adapter: tables described with SQLAlchemy Core, data moved with psycopg's COPY.
 
 The ledger (``ingest_files``) records every delivery's outcome. A partial unique index allows one
-``loaded`` row per content MD5: the load and its ledger row commit in one transaction, so the same
-content loads exactly once even when deliveries race (the loser waits on the index, then skips).
+``loaded`` row per target table and content MD5: the load and its ledger row commit in one transaction,
+so the same content loads into a table exactly once even when deliveries race (the loser waits on the
+index, then skips); the same bytes meant for another table load there.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ ledger = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("duration_ms", sa.Integer),
     sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ingest_files_status_check"),
-    sa.Index("ingest_files_loaded_md5", "md5", unique=True, postgresql_where=sa.text("status = 'loaded'")),
+    sa.Index(
+        "ingest_files_loaded_table_md5", "table_name", "md5", unique=True, postgresql_where=sa.text("status = 'loaded'")
+    ),
     sa.Index("ingest_files_md5", "md5"),
     sa.Index("ingest_files_finished_at", "finished_at"),
 )
@@ -150,16 +153,18 @@ class Database:
             # Serialize DDL across concurrent functions: CREATE TABLE IF NOT EXISTS can still race.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ingest.ddl'))"))
             ledger.create(conn, checkfirst=True)
+            _migrate_ledger(conn)
             if contract:
                 target_table(contract).create(conn, checkfirst=True)
         self._ready_tables.update(wanted)
 
-    def find_loaded(self, md5: str) -> LoadedFile | None:
+    def find_loaded(self, md5: str, table: str) -> LoadedFile | None:
+        """The ledger row of the load of this content into ``table``, if there was one."""
         self.ensure_tables()
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at).where(
-                    ledger.c.md5 == md5, ledger.c.status == "loaded"
+                    ledger.c.md5 == md5, ledger.c.table_name == table, ledger.c.status == "loaded"
                 )
             ).first()
         return LoadedFile(*row) if row else None
@@ -280,7 +285,7 @@ class Load:
         ledger_id = conn.execute(
             pg.insert(ledger)
             .values(**ledger_entry, status="loaded")
-            .on_conflict_do_nothing(index_elements=["md5"], index_where=ledger.c.status == "loaded")
+            .on_conflict_do_nothing(index_elements=["table_name", "md5"], index_where=ledger.c.status == "loaded")
             .returning(ledger.c.id)
         ).scalar()
         if ledger_id is None:  # the same content was loaded meanwhile, by another delivery
@@ -351,6 +356,21 @@ class Load:
             if self._transaction.is_active:
                 self._transaction.rollback()
             self._conn.close()
+
+
+#: Ledgers made before content identity became per table had one ``loaded`` row per MD5 across all tables.
+_OLD_LOADED_INDEX = "ingest_files_loaded_md5"
+
+
+def _migrate_ledger(conn: sa.Connection) -> None:
+    """Bring an existing ledger up to date, keeping every row: the unique index of loads becomes per
+    (table, MD5). Runs under the DDL lock; does nothing (and needs no privilege) when already done."""
+    indexes = {i["name"] for i in sa.inspect(conn).get_indexes(LEDGER_TABLE)}
+    if _OLD_LOADED_INDEX not in indexes and "ingest_files_loaded_table_md5" in indexes:
+        return
+    for index in ledger.indexes:
+        index.create(conn, checkfirst=True)
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS {_OLD_LOADED_INDEX}"))
 
 
 def ledger_ddl() -> str:
