@@ -8,6 +8,7 @@ CREATE TABLE IF NOT EXISTS ingest_files (
 	bucket TEXT NOT NULL, 
 	object_key TEXT NOT NULL, 
 	contract TEXT, 
+	contract_sha256 VARCHAR(64), 
 	table_name TEXT, 
 	status TEXT NOT NULL, 
 	reason TEXT, 

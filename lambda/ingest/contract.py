@@ -7,6 +7,8 @@ contracts claim, is refused: the pipeline never guesses.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -24,6 +26,11 @@ NORMALIZERS = ("lower", "upper", "collapse_whitespace")
 #: ``NA`` are data in many files (Namibia's ISO code, North America's continent code).
 DEFAULT_NULL_VALUES = ("",)
 DEFAULT_DATE_FORMATS = ("YYYY-MM-DD",)
+#: Largest decompressed size a contract accepts unless it says otherwise: about what the function gets
+#: through well within its 15-minute ceiling (and its default 120 s timeout at ~10 MB/s) on one vCPU.
+DEFAULT_MAX_BYTES = 1024**3
+#: Largest ratio of decompressed to compressed bytes: CSV gzips 5-20x; a bomb of repeated rows, 500x+.
+DEFAULT_MAX_INFLATION = 200
 #: Compression suffixes that are transport, not part of the name a contract claims.
 COMPRESSION_SUFFIXES = (".gz",)
 
@@ -72,6 +79,9 @@ class Contract:
     null_values: tuple[str, ...] = DEFAULT_NULL_VALUES
     description: str = ""
     source: str = ""
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_inflation: float = DEFAULT_MAX_INFLATION
+    fingerprint: str = ""  # sha256 of the contract's content: a changed contract judges old files again
     _key_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -207,6 +217,8 @@ _CONTRACT_FIELDS = {
     "max_rejected_share",
     "null_values",
     "description",
+    "max_bytes",
+    "max_inflation",
 }
 
 
@@ -264,6 +276,12 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     share = data.get("max_rejected_share", 0.0)
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
         raise fail(f"max_rejected_share must be a number from 0 to 1, got {share!r}")
+    max_bytes = data.get("max_bytes", DEFAULT_MAX_BYTES)
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise fail(f"max_bytes must be a positive integer (bytes after decompression), got {max_bytes!r}")
+    inflation = data.get("max_inflation", DEFAULT_MAX_INFLATION)
+    if not isinstance(inflation, (int, float)) or isinstance(inflation, bool) or inflation < 1:
+        raise fail(f"max_inflation must be a number >= 1, got {inflation!r}")
     nulls = data.get("null_values", list(DEFAULT_NULL_VALUES))
     if not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls):
         raise fail("null_values must be a list of strings")
@@ -281,6 +299,9 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         null_values=tuple(dict.fromkeys(["", *nulls])),
         description=str(data.get("description", "")),
         source=source,
+        max_bytes=max_bytes,
+        max_inflation=float(inflation),
+        fingerprint=hashlib.sha256(json.dumps(dict(data), sort_keys=True, default=str).encode()).hexdigest(),
         _key_patterns=tuple(glob_to_regex(k) for k in keys),
     )
 

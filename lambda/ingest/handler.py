@@ -9,6 +9,8 @@ Handler string: ``ingest.handler.lambda_handler``.
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -29,34 +31,49 @@ class ObjectsFailed(RuntimeError):
     pass
 
 
+def deadline_of(context: Any) -> float | None:
+    """When the function must give up a file (``time.monotonic()``): the time the Lambda context says is left,
+    less a margin to roll back, write the ledger and publish the receipt (10% of it, 1 to 10 seconds;
+    ``INGEST_DEADLINE_MARGIN_MS`` overrides)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    left_ms = int(remaining())
+    margin_ms = int(os.environ.get("INGEST_DEADLINE_MARGIN_MS") or min(max(left_ms // 10, 1000), 10_000))
+    return time.monotonic() + max(left_ms - margin_ms, 0) / 1000
+
+
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
+    deadline = deadline_of(context)
     if is_sqs_batch(event):
         return process_partial_response(  # type: ignore[return-value]
             event=event,
-            record_handler=lambda record: _sqs_record(record, request_id),
+            record_handler=lambda record: _sqs_record(record, request_id, deadline),
             processor=processor,
             context=context,
         )
-    receipts, failures = _ingest_all(object_refs(event), request_id)
+    receipts, failures = _ingest_all(object_refs(event), request_id, deadline)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return {"receipts": [r.to_dict() for r in receipts]}
 
 
-def _sqs_record(record: SQSRecord, request_id: str | None) -> list[dict[str, Any]]:
+def _sqs_record(record: SQSRecord, request_id: str | None, deadline: float | None) -> list[dict[str, Any]]:
     try:
         body = json.loads(record.body)
     except ValueError as exc:
         raise UnknownEvent(f"SQS message {record.message_id} body is not JSON: {exc}") from None
-    receipts, failures = _ingest_all(object_refs(body), request_id)
+    receipts, failures = _ingest_all(object_refs(body), request_id, deadline)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return [r.to_dict() for r in receipts]
 
 
-def _ingest_all(refs: list[ObjectRef], request_id: str | None) -> tuple[list[Receipt], list[str]]:
+def _ingest_all(
+    refs: list[ObjectRef], request_id: str | None, deadline: float | None = None
+) -> tuple[list[Receipt], list[str]]:
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
         return [], []
@@ -64,7 +81,7 @@ def _ingest_all(refs: list[ObjectRef], request_id: str | None) -> tuple[list[Rec
     receipts, failures = [], []
     for ref in refs:
         try:
-            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id))
+            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id, deadline))
         except Exception as exc:
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

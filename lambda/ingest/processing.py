@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .columnar import ExactEngineNeeded, process_columnar, split_header, supported
@@ -21,6 +21,14 @@ from .validation import RowError, RowValidator, plan_header
 
 BLOCK_CHARS = 1024 * 1024
 FIRST_ERRORS_KEPT = 20
+#: The errors CSV holds at most this many problem lines; past them only the counts by rule go on (in the
+#: summary), so a hostile file cannot make the report grow with it.
+ERRORS_CSV_MAX_LINES = 10_000
+#: A file that can no longer meet its contract's max_rejected_share is rejected early, once its errors
+#: report is full or this much text was read (a small file is read to the end, so its report is complete).
+HOPELESS_AFTER_BYTES = 64 * 1024 * 1024
+#: The inflation limit is judged once this much was decompressed (tiny files gzip at any ratio).
+INFLATION_FLOOR = 16 * 1024 * 1024
 ERRORS_HEADER = ("line", "column", "rule", "value", "message")
 #: Cells starting with these run as formulas in spreadsheets; the errors CSV is meant to be opened in one.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -40,6 +48,11 @@ class Outcome:
     text_format: TextFormat | None = None
     ignored_columns: tuple[str, ...] = ()
     engine: str | None = None
+    size: int | None = None  # the object's size as stored, when known
+    bytes_read: int = 0  # of the object as stored (compressed, if it is)
+    text_bytes: int = 0  # after decompression
+    error_lines: int = 0  # problem lines written to the errors CSV
+    errors_truncated: bool = False  # the errors CSV stopped at ERRORS_CSV_MAX_LINES
 
     @property
     def rejected_share(self) -> float:
@@ -90,6 +103,7 @@ def process(
     error_sink: Sink,
     outcome: Outcome | None = None,
     engine: str = "auto",
+    size: int | None = None,
 ) -> Outcome:
     """Validate one object against ``contract``; raise FileRejected for what rejects the whole file.
 
@@ -100,9 +114,20 @@ def process(
     "auto" (columnar where it can vouch for the file). Both give identical results; the columnar engine
     raises ``ExactEngineNeeded`` when it finds, midway, something only the exact engine reads exactly,
     and the caller must then start again with ``engine="exact"``.
+
+    ``size``: the object's size as stored, when known; it bounds what is left to read, so that a file
+    that can no longer meet its contract is rejected early. The contract's ``max_bytes`` and
+    ``max_inflation`` end the reading of oversized and decompression-bomb files.
     """
     outcome = outcome if outcome is not None else Outcome()
-    source = inspect(chunks)
+    if size is not None and size > contract.max_bytes * 1.01:  # gzip never shrinks text to more than it was
+        raise FileRejected("too_large", _too_large_message(contract, size, "the object is"))
+    source = inspect(_counted(chunks, outcome))
+    source.rest = _guarded(source.rest, len(source.sample), contract, outcome, source.compressed_consumed)
+    outcome.text_bytes = len(source.sample)
+    if outcome.text_bytes > contract.max_bytes:
+        raise FileRejected("too_large", _too_large_message(contract, outcome.text_bytes, "the object has more than"))
+    outcome.size = size
     outcome.text_format = source.text_format
     if engine != "exact" and supported(source) is None:
         try:
@@ -115,6 +140,38 @@ def process(
                 source, header, header_bytes, header_lines, contract, valid_sink, error_sink, outcome
             )
     return _process_exact(source, contract, valid_sink, error_sink, outcome)
+
+
+def _counted(chunks: Iterable[bytes], outcome: Outcome) -> Iterator[bytes]:
+    for chunk in chunks:
+        outcome.bytes_read += len(chunk)
+        yield chunk
+
+
+def _too_large_message(contract: Contract, size: int, what: str) -> str:
+    return (
+        f"{what} {size:,} bytes after decompression; contract {contract.name!r} accepts at most "
+        f"{contract.max_bytes:,} (max_bytes)"
+    )
+
+
+def _guarded(
+    rest: Iterator[bytes], sample: int, contract: Contract, outcome: Outcome, consumed: Callable[[], int] | None
+) -> Iterator[bytes]:
+    """The decompressed bytes after the sample, ended by a rejection once they exceed the contract's limits."""
+    text = sample
+    for chunk in rest:
+        text += len(chunk)
+        outcome.text_bytes = text
+        if text > contract.max_bytes:
+            raise FileRejected("too_large", _too_large_message(contract, text, "the object has more than"))
+        if consumed is not None and text > INFLATION_FLOOR and text > contract.max_inflation * max(consumed(), 1):
+            raise FileRejected(
+                "decompression_bomb",
+                f"{consumed():,} compressed bytes inflated to {text:,} ({text / max(consumed(), 1):.0f}x); "
+                f"contract {contract.name!r} accepts at most {contract.max_inflation:g}x (max_inflation)",
+            )
+        yield chunk
 
 
 class _Outputs:
@@ -134,9 +191,20 @@ class _Outputs:
         self.valid_sink(block)
 
     def row_errors(self, row_errors: list[RowError]) -> None:
+        outcome = self.outcome
         for error in row_errors:
-            _count_error(self.outcome, error)
-            self.errors.write(_error_line(error))
+            _count_error(outcome, error)
+            if outcome.error_lines < ERRORS_CSV_MAX_LINES:
+                self.errors.write(_error_line(error))
+                outcome.error_lines += 1
+            else:
+                outcome.errors_truncated = True
+        if outcome.errors_truncated or outcome.text_bytes >= HOPELESS_AFTER_BYTES:
+            try:
+                give_up_if_hopeless(outcome, self.contract)
+            except FileRejected:
+                self.errors.flush()  # the report of the rows read so far goes out with the rejection
+                raise
 
     def finish(self) -> Outcome:
         if self.outcome.rows_total == 0:
@@ -203,6 +271,26 @@ def _error_line(error: RowError) -> str:
     return csv_line([str(error.line), *(neutralize_formula(c) for c in cells)])
 
 
+def give_up_if_hopeless(outcome: Outcome, contract: Contract) -> None:
+    """Reject now if the contract's max_rejected_share can no longer be met, even were every byte left
+    (bounded by the object's size, and for compressed objects by max_bytes and max_inflation) a valid row."""
+    if outcome.size is None or outcome.text_format is None:
+        return
+    left = max(outcome.size - outcome.bytes_read, 0)
+    if outcome.text_format.compression:
+        left = min(contract.max_bytes - outcome.text_bytes, int(left * contract.max_inflation))
+    # a valid row holds a character for each required column, a delimiter between them and a line break
+    shortest_row = max(2, 2 * sum(c.required for c in contract.columns))
+    most_rows = outcome.rows_total + max(left, 0) // shortest_row
+    if outcome.rows_rejected > contract.max_rejected_share * most_rows:
+        raise FileRejected(
+            "too_many_rejected_rows",
+            f"{outcome.rows_rejected:,} of the first {outcome.rows_total:,} rows were rejected; contract "
+            f"{contract.name!r} tolerates at most {contract.max_rejected_share:.0%}, which the rest of the file "
+            f"(at most {max(left, 0):,} more bytes) can no longer bring it to: stopped reading",
+        )
+
+
 def judge(outcome: Outcome, contract: Contract) -> None:
     """Reject the whole file when more rows failed than the contract tolerates."""
     if outcome.rows_rejected and outcome.rejected_share > contract.max_rejected_share:
@@ -247,6 +335,9 @@ def summary_document(
         "errors_by_rule": dict(sorted(outcome.errors_by_rule.items())),
         "first_errors": [error_dict(e) for e in outcome.first_errors],
         "errors_csv": errors_key,
+        "errors_csv_lines": outcome.error_lines,
+        "errors_csv_truncated": outcome.errors_truncated,
+        "bytes_read": outcome.bytes_read,
         "encoding": fmt.encoding if fmt else None,
         "delimiter": fmt.delimiter if fmt else None,
         "compression": fmt.compression if fmt else None,

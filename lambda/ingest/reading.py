@@ -12,7 +12,7 @@ import codecs
 import csv
 import io
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .rejection import FileRejected
@@ -73,6 +73,11 @@ class _GunzipStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def consumed(self) -> int:
+        """Compressed bytes the decompressor has taken in so far."""
+        return self.compressed_offset - len(self._input)
+
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
         while not self._out:
             if not self._input:
@@ -116,6 +121,7 @@ class Source:
     codec: str  # the Python codec to decode the bytes with (utf-8-sig strips the BOM)
     sample: bytes
     rest: Iterator[bytes]
+    compressed_consumed: Callable[[], int] | None = None  # compressed bytes taken in so far (gzip only)
 
     def chunks(self) -> Iterator[bytes]:
         yield self.sample
@@ -128,9 +134,12 @@ def inspect(chunks: Iterable[bytes]) -> Source:
     buffered = io.BufferedReader(raw, READ_BYTES)
     head = buffered.peek(2)[:2]
     compression = None
+    consumed = None
     if head == GZIP_MAGIC:
         compression = "gzip"
-        buffered = io.BufferedReader(_GunzipStream(buffered), READ_BYTES)  # type: ignore[arg-type]
+        gunzip = _GunzipStream(buffered)
+        consumed = lambda: gunzip.consumed  # noqa: E731
+        buffered = io.BufferedReader(gunzip, READ_BYTES)  # type: ignore[arg-type]
     sample = buffered.read(SAMPLE_BYTES)
     if not sample:
         what = "decompresses to nothing" if compression else "is empty (0 bytes)"
@@ -142,7 +151,7 @@ def inspect(chunks: Iterable[bytes]) -> Source:
     text_format = TextFormat(
         encoding=codec.removesuffix("-sig"), bom=bom, compression=compression, delimiter=sniff_delimiter(text_sample)
     )
-    return Source(text_format, codec, sample, _drain(buffered))
+    return Source(text_format, codec, sample, _drain(buffered), consumed)
 
 
 def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:

@@ -46,7 +46,7 @@ class Receipt:
         detail = {
             "loaded": f"{self.rows_loaded} rows into {self.table}",
             "rejected": self.reason or "rejected",
-            "skipped": "already loaded",
+            "skipped": "already rejected" if self.reason == "already_rejected" else "already loaded",
             "failed": self.reason or "failed",
         }[self.status]
         text = f"ingest {self.status}: {self.key} ({detail})"

@@ -8,6 +8,10 @@ Order matters for the promises the pipeline makes:
 3. outputs are completed *before* the commit, so a crash can lose neither a load's report nor the load;
 4. the merge and the ledger row commit together, so a retry after any failure loads exactly once.
 Rejected files are final (a retry would reject them again); failures are raised so the delivery retries.
+
+A deadline (from the Lambda context's remaining time, less a margin) ends a file that cannot be finished
+in time: the load is rolled back, the ledger gets ``failed``/``timeout`` with how far it got, the receipt
+goes out, and the failure is raised so the delivery is retried and in the end dead-lettered, on record.
 """
 
 from __future__ import annotations
@@ -55,10 +59,26 @@ class _Attempt:
     size: int | None = None
     contract: Contract | None = None
     outcome: Outcome = field(default_factory=Outcome)
+    deadline: float | None = None  # time.monotonic() by which the file must be done (or given up)
+
+    @property
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     @property
     def duration_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
+
+
+class DeadlineReached(Exception):
+    """The function's own deadline passed before the file was finished; nothing of it was committed."""
+
+
+def _until(chunks: Iterator[bytes], deadline: float | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineReached("the deadline passed while the file was being read")
+        yield chunk
 
 
 class ContentChanged(Exception):
@@ -109,9 +129,13 @@ def choose_contract(contracts: ContractRegistry, key: str) -> Contract:
     return matches[0]
 
 
-def ingest_object(bucket: str, key: str, deps: Dependencies, request_id: str | None = None) -> Receipt:
-    """Ingest one object and publish its receipt. Raises (after publishing ``failed``) on failures."""
-    attempt = _Attempt(bucket=bucket, key=key, request_id=request_id)
+def ingest_object(
+    bucket: str, key: str, deps: Dependencies, request_id: str | None = None, deadline: float | None = None
+) -> Receipt:
+    """Ingest one object and publish its receipt. Raises (after publishing ``failed``) on failures.
+
+    ``deadline``: a ``time.monotonic()`` value by which the work must stop (a timeout, recorded as such)."""
+    attempt = _Attempt(bucket=bucket, key=key, request_id=request_id, deadline=deadline)
     logger.append_keys(bucket=bucket, key=key, md5=None)
     try:
         try:
@@ -120,9 +144,11 @@ def ingest_object(bucket: str, key: str, deps: Dependencies, request_id: str | N
             logger.warning("content did not match its ETag; hashing it and starting again")
             receipt = _ingest(attempt, deps, trust_etag=False)
     except Exception as exc:
+        if attempt.past_deadline and not isinstance(exc, DeadlineReached):
+            exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})".strip())
         receipt = _failed(attempt, deps, exc)
         _publish(deps, receipt)
-        raise
+        raise exc from None
     _publish(deps, receipt)
     return receipt
 
@@ -156,6 +182,20 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
     already = deps.database.find_loaded(attempt.md5, attempt.contract.table)
     if already is not None:
         return _skipped(attempt, deps, already.bucket, already.object_key)
+    rejected = deps.database.find_rejection(bucket, key, attempt.md5, attempt.contract.fingerprint)
+    if rejected is not None:  # a second delivery of a rejected file: the same contract would say the same
+        return _skipped(
+            attempt,
+            deps,
+            bucket,
+            key,
+            reason="already_rejected",
+            message=(
+                f"this content (md5 {attempt.md5}) of s3://{bucket}/{key} was rejected ({rejected.reason}) under "
+                f"the same contract {attempt.contract.name!r} (ledger id {rejected.id}); change the contract "
+                "or the file to have it judged again"
+            ),
+        )
 
     contract, md5 = attempt.contract, attempt.md5
     out_bucket = deps.output_bucket or bucket
@@ -164,18 +204,20 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
     # it started is undone and the exact engine starts again from the first byte.
     for engine in ("auto", "exact"):
         digest = hashlib.md5(usedforsecurity=False)
-        load: Load = deps.database.begin_load(contract, md5)
+        load: Load = deps.database.begin_load(contract, md5, deadline=attempt.deadline)
         processed: StreamingWriter = deps.store.writer(out_bucket, processed_key(contract.table, md5), "text/csv")
         errors: StreamingWriter = deps.store.writer(out_bucket, errors_csv_key, "text/csv")
         attempt.outcome = Outcome()
         try:
+            chunks = spool.chunks() if spool else _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest)
             process(
-                spool.chunks() if spool else _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest),
+                _until(chunks, attempt.deadline),
                 contract,
                 _tee(load.write, processed.write),
                 errors.write,
                 attempt.outcome,
                 engine=engine,
+                size=info.size,
             )
         except ExactEngineNeeded as handover:
             processed.abort()
@@ -271,6 +313,7 @@ def _ledger_entry(attempt: _Attempt, deps: Dependencies, **extra: Any) -> dict[s
         "bucket": attempt.bucket,
         "object_key": attempt.key,
         "contract": contract.name if contract else None,
+        "contract_sha256": contract.fingerprint or None if contract else None,
         "table_name": contract.table if contract else None,
         "rows_total": outcome.rows_total,
         "rows_valid": outcome.rows_valid,
@@ -327,35 +370,48 @@ def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, er
     )
 
 
-def _skipped(attempt: _Attempt, deps: Dependencies, loaded_bucket: str, loaded_key: str) -> Receipt:
+def _skipped(
+    attempt: _Attempt,
+    deps: Dependencies,
+    loaded_bucket: str,
+    loaded_key: str,
+    reason: str = "duplicate_content",
+    message: str | None = None,
+) -> Receipt:
     table = attempt.contract.table if attempt.contract else None
-    message = (
+    message = message or (
         f"this content (md5 {attempt.md5}) was already loaded into table {table} from s3://{loaded_bucket}/{loaded_key}"
     )
     logger.info("skipped", extra={"detail": message})
     attempt.outcome = Outcome()
-    deps.database.record(
-        {**_ledger_entry(attempt, deps), "status": "skipped", "reason": "duplicate_content", "error": message}
-    )
-    return _receipt(attempt, "skipped", reason="duplicate_content", message=message)
+    deps.database.record({**_ledger_entry(attempt, deps), "status": "skipped", "reason": reason, "error": message})
+    return _receipt(attempt, "skipped", reason=reason, message=message)
 
 
 def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receipt:
+    reason = "timeout" if isinstance(exc, DeadlineReached) else "error"
     message = f"{type(exc).__name__}: {exc}"[:2000]
-    logger.exception("failed", extra={"detail": message})
+    if reason == "timeout":
+        o = attempt.outcome
+        message = (
+            f"stopped at the function's own deadline after {attempt.duration_ms / 1000:.1f} s, having read "
+            f"{o.rows_total:,} rows and {o.bytes_read:,} of {attempt.size or 0:,} bytes; nothing was loaded "
+            f"and the delivery will be retried ({exc})"
+        )[:2000]
+    logger.exception("failed", extra={"detail": message, "reason": reason})
     try:
         deps.database.record(
             {
                 **_ledger_entry(attempt, deps),
                 "md5": attempt.md5 or "unknown",
                 "status": "failed",
-                "reason": "error",
+                "reason": reason,
                 "error": message,
             }
         )
     except Exception:
         logger.warning("could not record the failure in the ledger", exc_info=True)
-    return _receipt(attempt, "failed", reason="error", message=message)
+    return _receipt(attempt, "failed", reason=reason, message=message)
 
 
 def _publish(deps: Dependencies, receipt: Receipt) -> None:

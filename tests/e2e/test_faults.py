@@ -12,6 +12,7 @@ import pytest
 from devstack.postgres import PostgresServer
 from devstack.stack import Settings, read_state
 from tests.e2e.conftest import Stack, embedded_stack, run_cli, unique_users
+from tests.integration.test_cli import ingest
 
 pytestmark = pytest.mark.stack
 
@@ -72,27 +73,41 @@ def test_postgres_down_then_back_the_file_is_retried_and_loaded_once(own_stack):
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 4
 
 
-def test_a_timed_out_invocation_recycles_the_runtime_and_the_next_file_loads(own_stack):
+def test_a_load_past_its_deadline_stops_itself_on_record_and_is_dead_lettered_then_replayed(own_stack):
     stack, _env = own_stack
     # The load waits on a lock the test holds, so every attempt outlives the 3-second timeout however fast
-    # the machine is. Every attempt times out and after three receives the message waits in the
-    # dead-letter queue; nothing of it is in the table.
+    # the machine is. The function stops itself before the timeout: each attempt rolls back, writes a
+    # failed/timeout ledger row and publishes its receipt; after three receives the message waits in the
+    # dead-letter queue. A replay while the lock is still held times out again, on record; after the
+    # lock is gone, a replay loads the file once.
     data, ids = unique_users(rows=5)
-    slow_key = f"incoming/users/slow_{uuid.uuid4().hex[:8]}.csv"
+    key = f"incoming/users/slow_{uuid.uuid4().hex[:8]}.csv"
     dlq = stack.env["INGEST_DLQ_URL"]
+    md5 = hashlib.md5(data).hexdigest()
     with stack.table_locked("users"):
-        stack.upload(slow_key, data)
-        stack.wait_for_lock_wait("users")
-        deadline = time.monotonic() + 90
+        stack.upload(key, data)
+        receipts = stack.receipts_for(key, count=3, timeout=90)
+        assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "timeout")] * 3
+        assert "deadline" in receipts[0]["message"]
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             attrs = stack.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
             if int(attrs["Attributes"]["ApproximateNumberOfMessages"]):
                 break
-            time.sleep(1)
+            time.sleep(0.5)
         else:
             pytest.fail("the timed-out upload never reached the dead-letter queue")
-    md5 = hashlib.md5(data).hexdigest()
-    assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
+        entries = stack.query("SELECT status, reason FROM ingest_files WHERE object_key = %s ORDER BY id", key)
+        assert [(e["status"], e["reason"]) for e in entries] == [("failed", "timeout")] * 3
+        status = ingest("status", env=stack.env)
+        assert status.returncode == 0 and "timeout" in status.stdout
+        assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
+        replayed = ingest("replay", "--dead-letters", env=stack.env)
+        assert replayed.returncode == 0 and "moved 1 message" in replayed.stdout, replayed.stderr
+        assert stack.receipts_for(key, count=4, timeout=60)[3]["reason"] == "timeout"  # again, on record
+    # the lock is gone: the replayed message's next attempt loads the file, once
+    assert stack.receipts_for(key, count=5, timeout=60)[-1]["status"] == "loaded"
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 5
 
     data, ids = unique_users(rows=3)
     key = f"incoming/users/after_timeout_{uuid.uuid4().hex[:8]}.csv"

@@ -15,7 +15,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deploy" / "template.yaml"
 #: Read by the function but deliberately not set by the template: alternatives, defaults, emulators.
-OPTIONAL = {"DATABASE_URL", "INGEST_OUTPUT_BUCKET", "INGEST_CONTRACTS_DIR", "AWS_ENDPOINT_URL"}
+OPTIONAL = {
+    "DATABASE_URL",
+    "INGEST_OUTPUT_BUCKET",
+    "INGEST_CONTRACTS_DIR",
+    "AWS_ENDPOINT_URL",
+    "INGEST_DEADLINE_MARGIN_MS",
+}
 
 
 class CfnLoader(yaml.SafeLoader):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ ledger = sa.Table(
     sa.Column("bucket", sa.Text, nullable=False),
     sa.Column("object_key", sa.Text, nullable=False),
     sa.Column("contract", sa.Text),
+    sa.Column("contract_sha256", sa.String(64)),
     sa.Column("table_name", sa.Text),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
@@ -128,6 +130,7 @@ class LoadedFile:
     bucket: str
     object_key: str
     finished_at: Any
+    reason: str | None = None
 
 
 class Database:
@@ -169,18 +172,40 @@ class Database:
             ).first()
         return LoadedFile(*row) if row else None
 
+    def find_rejection(self, bucket: str, key: str, md5: str, contract_sha256: str) -> LoadedFile | None:
+        """The first rejection of this object with this content under this very contract, if any."""
+        self.ensure_tables()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at, ledger.c.reason)
+                .where(
+                    ledger.c.bucket == bucket,
+                    ledger.c.object_key == key,
+                    ledger.c.md5 == md5,
+                    ledger.c.contract_sha256 == contract_sha256,
+                    ledger.c.status == "rejected",
+                )
+                .order_by(ledger.c.id)
+                .limit(1)
+            ).first()
+        return LoadedFile(*row) if row else None
+
     def record(self, entry: Mapping[str, Any]) -> int:
         """Write one ledger row on its own (outcomes other than a load)."""
         self.ensure_tables()
         with self.engine.begin() as conn:
             return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
 
-    def begin_load(self, contract: Contract, md5: str) -> Load:
+    def begin_load(self, contract: Contract, md5: str, deadline: float | None = None) -> Load:
         self.ensure_tables(contract)
-        return Load(self.engine, contract, md5)
+        return Load(self.engine, contract, md5, deadline)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class LoadCancelled(RuntimeError):
+    """The load's deadline passed: its statements were cancelled and nothing of it commits."""
 
 
 class Load:
@@ -197,7 +222,7 @@ class Load:
     The lineage column ``_ingest_md5`` takes its default from the transaction setting ``ingest.md5``.
     """
 
-    def __init__(self, engine: sa.Engine, contract: Contract, md5: str):
+    def __init__(self, engine: sa.Engine, contract: Contract, md5: str, deadline: float | None = None):
         self.contract = contract
         self.md5 = md5
         self.target = target_table(contract)
@@ -205,6 +230,14 @@ class Load:
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
         conn = self._conn
+        # At the deadline, whatever statement the load is in (a lock wait, the COPY, the MERGE) is cancelled
+        # on the server, so that the caller can roll back and record a timeout while it still has time.
+        self.cancelled = False
+        self._watchdog: threading.Timer | None = None
+        if deadline is not None:
+            self._watchdog = threading.Timer(max(deadline - time.monotonic(), 0), self._cancel)
+            self._watchdog.daemon = True
+            self._watchdog.start()
         conn.execute(sa.select(sa.func.set_config("ingest.md5", md5, True)))
         self.strategy = self._choose_strategy()
         into = self.staging if self.strategy == "staging" else self.target
@@ -223,6 +256,21 @@ class Load:
         self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=1)  # bounded: memory stays flat
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
+
+    def _cancel(self) -> None:
+        self.cancelled = True
+        try:
+            self._conn.connection.driver_connection.cancel()  # type: ignore[union-attr]
+        except Exception:  # the connection may be gone already; the load fails either way
+            pass
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled:
+            raise LoadCancelled("the load was cancelled at the deadline")
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def _choose_strategy(self) -> str:
         conn, target = self._conn, self.target
@@ -281,6 +329,7 @@ class Load:
     def commit(self, ledger_entry: Mapping[str, Any]) -> int | None:
         """Merge staging into the target and commit with the ledger row; None if already loaded."""
         self._finish_copy()
+        self._check_cancelled()
         conn = self._conn
         ledger_id = conn.execute(
             pg.insert(ledger)
@@ -293,6 +342,8 @@ class Load:
             return None
         self.rows_loaded = self._merge() if self.strategy == "staging" else self._copied
         conn.execute(sa.update(ledger).where(ledger.c.id == ledger_id).values(rows_loaded=self.rows_loaded))
+        self._disarm()
+        self._check_cancelled()
         self._transaction.commit()
         self._conn.close()
         return int(ledger_id)
@@ -348,6 +399,7 @@ class Load:
         return int(result.rowcount)
 
     def rollback(self, error: BaseException | None = None) -> None:
+        self._disarm()
         try:
             self._finish_copy(error or RuntimeError("load abandoned"))
         except Exception:
@@ -365,7 +417,13 @@ _OLD_LOADED_INDEX = "ingest_files_loaded_md5"
 def _migrate_ledger(conn: sa.Connection) -> None:
     """Bring an existing ledger up to date, keeping every row: the unique index of loads becomes per
     (table, MD5). Runs under the DDL lock; does nothing (and needs no privilege) when already done."""
-    indexes = {i["name"] for i in sa.inspect(conn).get_indexes(LEDGER_TABLE)}
+    inspector = sa.inspect(conn)
+    indexes = {i["name"] for i in inspector.get_indexes(LEDGER_TABLE)}
+    columns = {c["name"] for c in inspector.get_columns(LEDGER_TABLE)}
+    for column in ledger.columns:  # columns added since (always nullable)
+        if column.name not in columns:
+            ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS {ddl}"))
     if _OLD_LOADED_INDEX not in indexes and "ingest_files_loaded_table_md5" in indexes:
         return
     for index in ledger.indexes:

@@ -1,0 +1,151 @@
+"""Every outcome leaves a trace: the function's own deadline, size and inflation limits, hopeless files,
+bounded error reports, and duplicate deliveries of a rejected file (real moto, real PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+
+import psycopg
+import pytest
+
+from ingest.contract import ContractRegistry, parse_contract
+from ingest.processing import ERRORS_CSV_MAX_LINES
+from ingest.service import DeadlineReached, ingest_object
+
+pytestmark = pytest.mark.integration
+
+
+def row_bomb(rows: int) -> bytes:
+    """A gzip of one valid users row repeated ``rows`` times (every row after the first a duplicate key)."""
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"1,a@b.co,A\n" * 100_000
+    parts = [gz.compress(b"id,email,full_name\n")]
+    parts += [gz.compress(block) for _ in range(rows // 100_000)]
+    return b"".join([*parts, gz.flush()])
+
+
+def with_contract(pipeline, **changes) -> None:
+    users = pipeline.deps.contracts["users"]
+    import tomllib
+    from pathlib import Path
+
+    data = tomllib.loads(Path(users.source).read_text(encoding="utf-8"))
+    data.update(changes)
+    pipeline.deps.contracts = ContractRegistry([parse_contract("users", data, source=users.source)])
+
+
+def ledger(pipeline, key: str) -> list[dict]:
+    return pipeline.query(
+        "SELECT status, reason, error, rows_total FROM ingest_files WHERE object_key = %s ORDER BY id", key
+    )
+
+
+def test_a_load_stuck_on_a_lock_stops_at_its_deadline_with_a_timeout_on_record(pipeline):
+    pipeline.deps.database.ensure_tables(pipeline.deps.contracts["users"])
+    key = "incoming/users/stuck.csv"
+    pipeline.upload(key, b"id,email,full_name\n1,a@b.co,A\n2,b@b.co,B\n")
+    with psycopg.connect(pipeline.database_url) as holder:
+        holder.execute("LOCK TABLE users IN SHARE MODE")  # the load's first COPY into users waits on this
+        with pytest.raises(DeadlineReached):
+            ingest_object(pipeline.bucket, key, pipeline.deps, deadline=time.monotonic() + 1.0)
+    [entry] = ledger(pipeline, key)
+    assert entry["status"] == "failed" and entry["reason"] == "timeout"
+    assert "deadline" in entry["error"] and "rows" in entry["error"] and "bytes" in entry["error"]
+    [receipt] = pipeline.receipts()
+    assert receipt["status"] == "failed" and receipt["reason"] == "timeout"
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 0
+    # with the lock gone (the user's fix), the retry loads, once
+    assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
+
+
+def test_a_deadline_already_past_stops_before_reading(pipeline):
+    key = "incoming/users/late.csv"
+    pipeline.upload(key, b"id,email,full_name\n1,a@b.co,A\n")
+    with pytest.raises(DeadlineReached):
+        ingest_object(pipeline.bucket, key, pipeline.deps, deadline=time.monotonic() - 1)
+    assert [e["reason"] for e in ledger(pipeline, key)] == ["timeout"]
+
+
+def test_the_row_bomb_is_rejected_early_with_a_receipt_a_ledger_row_and_a_summary(pipeline):
+    data = row_bomb(50_000_000)  # ~1 MB of gzip, 550 MB of rows
+    key = "incoming/users/users_rowbomb.csv.gz"
+    pipeline.upload(key, data)
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    # users.toml tolerates 50% rejected rows: the duplicates make the file hopeless after a few MB
+    assert receipt.status == "rejected" and receipt.reason == "too_many_rejected_rows", receipt.message
+    summary = json.loads(pipeline.get(receipt.summary_key))
+    assert summary["rows_total"] < 5_000_000  # stopped after a few MB of text, not 550
+    assert len(pipeline.get(receipt.errors_key).splitlines()) == 1 + ERRORS_CSV_MAX_LINES
+    assert [e["status"] for e in ledger(pipeline, key)] == ["rejected"]
+    assert pipeline.receipts()[0]["reason"] == "too_many_rejected_rows"
+
+    # a contract that tolerates any share of bad rows still refuses the inflation
+    with_contract(pipeline, max_rejected_share=1.0)
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert receipt.status == "rejected" and receipt.reason == "decompression_bomb", receipt.message
+    assert "max_inflation" in str(receipt.message)
+    summary = json.loads(pipeline.get(receipt.summary_key))
+    assert summary["reason"] == "decompression_bomb" and summary["rows_total"] < 5_000_000
+
+
+def test_max_bytes_rejects_too_large_objects_before_and_while_reading(pipeline):
+    with_contract(pipeline, max_bytes=1000)
+    big = b"id,email,full_name\n" + b"".join(f"{i},u{i}@b.co,U\n".encode() for i in range(200))
+    pipeline.upload("incoming/users/big.csv", big)
+    plain = ingest_object(pipeline.bucket, "incoming/users/big.csv", pipeline.deps)
+    assert plain.status == "rejected" and plain.reason == "too_large" and "max_bytes" in str(plain.message)
+    pipeline.upload("incoming/users/big.csv.gz", zlib.compress(big, wbits=31))
+    packed = ingest_object(pipeline.bucket, "incoming/users/big.csv.gz", pipeline.deps)
+    assert packed.status == "rejected" and packed.reason == "too_large"
+
+
+def test_a_hopeless_file_stops_once_its_report_is_full_and_the_report_stays_bounded(pipeline, monkeypatch):
+    from ingest import columnar
+
+    monkeypatch.setattr(columnar, "BLOCK_BYTES", 64 * 1024)  # batches far smaller than the file
+    with_contract(pipeline, max_rejected_share=0.05)
+    bad = ERRORS_CSV_MAX_LINES + 500
+    lines = [f"{i},not-an-email,U" for i in range(1, bad + 1)]
+    lines += [f"{i},u{i}@b.co,U" for i in range(bad + 1, bad + 30_001)]
+    key = "incoming/users/hopeless.csv"
+    pipeline.upload(key, ("id,email,full_name\n" + "\n".join(lines) + "\n").encode())
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert receipt.status == "rejected" and receipt.reason == "too_many_rejected_rows"
+    assert "stopped reading" in str(receipt.message)
+    assert receipt.rows_total < bad + 30_000  # it did not read on to the end
+    errors_csv = pipeline.get(receipt.errors_key).decode().splitlines()
+    assert len(errors_csv) == 1 + ERRORS_CSV_MAX_LINES
+    summary = json.loads(pipeline.get(receipt.summary_key))
+    assert summary["errors_csv_truncated"] is True and summary["errors_by_rule"]["pattern"] > ERRORS_CSV_MAX_LINES
+
+
+def test_a_tolerated_flood_of_bad_rows_loads_with_a_bounded_report(pipeline):
+    with_contract(pipeline, max_rejected_share=1.0)
+    lines = [f"{i},not-an-email,U" for i in range(1, ERRORS_CSV_MAX_LINES + 2_001)] + ["999999,ok@b.co,Ok"]
+    key = "incoming/users/flood.csv"
+    pipeline.upload(key, ("id,email,full_name\n" + "\n".join(lines) + "\n").encode())
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert receipt.status == "loaded" and receipt.rows_loaded == 1
+    assert len(pipeline.get(receipt.errors_key).decode().splitlines()) == 1 + ERRORS_CSV_MAX_LINES
+    summary = json.loads(pipeline.get(receipt.summary_key))
+    assert summary["errors_by_rule"] == {"pattern": ERRORS_CSV_MAX_LINES + 2_000}
+
+
+def test_a_second_delivery_of_a_rejected_file_answers_from_the_ledger_until_the_contract_changes(pipeline):
+    key = "incoming/users/all_bad.csv"
+    pipeline.upload(key, b"id,email,full_name\n1,nope,A\n2,nope,B\n")
+    first = ingest_object(pipeline.bucket, key, pipeline.deps)
+    second = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert first.status == "rejected" and first.reason == "too_many_rejected_rows"
+    assert second.status == "skipped" and second.reason == "already_rejected"
+    assert "too_many_rejected_rows" in str(second.message) and "ledger id" in str(second.message)
+    with_contract(pipeline, max_rejected_share=1.0)  # the contract changed: the same content is judged again
+    third = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert third.status == "loaded" and third.rows_loaded == 0
+    assert [(e["status"], e["reason"]) for e in ledger(pipeline, key)] == [
+        ("rejected", "too_many_rejected_rows"),
+        ("skipped", "already_rejected"),
+        ("loaded", None),
+    ]
