@@ -137,7 +137,7 @@ def inspect(chunks: Iterable[bytes]) -> Source:
     consumed = None
     if head == GZIP_MAGIC:
         compression = "gzip"
-        gunzip = _GunzipStream(buffered)
+        gunzip = _GunzipStream(buffered)  # type: ignore[arg-type]
         consumed = lambda: gunzip.consumed  # noqa: E731
         buffered = io.BufferedReader(gunzip, READ_BYTES)  # type: ignore[arg-type]
     sample = buffered.read(SAMPLE_BYTES)
