@@ -64,7 +64,8 @@ deploy() {
   push
   $AWS cloudformation deploy --region "$REGION" --stack-name "$STACK_NAME" \
     --template-file deploy/template.yaml --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset \
-    --parameter-overrides ImageUri="$IMAGE_URI" DatabaseSecretArn="$DATABASE_SECRET_ARN" Trigger="${TRIGGER:-sqs}"
+    --parameter-overrides ImageUri="$IMAGE_URI" DatabaseSecretArn="$DATABASE_SECRET_ARN" Trigger="${TRIGGER:-sqs}" \
+      NotifyEmail="${NOTIFY_EMAIL:-}"
   $AWS cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
     --query 'Stacks[0].Outputs' --output table
 }

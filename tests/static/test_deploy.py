@@ -110,3 +110,19 @@ def test_the_deploy_script_stops_clearly_without_docker_or_credentials(action, t
     )
     assert result.returncode == 1
     assert "no AWS credentials" in result.stderr or "Docker" in result.stderr, result.stderr
+
+
+def test_an_optional_email_gets_failures_rejections_and_the_dead_letter_alarm():
+    t = template()
+    assert t["Parameters"]["NotifyEmail"]["Default"] == ""
+    subscription = t["Resources"]["FailureEmailSubscription"]
+    assert subscription["Condition"] == "NotifyByEmail"
+    assert t["Conditions"]["NotifyByEmail"] == {"Not": [{"Equals": [{"Ref": "NotifyEmail"}, ""]}]}
+    props = subscription["Properties"]
+    assert props["Protocol"] == "email" and props["TopicArn"] == {"Ref": "ReceiptsTopic"}
+    assert props["FilterPolicy"] == {"status": ["failed", "rejected", {"exists": False}]}
+    assert t["Resources"]["DeadLetterAlarm"]["Properties"]["AlarmActions"] == [{"Ref": "ReceiptsTopic"}]
+    from ingest.receipt import Receipt
+
+    # the attribute the filter reads is the one receipts carry
+    assert Receipt(status="failed", bucket="b", key="k").attributes["status"]["StringValue"] == "failed"
