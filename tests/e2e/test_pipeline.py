@@ -70,7 +70,7 @@ def test_the_same_event_delivered_twice_loads_once(stack):
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == len(ids)
 
 
-def test_a_multipart_upload_sends_two_events_and_loads_once(stack):
+def test_a_multipart_upload_loads_once_however_many_events_it_sends(stack):
     base = uuid.uuid4().int % 900_000_000 + 1_200_000_000  # fits a PostgreSQL integer
     lines = [b"id,email,full_name"] + [
         f"{base + i},m{base + i}@example.com,Multipart user {i:07d} with some padding to make it big".encode()
@@ -85,8 +85,11 @@ def test_a_multipart_upload_sends_two_events_and_loads_once(stack):
         etag = stack.s3.upload_part(Bucket=stack.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)
         parts.append({"PartNumber": number, "ETag": etag["ETag"]})
     stack.s3.complete_multipart_upload(Bucket=stack.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
-    receipts = stack.receipts_for(key, count=2, timeout=120)
-    assert sorted(r["status"] for r in receipts) == ["loaded", "skipped"]
+    # S3 (and LocalStack) send one ObjectCreated:CompleteMultipartUpload; moto also sends an
+    # ObjectCreated:Put first. S3 promises at least one event: whatever comes after the load is a skip.
+    receipts = stack.receipts_for(key, count=1, timeout=120)
+    assert receipts[0]["status"] == "loaded"
+    assert {r["status"] for r in receipts[1:]} <= {"skipped"}
     md5 = hashlib.md5(data).hexdigest()
     assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
     assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 90_000

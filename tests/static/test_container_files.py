@@ -119,3 +119,27 @@ def test_the_localstack_hook_is_executable_and_applies_the_shared_bootstrap():
     volumes = load("compose.yaml")["services"]["localstack"]["volumes"]
     assert "./localstack/init/ready.d:/etc/localstack/init/ready.d:ro" in volumes
     assert "./localstack:/opt/ingest-bootstrap:ro" in volumes
+
+
+def test_compose_postgres_creates_the_function_role_and_the_function_connects_as_it():
+    services = load("compose.yaml")["services"]
+    volumes = services["postgres"]["volumes"]
+    # only the role script runs at init (db/roles.sql needs a psql variable the image's entrypoint never sets)
+    assert [v for v in volumes if "docker-entrypoint-initdb.d" in v] == [
+        "./db/compose-init.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro"
+    ]
+    script = (REPO / "db" / "compose-init.sh").read_text()
+    assert os.access(REPO / "db" / "compose-init.sh", os.X_OK)
+    assert "-v password=" in script and "/opt/ingest-db/roles.sql" in script
+    assert "./db/roles.sql:/opt/ingest-db/roles.sql:ro" in volumes
+    password = services["postgres"]["environment"]["INGEST_FUNCTION_PASSWORD"]
+    url = services["lambda"]["environment"]["DATABASE_URL"]
+    assert url.startswith(f"postgresql://ingest_function:{password}@postgres:5432/")
+    assert "CREATE ROLE ingest_function" in (REPO / "db" / "roles.sql").read_text()
+
+
+def test_every_service_on_the_function_image_builds_it_rather_than_pulling_it():
+    services = load("compose.yaml")["services"]
+    for name, service in services.items():
+        if service.get("image", "").startswith("ingest-lambda"):
+            assert service.get("build") == "./lambda", name
