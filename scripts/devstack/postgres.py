@@ -176,3 +176,23 @@ def _stop_pgserver(data_dir: Path) -> None:
     pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
     if pg_ctl.exists() and (data_dir / "postmaster.pid").exists():
         subprocess.run([str(pg_ctl), "-D", str(data_dir), "-m", "fast", "-w", "stop"], capture_output=True)
+
+
+FUNCTION_ROLE = "ingest_function"
+FUNCTION_PASSWORD = "ingest_function"  # a throwaway local cluster's: the role's grants are what matter here
+
+
+def create_function_role(admin_url: str) -> str:
+    """Create the function's least-privilege role of ``db/roles.sql`` in a stack's own cluster and return
+    the URL the function connects with, so that every local run exercises the grants production relies on."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    roles = (Path(__file__).resolve().parents[2] / "db" / "roles.sql").read_text()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (FUNCTION_ROLE,)).fetchone()
+        if not exists:
+            conn.execute(roles.replace(":password", "'" + FUNCTION_PASSWORD + "'"))  # type: ignore[arg-type]
+    params = conninfo_to_dict(admin_url)
+    params.update(user=FUNCTION_ROLE, password=FUNCTION_PASSWORD)
+    return make_conninfo(**params)  # type: ignore[arg-type]

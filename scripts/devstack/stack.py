@@ -19,7 +19,7 @@ from typing import Any
 
 from . import emulator
 from .function import REPO, install_rie
-from .postgres import PostgresServer, start_postgres
+from .postgres import PostgresServer, create_function_role, start_postgres
 from .processes import HOST, alive, port_open, spawn, stop_pid, wait_until
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
@@ -192,8 +192,10 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
 
         if settings.database_url:
             pg = PostgresServer(url=settings.database_url, kind="external")
+            function_url = pg.url  # the user's URL is what the function uses
         else:
             pg = start_postgres(settings.stack_dir / "postgres")
+            function_url = create_function_role(pg.url)
         state["postgres"] = {
             "kind": pg.kind,
             "url": pg.url,
@@ -217,7 +219,7 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
             definition["function"]["timeout_seconds"] = settings.function_timeout
         fn = definition["function"]
         function_env = {
-            **function_environment(definition, endpoint, pg.url, resources["topic_arn"]),
+            **function_environment(definition, endpoint, function_url, resources["topic_arn"]),
             # host-process specifics: import the package from the source tree, log unbuffered
             "PYTHONPATH": str(REPO / "lambda"),
             "PYTHONUNBUFFERED": "1",
