@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STACK ?= embedded
 export STACK
 
-.PHONY: help venv test unit unit-py312 lint typecheck schema bench image push deploy clean up down status logs env demo
+.PHONY: docker-engine docker-engine-stop help venv test unit unit-py312 lint typecheck schema bench image push deploy clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,6 +83,12 @@ logs: venv ## follow the function's and the dispatcher's logs
 
 env: venv ## export lines for the running stack: eval "$$(make -s env)"
 	@$(BIN)/python -m devstack env
+
+docker-engine: ## as root on Debian: install and start a Docker engine for the compose stack (else: what it needs)
+	scripts/docker-engine.sh start
+
+docker-engine-stop: ## stop that engine and undo what it changed on the host
+	scripts/docker-engine.sh stop
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) $(VENV312) .pytest_cache .mypy_cache .ruff_cache
