@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .contract import ContractError, ContractRegistry, contracts_overlap, default_contracts_dir, glob_to_regex
+from .contract import ContractError, ContractRegistry, contracts_overlap, default_contracts_dir
 from .processing import Outcome, process
 from .rejection import FileRejected
 
@@ -193,8 +193,8 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
     contracts = list(registry)
     for i, a in enumerate(contracts):
         for b in contracts[i + 1 :]:
-            for x, y in contracts_overlap(a, b):
-                problems.append(f"{a.name} and {b.name} both claim keys such as {_example_key(x, y)!r} ({x}, {y})")
+            for x, y, key in contracts_overlap(a, b):
+                problems.append(f"{a.name} and {b.name} both claim keys such as {key!r} ({x}, {y})")
     data = {"contracts": [c.name for c in contracts], "problems": problems}
     text = "\n".join(
         [f"{len(contracts)} contracts: {', '.join(data['contracts'])}"]
@@ -203,16 +203,6 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
     )
     _emit(as_json, data, text)
     sys.exit(REJECTED if problems else OK)
-
-
-def _example_key(a: str, b: str) -> str:
-    """A key both globs claim, when a simple one is at hand (else the first glob)."""
-    for filler in ("x", "a/b"):
-        example = a.replace("**", "a/b").replace("*", filler).replace("?", "y")
-        if glob_to_regex(b).fullmatch(example):
-            return example
-    example = b.replace("**", "a/b").replace("*", "x").replace("?", "y")
-    return example if glob_to_regex(a).fullmatch(example) else a
 
 
 @contract.command("new")

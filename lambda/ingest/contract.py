@@ -138,52 +138,57 @@ def _glob_tokens(pattern: str) -> list[str]:
     return tokens
 
 
-def globs_overlap(a: str, b: str) -> bool:
-    """Whether some object key matches both globs: a walk over pairs of positions in the two patterns
-    (each pattern is a small automaton: a literal or ``?`` steps over one character, ``*`` loops over any
-    but ``/``, ``**`` over anything), with the characters that matter as the alphabet."""
+def common_key(a: str, b: str) -> str | None:
+    """A key that matches both globs, or None if none does: a breadth-first walk over pairs of positions
+    in the two patterns (each pattern is a small automaton: a literal or ``?`` steps over one character,
+    ``*`` loops over any but ``/``, ``**`` over anything), with the characters that matter as the alphabet
+    and ``x`` standing for any other."""
     ta, tb = _glob_tokens(a), _glob_tokens(b)
-    literals = {t for t in ta + tb if len(t) == 1 and t not in "*?"}
-    alphabet = literals | {"/", "\0"}  # "\0": any other character
+    alphabet = sorted({t for t in ta + tb if len(t) == 1 and t not in "*?"} | {"/", "x"})
 
-    def closure(tokens: list[str], states: set[int]) -> set[int]:
+    def closure(tokens: list[str], states: Iterable[int]) -> frozenset[int]:
         todo, seen = list(states), set(states)
         while todo:
             i = todo.pop()
             if i < len(tokens) and tokens[i] in ("*", "**") and i + 1 not in seen:
                 seen.add(i + 1)
                 todo.append(i + 1)
-        return seen
+        return frozenset(seen)
 
-    def step(tokens: list[str], states: set[int], ch: str) -> set[int]:
+    def step(tokens: list[str], states: frozenset[int], ch: str) -> frozenset[int]:
         nxt = set()
         for i in states:
-            if i >= len(tokens):
-                continue
-            t = tokens[i]
+            t = tokens[i] if i < len(tokens) else None
             if t == "**" or (t == "*" and ch != "/"):
                 nxt.add(i)
             elif (t == "?" and ch != "/") or t == ch:
                 nxt.add(i + 1)
         return closure(tokens, nxt)
 
-    start = (frozenset(closure(ta, {0})), frozenset(closure(tb, {0})))
-    seen, todo = {start}, [start]
+    start = (closure(ta, {0}), closure(tb, {0}))
+    paths = {start: ""}
+    todo = [start]
     while todo:
-        sa, sb = todo.pop()
-        if len(ta) in sa and len(tb) in sb:
-            return True
+        pair = todo.pop(0)
+        if len(ta) in pair[0] and len(tb) in pair[1]:
+            return paths[pair]
         for ch in alphabet:
-            pair = (frozenset(step(ta, set(sa), ch)), frozenset(step(tb, set(sb), ch)))
-            if pair[0] and pair[1] and pair not in seen:
-                seen.add(pair)
-                todo.append(pair)
-    return False
+            nxt = (step(ta, pair[0], ch), step(tb, pair[1], ch))
+            if nxt[0] and nxt[1] and nxt not in paths:
+                paths[nxt] = paths[pair] + ch
+                todo.append(nxt)
+    return None
 
 
-def contracts_overlap(a: Contract, b: Contract) -> list[tuple[str, str]]:
-    """The pairs of key globs of two contracts that some object key matches both of."""
-    return [(x, y) for x in a.keys for y in b.keys if globs_overlap(x, y)]
+def globs_overlap(a: str, b: str) -> bool:
+    """Whether some object key matches both globs."""
+    return common_key(a, b) is not None
+
+
+def contracts_overlap(a: Contract, b: Contract) -> list[tuple[str, str, str]]:
+    """(glob of a, glob of b, a key both claim) for each pair of key globs of two contracts that overlap."""
+    found = ((x, y, common_key(x, y)) for x in a.keys for y in b.keys)
+    return [(x, y, key) for x, y, key in found if key is not None]
 
 
 # --- parsing ----------------------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     if not isinstance(inflation, (int, float)) or isinstance(inflation, bool) or inflation < 1:
         raise fail(f"max_inflation must be a number >= 1, got {inflation!r}")
     nulls = data.get("null_values", list(DEFAULT_NULL_VALUES))
-    if not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls):
+    if not _strings(nulls):
         raise fail("null_values must be a list of strings")
 
     return Contract(
@@ -304,6 +309,10 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         fingerprint=hashlib.sha256(json.dumps(dict(data), sort_keys=True, default=str).encode()).hexdigest(),
         _key_patterns=tuple(glob_to_regex(k) for k in keys),
     )
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _parse_column(raw: Any, fail: Any) -> Column:
@@ -362,7 +371,7 @@ def _parse_column(raw: Any, fail: Any) -> Column:
     if not all(isinstance(a, str) and a for a in aliases):
         raise fail(f"column {name!r}: aliases must be non-empty strings (header cells as written)")
     nulls = raw.get("null_values")
-    if nulls is not None and (not isinstance(nulls, list) or not all(isinstance(v, str) for v in nulls)):
+    if nulls is not None and not _strings(nulls):
         raise fail(f"column {name!r}: null_values must be a list of strings")
     trim = raw.get("trim", True)
     if not isinstance(trim, bool):

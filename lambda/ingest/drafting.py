@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .contract import IDENTIFIER, Column, Contract, globs_overlap
-from .headers import column_name
+from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .reading import open_text, read_records
 from .validation import CellError, build_coercer
 
@@ -65,11 +65,6 @@ def _keeps_every_value(candidate: Column, values: list[str]) -> bool:
     return True
 
 
-def infer_column(values: list[str]) -> Column:
-    """The type of a column from its sample values (the first candidate that keeps every value)."""
-    return _infer(values)[0]
-
-
 def _infer(values: list[str]) -> tuple[Column, tuple[str, ...]]:
     """(type, null words) for raw sample values; null words only for a number or date column."""
     present = [v.strip() for v in values if v.strip()]
@@ -89,37 +84,38 @@ def _first_type(values: list[str]) -> Column | None:
     return next((c for c in CANDIDATES if _keeps_every_value(c, values)), None)
 
 
+def unique_names(header: list[str]) -> list[str]:
+    """``column_name`` of each header cell, made unique: a cell that is already its own column name keeps
+    it; the others take the next free suffix (``_2``, ``_3``, ...)."""
+    mapped = [column_name(h, i) for i, h in enumerate(header)]
+    keeps = {m: i for i, (h, m) in reversed(list(enumerate(zip(header, mapped)))) if h == m}  # first one
+    taken = set(keeps)
+    names = []
+    for i, m in enumerate(mapped):
+        if keeps.get(m) == i:
+            names.append(m)
+            continue
+        name, n = m, 2
+        while name in taken:
+            suffix = f"_{n}"
+            name, n = m[: MAX_IDENTIFIER_BYTES - len(suffix)] + suffix, n + 1
+        names.append(name)
+        taken.add(name)
+    return names
+
+
 def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColumn]:
     """One drafted column per header cell: names unique, the exact header kept where the name differs."""
-    mapped = [column_name(h, i) for i, h in enumerate(header)]
-    names: list[str | None] = [None] * len(header)
-    taken: set[str] = set()
-    # A header that is already its own column name keeps it; the others take the next free suffix.
-    for i, h in enumerate(header):
-        if h == mapped[i] and mapped[i] not in taken:
-            names[i] = mapped[i]
-            taken.add(mapped[i])
-    for i in range(len(header)):
-        if names[i] is None:
-            name, n = mapped[i], 2
-            while name in taken:
-                suffix = f"_{n}"
-                name, n = mapped[i][: 63 - len(suffix)] + suffix, n + 1
-            names[i] = name
-            taken.add(name)
     columns = []
-    for i, h in enumerate(header):
+    for i, (h, name) in enumerate(zip(header, unique_names(header))):
         values = [r[i] for r in rows]
         inferred, words = _infer(values)
-        col = DraftedColumn(name=str(names[i]), header=h, type=inferred.type, formats=inferred.formats)
-        col.null_values = words
-        nulls = {"", *words}
-        col.required = bool(values) and all(v.strip() not in nulls for v in values)
+        col = DraftedColumn(name=name, header=h, type=inferred.type, formats=inferred.formats, null_values=words)
         if col.type == "text" and any(v != v.strip() for v in values):
             col.trim = False
-            col.required = bool(values) and all(v != "" for v in values)
             col.notes.append("values start or end with spaces: kept as they are")
-        cells = [v if not col.trim else v.strip() for v in values]
+        cells = values if not col.trim else [v.strip() for v in values]
+        col.required = bool(cells) and all(c not in ("", *words) for c in cells)
         col.unique = col.required and len(set(cells)) == len(cells)
         columns.append(col)
     return columns

@@ -52,12 +52,9 @@ class ColumnLabels:
     def __init__(self, columns: Iterable[tuple[str, Iterable[str]]]):
         self.exact: dict[str, str] = {}
         self.mapped: dict[str, str] = {}
-        labelled = [(name, (name, *aliases)) for name, aliases in columns]
-        for name, labels in labelled:
-            for label in labels:
+        for name, aliases in columns:
+            for label in (name, *aliases):
                 self.exact.setdefault(label, name)
-        for name, labels in labelled:
-            for label in labels:
                 self.mapped.setdefault(column_name(label, 0), name)
 
     def resolve(self, header: str, position: int) -> str | None:

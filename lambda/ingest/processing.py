@@ -120,7 +120,8 @@ def process(
     ``max_inflation`` end the reading of oversized and decompression-bomb files.
     """
     outcome = outcome if outcome is not None else Outcome()
-    if size is not None and size > contract.max_bytes * 1.01:  # gzip never shrinks text to more than it was
+    # judged by the stored size when that alone says too much (gzip adds at most ~1% to what it stores)
+    if size is not None and size > contract.max_bytes * 1.01:
         raise FileRejected("too_large", _too_large_message(contract, size, "the object is"))
     source = inspect(_counted(chunks, outcome))
     source.rest = _guarded(source.rest, len(source.sample), contract, outcome, source.compressed_consumed)
@@ -185,6 +186,8 @@ class _Outputs:
         self.valid.write(",".join(contract.column_names) + "\n")
         self.errors = _Blocks(error_sink)
         self.errors.write(csv_line(ERRORS_HEADER))
+        self.can_give_up = contract.max_rejected_share < 1  # a contract that tolerates every row never can
+        self.shortest_row = shortest_valid_row(contract)
 
     def valid_block(self, block: bytes) -> None:
         self.valid.flush()  # the header (or lines written before) goes first
@@ -199,9 +202,9 @@ class _Outputs:
                 outcome.error_lines += 1
             else:
                 outcome.errors_truncated = True
-        if outcome.errors_truncated or outcome.text_bytes >= HOPELESS_AFTER_BYTES:
+        if self.can_give_up and (outcome.errors_truncated or outcome.text_bytes >= HOPELESS_AFTER_BYTES):
             try:
-                give_up_if_hopeless(outcome, self.contract)
+                give_up_if_hopeless(outcome, self.contract, self.shortest_row)
             except FileRejected:
                 self.errors.flush()  # the report of the rows read so far goes out with the rejection
                 raise
@@ -271,16 +274,21 @@ def _error_line(error: RowError) -> str:
     return csv_line([str(error.line), *(neutralize_formula(c) for c in cells)])
 
 
-def give_up_if_hopeless(outcome: Outcome, contract: Contract) -> None:
+def shortest_valid_row(contract: Contract) -> int:
+    """Bytes a valid row takes at least: a character for each required column, a delimiter between them
+    and a line break."""
+    return max(2, 2 * sum(c.required for c in contract.columns))
+
+
+def give_up_if_hopeless(outcome: Outcome, contract: Contract, shortest_row: int) -> None:
     """Reject now if the contract's max_rejected_share can no longer be met, even were every byte left
-    (bounded by the object's size, and for compressed objects by max_bytes and max_inflation) a valid row."""
+    (bounded by the object's size, and for compressed objects by max_bytes and max_inflation) a valid row
+    of ``shortest_row`` bytes."""
     if outcome.size is None or outcome.text_format is None:
         return
     left = max(outcome.size - outcome.bytes_read, 0)
     if outcome.text_format.compression:
         left = min(contract.max_bytes - outcome.text_bytes, int(left * contract.max_inflation))
-    # a valid row holds a character for each required column, a delimiter between them and a line break
-    shortest_row = max(2, 2 * sum(c.required for c in contract.columns))
     most_rows = outcome.rows_total + max(left, 0) // shortest_row
     if outcome.rows_rejected > contract.max_rejected_share * most_rows:
         raise FileRejected(

@@ -145,7 +145,7 @@ def ingest_object(
             receipt = _ingest(attempt, deps, trust_etag=False)
     except Exception as exc:
         if attempt.past_deadline and not isinstance(exc, DeadlineReached):
-            exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})".strip())
+            exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
         receipt = _failed(attempt, deps, exc)
         _publish(deps, receipt)
         raise exc from None
@@ -179,25 +179,21 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
     except FileRejected as rejection:
         return _rejected(attempt, deps, rejection)
 
-    already = deps.database.find_loaded(attempt.md5, attempt.contract.table)
-    if already is not None:
-        return _skipped(attempt, deps, already.bucket, already.object_key)
-    rejected = deps.database.find_rejection(bucket, key, attempt.md5, attempt.contract.fingerprint)
-    if rejected is not None:  # a second delivery of a rejected file: the same contract would say the same
+    contract = attempt.contract
+    earlier = deps.database.earlier_outcome(attempt.md5, contract.table, bucket, key, contract.fingerprint)
+    if earlier is not None and earlier.status == "loaded":
         return _skipped(
-            attempt,
-            deps,
-            bucket,
-            key,
-            reason="already_rejected",
-            message=(
-                f"this content (md5 {attempt.md5}) of s3://{bucket}/{key} was rejected ({rejected.reason}) under "
-                f"the same contract {attempt.contract.name!r} (ledger id {rejected.id}); change the contract "
-                "or the file to have it judged again"
-            ),
+            attempt, deps, "duplicate_content", _loaded_already(attempt, earlier.bucket, earlier.object_key)
         )
+    if earlier is not None:  # a second delivery of a rejected file: the same contract would say the same
+        message = (
+            f"this content (md5 {attempt.md5}) of s3://{bucket}/{key} was rejected ({earlier.reason}) under "
+            f"the same contract {contract.name!r} (ledger id {earlier.id}); change the contract or the file "
+            "to have it judged again"
+        )
+        return _skipped(attempt, deps, "already_rejected", message)
 
-    contract, md5 = attempt.contract, attempt.md5
+    md5 = attempt.md5
     out_bucket = deps.output_bucket or bucket
     errors_csv_key, _summary_key = errors_keys(contract.table, md5)
     # The columnar engine first; should it meet something only the exact engine reads exactly, everything
@@ -266,7 +262,8 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
         load.rollback(exc)
         raise
     if ledger_id is None:
-        return _skipped(attempt, deps, bucket, "(a concurrent delivery of the same content)")
+        message = _loaded_already(attempt, bucket, "(a concurrent delivery of the same content)")
+        return _skipped(attempt, deps, "duplicate_content", message)
     outcome = attempt.outcome
     logger.info(
         "loaded",
@@ -370,18 +367,14 @@ def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, er
     )
 
 
-def _skipped(
-    attempt: _Attempt,
-    deps: Dependencies,
-    loaded_bucket: str,
-    loaded_key: str,
-    reason: str = "duplicate_content",
-    message: str | None = None,
-) -> Receipt:
+def _loaded_already(attempt: _Attempt, loaded_bucket: str, loaded_key: str) -> str:
     table = attempt.contract.table if attempt.contract else None
-    message = message or (
+    return (
         f"this content (md5 {attempt.md5}) was already loaded into table {table} from s3://{loaded_bucket}/{loaded_key}"
     )
+
+
+def _skipped(attempt: _Attempt, deps: Dependencies, reason: str, message: str) -> Receipt:
     logger.info("skipped", extra={"detail": message})
     attempt.outcome = Outcome()
     deps.database.record({**_ledger_entry(attempt, deps), "status": "skipped", "reason": reason, "error": message})

@@ -125,12 +125,15 @@ def staging_table(contract: Contract) -> sa.Table:
 
 
 @dataclass(frozen=True)
-class LoadedFile:
+class EarlierOutcome:
+    """A ledger row that decides a new delivery: the load of the same content into the same table, or the
+    rejection of the same object and content under the same contract."""
+
     id: int
+    status: str
     bucket: str
     object_key: str
-    finished_at: Any
-    reason: str | None = None
+    reason: str | None
 
 
 class Database:
@@ -161,34 +164,28 @@ class Database:
                 target_table(contract).create(conn, checkfirst=True)
         self._ready_tables.update(wanted)
 
-    def find_loaded(self, md5: str, table: str) -> LoadedFile | None:
-        """The ledger row of the load of this content into ``table``, if there was one."""
+    def earlier_outcome(
+        self, md5: str, table: str, bucket: str, key: str, contract_sha256: str
+    ) -> EarlierOutcome | None:
+        """The load of this content into ``table`` if there was one, else the rejection of this object with
+        this content under this very contract (one query before each file)."""
         self.ensure_tables()
+        c = ledger.c
+        loaded = (c.status == "loaded") & (c.table_name == table)
+        rejected = (
+            (c.status == "rejected")
+            & (c.bucket == bucket)
+            & (c.object_key == key)
+            & (c.contract_sha256 == contract_sha256)
+        )
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at).where(
-                    ledger.c.md5 == md5, ledger.c.table_name == table, ledger.c.status == "loaded"
-                )
-            ).first()
-        return LoadedFile(*row) if row else None
-
-    def find_rejection(self, bucket: str, key: str, md5: str, contract_sha256: str) -> LoadedFile | None:
-        """The first rejection of this object with this content under this very contract, if any."""
-        self.ensure_tables()
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(ledger.c.id, ledger.c.bucket, ledger.c.object_key, ledger.c.finished_at, ledger.c.reason)
-                .where(
-                    ledger.c.bucket == bucket,
-                    ledger.c.object_key == key,
-                    ledger.c.md5 == md5,
-                    ledger.c.contract_sha256 == contract_sha256,
-                    ledger.c.status == "rejected",
-                )
-                .order_by(ledger.c.id)
+                sa.select(c.id, c.status, c.bucket, c.object_key, c.reason)
+                .where(c.md5 == md5, loaded | rejected)
+                .order_by((c.status == "loaded").desc(), c.id)
                 .limit(1)
             ).first()
-        return LoadedFile(*row) if row else None
+        return EarlierOutcome(*row) if row else None
 
     def record(self, entry: Mapping[str, Any]) -> int:
         """Write one ledger row on its own (outcomes other than a load)."""
