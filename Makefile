@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK ?= embedded
 export STACK
+export OFFLINE  # 1: the compose stack runs on the stand-ins of make offline-images
 
-.PHONY: docker-engine docker-engine-stop help venv test unit unit-py312 lint typecheck schema bench image push deploy clean up down status logs env demo
+.PHONY: docker-engine docker-engine-stop offline-images help venv test unit unit-py312 lint typecheck schema bench image push deploy clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,6 +90,9 @@ docker-engine: ## as root on Debian: install and start a Docker engine for the c
 
 docker-engine-stop: ## stop that engine and undo what it changed on the host
 	scripts/docker-engine.sh stop
+
+offline-images: venv ## without a registry: build local stand-ins of the compose stack's images (use with OFFLINE=1)
+	$(BIN)/python -m devstack.offline_images $(if $(FORCE),--force)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) $(VENV312) .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,8 @@
 """The compose stack behind the same commands: ``make up|down|status|env STACK=compose``.
 
 It needs a Docker engine with the compose plugin; without one every command says so and stops.
-Names come from localstack/resources.json; ports and credentials are the embedded stack's.
+Names come from localstack/resources.json; ports and credentials are the embedded stack's. With OFFLINE=1
+the compose file's image variables name the local stand-ins of ``make offline-images``.
 """
 
 from __future__ import annotations
@@ -47,14 +48,37 @@ def docker_engine() -> str | None:
     return None
 
 
+def compose_environment() -> dict[str, str]:
+    """The environment ``docker compose`` runs with: this one, plus the stand-ins' names with OFFLINE=1."""
+    from .offline_images import offline_environment
+
+    return {**os.environ, **offline_environment()}
+
+
+def missing_images(env: dict[str, str]) -> list[str]:
+    """The OFFLINE=1 stand-ins this engine does not have (pulling them would fail: they exist nowhere else)."""
+    from .offline_images import offline_environment
+
+    wanted = offline_environment(env).values()
+    return [
+        image
+        for image in wanted
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0
+    ]
+
+
 def _compose(*args: str, emulator: str | None = None) -> None:
     problem = docker_engine()
     if problem:
         raise DockerUnavailable(f"the compose stack needs Docker: {problem}. The embedded stack needs none: make up")
+    env = compose_environment()
+    missing = missing_images(env)
+    if missing:
+        raise DockerUnavailable(f"OFFLINE=1 but this engine lacks {', '.join(missing)}: run make offline-images")
     argv = ["docker", "compose"]
     for path in compose_files(emulator):
         argv += ["-f", str(path)]
-    subprocess.run([*argv, *args], check=True, cwd=REPO)
+    subprocess.run([*argv, *args], check=True, cwd=REPO, env=env)
 
 
 def up(emulator: str | None = None) -> None:
