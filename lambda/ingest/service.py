@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .adapters.postgres import Database, Load
+from .adapters.postgres import Database, DatabaseUnreachable, Load
 from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
@@ -384,6 +384,9 @@ def _skipped(attempt: _Attempt, deps: Dependencies, reason: str, message: str) -
 def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receipt:
     reason = "timeout" if isinstance(exc, DeadlineReached) else "error"
     message = f"{type(exc).__name__}: {exc}"[:2000]
+    if isinstance(exc, DatabaseUnreachable):
+        reason = "database_unreachable"
+        message = f"{exc}; nothing was loaded and the delivery will be retried"[:2000]
     if reason == "timeout":
         o = attempt.outcome
         message = (

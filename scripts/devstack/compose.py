@@ -75,10 +75,15 @@ def _compose(*args: str, emulator: str | None = None) -> None:
     missing = missing_images(env)
     if missing:
         raise DockerUnavailable(f"OFFLINE=1 but this engine lacks {', '.join(missing)}: run make offline-images")
+    subprocess.run([*compose_command(emulator), *args], check=True, cwd=REPO, env=env)
+
+
+def compose_command(emulator: str | None = None) -> list[str]:
+    """``docker compose -f …`` for this project's files (run it with ``compose_environment()``)."""
     argv = ["docker", "compose"]
     for path in compose_files(emulator):
         argv += ["-f", str(path)]
-    subprocess.run([*argv, *args], check=True, cwd=REPO, env=env)
+    return argv
 
 
 def up(emulator: str | None = None) -> None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import boto3
 
@@ -31,15 +33,34 @@ class Function(Protocol):
 
 
 class RemoteFunction:
-    """A function behind an invoke URL (the Lambda container in compose); invoked one call at a time."""
+    """A function behind an invoke URL (the Lambda container in compose); invoked one call at a time.
 
-    def __init__(self, url: str, timeout_s: float = 130):
+    When the function does not answer (its container crashed and is being restarted), the next batch
+    waits up to ``ready_timeout_s`` for it instead of spending one of the message's receives on a closed
+    port: as the embedded stack restarts its function before invoking it."""
+
+    def __init__(self, url: str, timeout_s: float = 130, ready_timeout_s: float = 120):
         self.url = url
         self.timeout_s = timeout_s
+        self.ready_timeout_s = ready_timeout_s
         self._lock = threading.Lock()
+        parsed = urlsplit(url)
+        self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 80
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection((self._host, self._port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def invoke(self, event: Any) -> Invocation:
         with self._lock:
+            if not self.answers():
+                log_line("the function does not answer; waiting for it", url=self.url)
+                deadline = time.monotonic() + self.ready_timeout_s
+                while time.monotonic() < deadline and not self.answers():
+                    time.sleep(0.2)
             return invoke_url(self.url, event, self.timeout_s)
 
 

@@ -140,7 +140,7 @@ def build_base(force: bool) -> str | None:
     for deb in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
         deb.unlink()
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    changes = ["CMD [\"/bin/bash\"]", "ENV LANG=C.UTF-8", f"LABEL {LABEL}={inputs}"]
+    changes = ['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8", f"LABEL {LABEL}={inputs}"]
     docker("import", *[arg for c in changes for arg in ("--change", c)], "-", BASE_IMAGE, stdin=tar.stdout.fileno())  # type: ignore[union-attr]
     if tar.wait() != 0:
         raise RuntimeError("tar of the debootstrap root failed")
@@ -196,7 +196,7 @@ def download_wheels(dest: Path, requirements: list[str], *, resolve: bool) -> No
         name = re.split(r"[=<>!~;\[ ]", spec, maxsplit=1)[0].lower().replace("-", "_")
         for path in dest.glob("*.whl"):
             if path.name.lower().startswith(name + "-") and not path.name.endswith("-none-any.whl"):
-                raise RuntimeError(f"{path.name} is not pure Python: it cannot be built here for Python {PYTHON_VERSION}")
+                raise RuntimeError(f"{path.name} is not pure Python: it cannot be built here for {PYTHON_VERSION}")
         if not resolve:  # the rest of the freeze goes on; this one is in dest now
             wanted = [w for w in wanted if w != spec]
     else:
@@ -222,7 +222,8 @@ class StandIn:
     def inputs(self, base_id: str) -> str:
         extra: list[str | bytes | Path] = []
         if self.name == "lambda-python":
-            extra = [REPO / "lambda" / "requirements.txt", REPO / "requirements.lock", awslambdaric_version(), rie_arch()]
+            requirements = [REPO / "lambda" / "requirements.txt", REPO / "requirements.lock"]
+            extra = [*requirements, awslambdaric_version(), rie_arch()]
         return digest(base_id, self.folder, *extra, PYTHON_VERSION)
 
     def context(self) -> tuple[Path, list[str]]:

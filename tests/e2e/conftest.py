@@ -120,6 +120,104 @@ class Stack:
             time.sleep(0.05)
         raise AssertionError(f"no load waited for the lock on {table} within {timeout}s")
 
+    # -- faults, the same verbs on both stacks ---------------------------------------------------------
+
+    def crash_function(self) -> str:
+        """SIGKILL the function as a crash (or the OOM killer) would; return what identified it."""
+        if self.kind == "compose":
+            before = self.function_identity()
+            pid = int(self._docker("inspect", "--format", "{{.State.Pid}}", self._container("lambda")))
+            os.kill(pid, signal.SIGKILL)  # the container's init, from the host: a crash, not a `docker stop`
+            return before
+        pid = self.function_pid()
+        self.kill_function(pid)
+        return str(pid)
+
+    def function_identity(self) -> str:
+        """Changes whenever the function is started again (its pid, or its container's start time)."""
+        if self.kind == "compose":
+            return self._docker("inspect", "--format", "{{.State.StartedAt}}", self._container("lambda"))
+        return str(self.function_pid())
+
+    def stop_postgres(self) -> None:
+        if self.kind == "compose":
+            self._compose("stop", "postgres")
+            return
+        server = self._postgres()
+        from devstack.postgres import _run
+
+        _run([str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-m", "fast", "-w", "stop"], server.run_as)
+
+    def start_postgres(self) -> None:
+        if self.kind == "compose":
+            self._compose("up", "--detach", "--wait", "postgres")
+            return
+        server = self._postgres()
+        from devstack.postgres import _run
+
+        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.data_dir}"
+        log = str(server.data_dir / "server.log")
+        pg_ctl = str(server.bin_dir / "pg_ctl")
+        _run([pg_ctl, "-D", str(server.data_dir), "-o", options, "-l", log, "-w", "start"], server.run_as)
+
+    @contextmanager
+    def dispatcher_paused(self) -> Iterator[None]:
+        """Freeze the dispatcher (SIGSTOP, or `docker compose pause`) for the block: whatever it was doing
+        resumes afterwards, so no message is lost, and no invocation starts meanwhile."""
+        if self.kind == "compose":
+            self._compose("pause", "dispatcher")
+            try:
+                yield
+            finally:
+                self._compose("unpause", "dispatcher")
+            return
+        from devstack.stack import Settings, read_state
+
+        assert self.cli_env is not None
+        pid = read_state(Settings.from_env(self.cli_env))["dispatcher"]["pid"]  # type: ignore[index]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def _postgres(self):  # the embedded stack's own cluster (not the session's database)
+        from devstack.postgres import PostgresServer
+        from devstack.stack import Settings, read_state
+
+        assert self.cli_env is not None and "DATABASE_URL" not in self.cli_env, "not a stack with its own cluster"
+        p = read_state(Settings.from_env(self.cli_env))["postgres"]  # type: ignore[index]
+        return PostgresServer(
+            url=p["url"],
+            kind=p["kind"],
+            data_dir=Path(p["data_dir"]),
+            bin_dir=Path(p["bin_dir"]),
+            run_as=p["run_as"],
+            port=p["port"],
+        )
+
+    def _compose(self, *args: str) -> str:
+        from devstack import compose
+
+        done = subprocess.run(
+            [*compose.compose_command(), *args],
+            cwd=REPO,
+            env=compose.compose_environment(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, f"docker compose {' '.join(args)} failed:\n{done.stderr}"
+        return done.stdout.strip()
+
+    def _container(self, service: str) -> str:
+        return self._compose("ps", "--all", "--quiet", service)
+
+    def _docker(self, *args: str) -> str:
+        done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"docker {' '.join(args)} failed:\n{done.stderr}"
+        return done.stdout.strip()
+
     def kill_function(self, pid: int) -> None:
         """SIGKILL the function as a crash would: the RIE and the runtime it started (in a session of its
         own, so killing the RIE's process group alone leaves the runtime running)."""
@@ -144,16 +242,20 @@ class Stack:
 
 
 @pytest.fixture(scope="session", params=["embedded", "compose"])
-def stack(request, session_database_url, tmp_path_factory) -> Iterator[Stack]:
+def stack(request) -> Stack:
     """The same tests run against both stacks; the compose one where a Docker engine answers."""
-    if request.param == "compose":
-        yield from _compose_stack()
-    else:
-        yield from _embedded_stack(session_database_url, tmp_path_factory.mktemp("stack"))
+    return request.getfixturevalue("compose_stack" if request.param == "compose" else "embedded_session_stack")
 
 
-def _embedded_stack(database_url: str, state_dir: Path) -> Iterator[Stack]:
-    yield from embedded_stack(state_dir, {"DATABASE_URL": database_url})
+@pytest.fixture(scope="session")
+def embedded_session_stack(session_database_url, tmp_path_factory) -> Iterator[Stack]:
+    yield from embedded_stack(tmp_path_factory.mktemp("stack"), {"DATABASE_URL": session_database_url})
+
+
+@pytest.fixture(scope="session")
+def compose_stack() -> Iterator[Stack]:
+    """The compose stack (compose.yaml), brought up by testcontainers; shared by every compose test."""
+    yield from _compose_stack()
 
 
 def embedded_stack(state_dir: Path, settings: dict[str, str]) -> Iterator[Stack]:
@@ -189,15 +291,29 @@ def _compose_stack() -> Iterator[Stack]:
     problem = compose.docker_engine()
     if problem:
         pytest.skip(f"compose stack (testcontainers) not run: {problem}")
+    # testcontainers runs `docker compose` with this process's environment: the image variables of
+    # OFFLINE=1, and no Ryuk reaper (its image cannot be pulled without a registry; stop() cleans up).
+    settings = {
+        **compose.compose_environment(),
+        "TESTCONTAINERS_RYUK_DISABLED": "true",
+        "TESTCONTAINERS_CONNECTION_MODE": "docker_host",
+    }
+    missing = compose.missing_images(settings)
+    if missing:
+        pytest.fail(f"OFFLINE=1 but the engine lacks {', '.join(missing)}: run make offline-images")
     from testcontainers.compose import DockerCompose
 
+    saved = dict(os.environ)
+    os.environ.update(settings)
     files = [str(p.relative_to(REPO)) for p in compose.compose_files()]
     containers = DockerCompose(REPO, compose_file_name=files, build=True, wait=True)
-    containers.start()
     try:
+        containers.start()
         yield Stack(env=compose.environment(), state_dir=None, kind="compose")
     finally:
         containers.stop()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def unique_users(rows: int = 3, bad: int = 0) -> tuple[bytes, list[int]]:

@@ -274,7 +274,9 @@ def test_database_down_fails_loudly_keeps_the_object_and_publishes_failed(pipeli
     with pytest.raises(Exception, match="connection"):
         ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
     [published] = pipeline.receipts()
-    assert published["status"] == "failed" and "connection" in published["message"].lower()
+    assert (published["status"], published["reason"]) == ("failed", "database_unreachable")
+    assert published["message"].startswith("PostgreSQL did not accept a connection: ")
+    assert published["message"].endswith("nothing was loaded and the delivery will be retried")
     assert pipeline.keys() == ["incoming/users.csv"]
 
 

@@ -136,13 +136,25 @@ class EarlierOutcome:
     reason: str | None
 
 
+class DatabaseUnreachable(RuntimeError):
+    """PostgreSQL did not accept a connection (down, restarting, unknown host, wrong password)."""
+
+
+def _connect(database_url: str, connect_timeout: int) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(database_url, connect_timeout=connect_timeout, application_name="ingest")
+    except psycopg.OperationalError as exc:
+        detail = " ".join(str(exc).split())
+        raise DatabaseUnreachable(f"PostgreSQL did not accept a connection: {detail}") from exc
+
+
 class Database:
     def __init__(self, database_url: str, connect_timeout: int = 10):
         # libpq parses the URL (or key=value string) itself, exactly as psql would; SQLAlchemy only
         # pools the connections it makes.
         self.engine = sa.create_engine(
             "postgresql+psycopg://",
-            creator=lambda: psycopg.connect(database_url, connect_timeout=connect_timeout, application_name="ingest"),
+            creator=lambda: _connect(database_url, connect_timeout),
             pool_size=1,
             max_overflow=4,
             pool_pre_ping=True,
