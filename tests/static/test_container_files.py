@@ -142,4 +142,42 @@ def test_every_service_on_the_function_image_builds_it_rather_than_pulling_it():
     services = load("compose.yaml")["services"]
     for name, service in services.items():
         if service.get("image", "").startswith("ingest-lambda"):
-            assert service.get("build") == "./lambda", name
+            assert service.get("build", {}).get("context") == "./lambda", name
+
+
+def test_the_image_variables_default_to_the_upstream_images_and_offline_names_the_stand_ins():
+    from devstack.offline_images import COMPOSE_VARIABLES, offline_environment
+
+    raw = (REPO / "compose.yaml").read_text()
+    defaults = dict(re.findall(r"\$\{(INGEST_[A-Z_]+_IMAGE):-([^}]+)\}", raw))
+    assert set(defaults) == set(COMPOSE_VARIABLES)
+    dockerfile_default = re.search(r"^ARG LAMBDA_BASE_IMAGE=(\S+)$", (REPO / "lambda" / "Dockerfile").read_text(), re.M)
+    assert dockerfile_default and defaults["INGEST_LAMBDA_BASE_IMAGE"] == dockerfile_default.group(1)
+    assert defaults["INGEST_LOCALSTACK_IMAGE"] == "localstack/localstack:4.14.0"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert all(image in ci for image in defaults.values()), "CI checks the images compose.yaml runs"
+    assert offline_environment({}) == {}
+    assert offline_environment({"OFFLINE": "1"}) == COMPOSE_VARIABLES
+    mine = offline_environment({"OFFLINE": "1", "INGEST_POSTGRES_IMAGE": "my/postgres:16"})
+    assert mine["INGEST_POSTGRES_IMAGE"] == "my/postgres:16"  # a variable the user set wins
+    assert all(
+        not image.startswith(("localstack/", "postgres:", "public.ecr.aws")) for image in COMPOSE_VARIABLES.values()
+    )
+
+
+def test_every_stand_in_builds_on_the_local_base_and_keeps_the_upstream_entry_points():
+    from devstack.offline_images import STAND_INS
+
+    for stand_in in STAND_INS:
+        dockerfile = (stand_in.folder / "Dockerfile").read_text()
+        assert "ARG BASE_IMAGE=ingest-offline/debian:trixie\nFROM ${BASE_IMAGE}" in dockerfile, stand_in.name
+        assert "pip install" not in dockerfile or "--no-index" in dockerfile, "no registry inside docker build"
+    lambda_base = (REPO / "offline-images" / "lambda-python" / "Dockerfile").read_text()
+    for promise in ('ENTRYPOINT ["/lambda-entrypoint.sh"]', "LAMBDA_TASK_ROOT=/var/task", "PIP_NO_INDEX=1"):
+        assert promise in lambda_base
+    hook = (REPO / "localstack" / "init" / "ready.d" / "10-bootstrap.sh").read_text()
+    assert "/opt/code/localstack/.venv/bin/python" in hook
+    assert (
+        "python3 -m venv /opt/code/localstack/.venv"
+        in (REPO / "offline-images" / "localstack" / "Dockerfile").read_text()
+    )
