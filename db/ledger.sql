@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS ingest_files (
 	started_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	finished_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	duration_ms INTEGER, 
+	schema_changes TEXT, 
 	PRIMARY KEY (id), 
 	CONSTRAINT ingest_files_status_check CHECK (status IN ('loaded', 'rejected', 'skipped', 'failed'))
 );

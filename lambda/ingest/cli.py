@@ -234,6 +234,104 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
         raise click.UsageError(str(exc)) from None
 
 
+def _plans(obj: dict[str, Any], name: str | None) -> list[Any]:
+    """Each contract (or the one named) compared with its live table in the stack's database."""
+    import sqlalchemy as sa
+
+    from .adapters.postgres import _connect
+    from .evolution import compare
+
+    registry = _registry(obj["contracts_dir"])
+    contracts = [c for c in registry if name in (None, c.name)]
+    if not contracts:
+        raise click.UsageError(f"no contract named {name!r} (contracts: {', '.join(c.name for c in registry)})")
+    url = _stack_env()["DATABASE_URL"]
+    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: _connect(url, 5), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [compare(conn, c) for c in contracts]
+    except Exception as exc:
+        raise StackError(f"cannot compare with the database: {exc}") from None
+    finally:
+        engine.dispose()
+
+
+def _plan_text(plan: Any) -> str:
+    if not plan.differences:
+        return f"{plan.contract} → table {plan.table}: matches (or does not exist yet)"
+    return f"{plan.contract} → table {plan.table}:\n{plan.describe()}"
+
+
+def _plan_data(plan: Any) -> dict[str, Any]:
+    return {
+        "contract": plan.contract,
+        "table": plan.table,
+        "differences": [{"kind": d.kind, "what": d.what, "ddl": d.ddl} for d in plan.differences],
+    }
+
+
+@contract.command("diff")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def contract_diff(obj: dict[str, Any], name: str | None, as_json: bool) -> None:
+    """How each contract (or NAME) differs from its live table, additive or breaking, with the DDL.
+
+    Exits 1 if any difference is breaking (the function would fail such files with
+    contract_table_mismatch); additive ones the function applies by itself on the next load.
+
+    \b
+    Example:
+      ingest contract diff users
+    """
+    plans = _plans(obj, name)
+    _emit(as_json, {"plans": [_plan_data(p) for p in plans]}, "\n".join(_plan_text(p) for p in plans))
+    sys.exit(REJECTED if any(p.breaking for p in plans) else OK)
+
+
+@contract.command("migrate")
+@click.argument("name", required=False)
+@click.option("--apply", "apply_changes", is_flag=True, help="run the additive DDL (else only print it)")
+@click.pass_obj
+def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool) -> None:
+    """Print the additive DDL that brings each table (or NAME's) up to its contract; run it with --apply.
+
+    Breaking differences are never applied: they are printed, for you to decide, and the exit code is 1.
+
+    \b
+    Example:
+      ingest contract migrate users --apply
+    """
+    import sqlalchemy as sa
+
+    from .adapters.postgres import _connect, sql_identifier
+    from .evolution import compare
+
+    plans = _plans(obj, name)
+    for plan in plans:
+        for d in plan.additive:
+            click.echo(d.ddl)
+        for d in plan.breaking:
+            click.echo(f"-- not applied (breaking): {d.what}\n-- {d.ddl}")
+    additive = [p for p in plans if p.additive]
+    if apply_changes and additive:
+        url = _stack_env()["DATABASE_URL"]
+        engine = sa.create_engine("postgresql+psycopg://", creator=lambda: _connect(url, 5), poolclass=sa.NullPool)
+        registry = _registry(obj["contracts_dir"])
+        try:
+            for plan in additive:
+                with engine.begin() as conn:  # as the function does: under the table's lock, compared again
+                    conn.execute(sa.text(f"LOCK TABLE {sql_identifier(plan.table)} IN ACCESS EXCLUSIVE MODE"))
+                    fresh = compare(conn, registry[plan.contract])
+                    fresh.apply(conn)
+                click.echo(f"applied to {plan.table}: {len(fresh.additive)} change(s)", err=True)
+        finally:
+            engine.dispose()
+    elif additive:
+        click.echo("(not applied: add --apply; the function also applies these on the next load)", err=True)
+    sys.exit(REJECTED if any(p.breaking for p in plans) else OK)
+
+
 # --- the running stack --------------------------------------------------------------------------------
 
 
@@ -350,7 +448,7 @@ def errors(ref: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="KEY|MD5", required=False)
+@click.argument("ref", metavar="KEY|S3URI|MD5", required=False)
 @click.option("--dead-letters", is_flag=True, help="move every message of the dead-letter queue back instead")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the receipt")
 @click.option("--json", "as_json", is_flag=True)
@@ -363,6 +461,7 @@ def replay(ref: str | None, dead_letters: bool, wait: bool, as_json: bool) -> No
     \b
     Examples:
       ingest replay incoming/users.csv
+      ingest replay s3://ingest-bucket/incoming/users.csv
       ingest replay --dead-letters
     """
     env = _stack_env()
@@ -373,7 +472,11 @@ def replay(ref: str | None, dead_letters: bool, wait: bool, as_json: bool) -> No
         return
     if not ref:
         raise click.UsageError("give KEY|MD5, or --dead-letters")
-    if ref.startswith("incoming/"):
+    if ref.startswith("s3://"):
+        bucket, _, key = ref.removeprefix("s3://").partition("/")
+        if not key:
+            raise click.UsageError(f"{ref!r} names no object: s3://BUCKET/KEY")
+    elif ref.startswith("incoming/"):
         bucket, key = env.get("INGEST_BUCKET", ""), ref
     else:
         entry = _find(env, ref)

@@ -29,6 +29,7 @@ class Receipt:
     summary_key: str | None = None
     duration_ms: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    schema_changes: list[str] = field(default_factory=list)  # additive DDL the load applied (contract evolution)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -30,6 +30,7 @@ from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
 from .contract import Contract, ContractRegistry
+from .evolution import ContractTableMismatch
 from .log import logger
 from .processing import Outcome, error_dict, process, summary_document
 from .receipt import ERRORS_IN_RECEIPT, Receipt
@@ -278,6 +279,7 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
         attempt,
         "loaded",
         rows_loaded=load.rows_loaded,
+        schema_changes=load.schema_changes,
         processed_key=processed_key(contract.table, md5),
         errors_key=errors_csv_key if outcome.rows_rejected else None,
         summary_key=errors_keys(contract.table, md5)[1] if outcome.rows_rejected else None,
@@ -387,6 +389,9 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
     if isinstance(exc, DatabaseUnreachable):
         reason = "database_unreachable"
         message = f"{exc}; nothing was loaded and the delivery will be retried"[:2000]
+    elif isinstance(exc, ContractTableMismatch):
+        reason = "contract_table_mismatch"
+        message = str(exc).replace("s3://BUCKET/KEY", f"s3://{attempt.bucket}/{attempt.key}")[:4000]
     if reason == "timeout":
         o = attempt.outcome
         message = (

@@ -116,10 +116,15 @@ class EmbeddedFunction:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}{INVOKE_PATH}"
 
+    def _sources(self) -> tuple[Path, ...]:
+        """The function's code and contracts, and the contracts folder INGEST_CONTRACTS_DIR names, if any."""
+        folder = self.environment.get("INGEST_CONTRACTS_DIR") or os.environ.get("INGEST_CONTRACTS_DIR")
+        return FUNCTION_SOURCES + ((Path(folder),) if folder else ())
+
     def start(self) -> None:
         if port_open(self.port):
             raise RuntimeError(f"port {self.port} is taken: another function emulator is running there")
-        self._fingerprint = code_fingerprint() if self.reload else ()
+        self._fingerprint = code_fingerprint(self._sources()) if self.reload else ()
         argv = [
             str(self.rie_binary),
             "--runtime-interface-emulator-address",
@@ -152,7 +157,7 @@ class EmbeddedFunction:
         with self._lock:  # RIE serves one invocation at a time; a second concurrent one crashes it
             if self.process is None or self.process.poll() is not None:
                 self.restart("it was not running")
-            elif self.reload and code_fingerprint() != self._fingerprint:
+            elif self.reload and code_fingerprint(self._sources()) != self._fingerprint:
                 self.restart("its code changed")
             return invoke_url(self.url, event, self.timeout_s + 10)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ ledger = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("duration_ms", sa.Integer),
+    sa.Column("schema_changes", sa.Text),  # the additive DDL a load applied to its table (contract evolution)
     sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ingest_files_status_check"),
     sa.Index(
         "ingest_files_loaded_table_md5", "table_name", "md5", unique=True, postgresql_where=sa.text("status = 'loaded'")
@@ -161,6 +162,8 @@ class Database:
         )
         self._ready_tables: set[str] = set()
         self._lock = threading.Lock()
+        # table → fingerprint of the contract it was last found to match (checked once per warm runtime)
+        self._matching: dict[str, str] = {}
 
     def ensure_tables(self, contract: Contract | None = None) -> None:
         """Create the ledger and the contract's table when absent (once per process)."""
@@ -207,7 +210,15 @@ class Database:
 
     def begin_load(self, contract: Contract, md5: str, deadline: float | None = None) -> Load:
         self.ensure_tables(contract)
-        return Load(self.engine, contract, md5, deadline)
+        evolve = self._matching.get(contract.table) != contract.fingerprint
+        return Load(self.engine, contract, md5, deadline, evolve=evolve, matched=self._matched)
+
+    def _matched(self, contract: Contract, matches: bool) -> None:
+        """A load found (or made) the table to match its contract; or failed, so check again next time."""
+        if matches:
+            self._matching[contract.table] = contract.fingerprint
+        else:
+            self._matching.pop(contract.table, None)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -231,11 +242,21 @@ class Load:
     The lineage column ``_ingest_md5`` takes its default from the transaction setting ``ingest.md5``.
     """
 
-    def __init__(self, engine: sa.Engine, contract: Contract, md5: str, deadline: float | None = None):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        contract: Contract,
+        md5: str,
+        deadline: float | None = None,
+        evolve: bool = True,
+        matched: Callable[[Contract, bool], None] | None = None,
+    ):
         self.contract = contract
         self.md5 = md5
         self.target = target_table(contract)
         self.staging = staging_table(contract)
+        self.schema_changes: list[str] = []  # the additive DDL this load applied
+        self._matched = matched or (lambda _contract, _matches: None)
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
         conn = self._conn
@@ -248,6 +269,14 @@ class Load:
             self._watchdog.daemon = True
             self._watchdog.start()
         conn.execute(sa.select(sa.func.set_config("ingest.md5", md5, True)))
+        if evolve:
+            try:
+                self._evolve(engine)
+            except BaseException:
+                self._disarm()
+                self._transaction.rollback()
+                self._conn.close()
+                raise
         self.strategy = self._choose_strategy()
         into = self.staging if self.strategy == "staging" else self.target
         if self.strategy == "staging":
@@ -265,6 +294,28 @@ class Load:
         self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=1)  # bounded: memory stays flat
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
+
+    def _evolve(self, engine: sa.Engine) -> None:
+        """Compare the contract with the live table; apply additive differences in this transaction and
+        refuse breaking ones with ContractTableMismatch.
+
+        The first look is taken in a transaction of its own, so that this one holds no lock on the table
+        yet. Changes are then made under ACCESS EXCLUSIVE, asked for before any other lock (the ALTER needs
+        it anyway; asking for it first lets PostgreSQL queue a load already under way ahead of this one
+        instead of deadlocking with it), and compared again once it is held: another load may have just
+        made them. Readers of the table wait until this load commits: it happens once per change."""
+        from ..evolution import ContractTableMismatch, compare
+
+        with engine.connect() as look:
+            plan = compare(look, self.contract)
+        if plan.breaking:
+            raise ContractTableMismatch(plan)
+        if plan.additive:
+            self._conn.execute(sa.text(f"LOCK TABLE {sql_identifier(self.target.name)} IN ACCESS EXCLUSIVE MODE"))
+            plan = compare(self._conn, self.contract)
+            if plan.breaking:
+                raise ContractTableMismatch(plan)
+            self.schema_changes = plan.apply(self._conn)
 
     def _cancel(self) -> None:
         self.cancelled = True
@@ -342,7 +393,7 @@ class Load:
         conn = self._conn
         ledger_id = conn.execute(
             pg.insert(ledger)
-            .values(**ledger_entry, status="loaded")
+            .values(**ledger_entry, status="loaded", schema_changes="\n".join(self.schema_changes) or None)
             .on_conflict_do_nothing(index_elements=["table_name", "md5"], index_where=ledger.c.status == "loaded")
             .returning(ledger.c.id)
         ).scalar()
@@ -355,6 +406,7 @@ class Load:
         self._check_cancelled()
         self._transaction.commit()
         self._conn.close()
+        self._matched(self.contract, True)
         return int(ledger_id)
 
     def _merge(self) -> int:
@@ -409,6 +461,8 @@ class Load:
 
     def rollback(self, error: BaseException | None = None) -> None:
         self._disarm()
+        if isinstance(error, (sa.exc.DBAPIError, psycopg.Error)):  # the table may have changed: compare again
+            self._matched(self.contract, False)
         try:
             self._finish_copy(error or RuntimeError("load abandoned"))
         except Exception:
