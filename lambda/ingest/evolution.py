@@ -118,9 +118,7 @@ def compare(conn: sa.Connection, contract: Contract) -> Plan:
     return Plan(contract.name, table, tuple(differences))
 
 
-def _classify(
-    item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Mapping[str, Any]
-) -> Difference | None:
+def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Mapping[str, Any]) -> Difference | None:
     kind = item[0]
     safe_if_empty = ADDITIVE if not has_rows else BREAKING
     if kind == "add_column":
