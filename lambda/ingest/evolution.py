@@ -145,7 +145,7 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
         return _difference(
             ADDITIVE if widened or not has_rows else BREAKING,
             f"column {name}: {_type(existing)} in the table, {_type(new)} in the contract"
-            + ("" if widened else " (a change that could fail or lose data)"),
+            + ("" if widened else " (not a widening: it could fail, lose data or change how values compare)"),
             lambda op: op.alter_column(table, name, type_=new, existing_type=existing, postgresql_using=using),
         )
     if kind == "modify_nullable":
