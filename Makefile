@@ -52,8 +52,15 @@ else
 	PYTHONPATH=lambda:scripts $(VENV312)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 endif
 
-bench: venv ## the pipeline against raw psql \copy, 1M and 5M rows (generates bench/data once; several minutes)
-	$(BIN)/python -m devstack.bench $(BENCH_ARGS)
+# The peers of the bench (polars, dlt, pandas + pandera) live in a venv of their own, never in the function's.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: bench/requirements.txt bench/requirements.lock
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -c bench/requirements.lock -r bench/requirements.txt
+	@touch $@
+
+bench: venv $(BENCH_VENV)/.installed ## the pipeline against raw \copy and its peers, 1M and 5M rows (generates bench/data once; ~15 min)
+	$(BIN)/python -m devstack.bench --peers-python $(BENCH_VENV)/bin/python --chart bench/results.png $(BENCH_ARGS)
 
 image: ## build the Lambda image (needs Docker)
 	scripts/deploy.sh image
@@ -95,4 +102,4 @@ offline-images: venv ## without a registry: build local stand-ins of the compose
 	$(BIN)/python -m devstack.offline_images $(if $(FORCE),--force)
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) $(VENV312) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

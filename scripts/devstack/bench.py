@@ -6,10 +6,16 @@ bench/data/), uploads it to a moto server, and times, several times each:
   fresh table of the same definition: the physical cost of putting these rows into this table;
 - pipeline: one ``ingest_object`` call in a fresh process (download, MD5, decode, validate every row,
   COPY, upsert, processed/ and errors/, ledger, receipt) into a fresh table, as a first load;
-- pipeline, upsert into a table that already holds the rows (staging + INSERT … ON CONFLICT), 1M only.
-It prints medians (rows/s, MB/s, peak RSS of the process, ratio to raw) and, last, the 1M-row ratio.
+- pipeline, upsert into a table that already holds the rows (staging + MERGE), first size only;
+- at the first size, the peers a user could pick instead (bench/peers/, run by the bench venv's Python):
+  polars + COPY, dlt with its CSV (COPY) loader, pandas + pandera + COPY, each applying the same rules.
+Every route must load exactly the rows of an untimed reference load by the pipeline (count and checksum of
+the typed rows) before its time counts. The methods run in alternating order (forward, then reversed) so a
+slow minute of the machine does not fall on one of them. It prints medians (rows/s, MB/s, peak RSS of the
+process, ratio to raw), a line with the peers' ratios, and last the 1M-row ratio; with --chart it also
+draws the run (time and peak RSS per route) as a PNG and writes the figures as JSON beside it.
 
-    python -m devstack.bench [--rows 1000000 5000000] [--runs 3]
+    python -m devstack.bench [--rows 1000000 5000000] [--runs 3] [--peers-python .venv-bench/bin/python]
 """
 
 from __future__ import annotations
@@ -125,6 +131,30 @@ class Bench:
     def upload(self, path: Path, key: str) -> None:
         self.s3.upload_file(str(path), BUCKET, key, Config=TransferConfig(multipart_chunksize=64 * 2**20))
 
+    def checksum(self, table: str) -> tuple[int, str]:
+        """Row count and an order-free checksum of the rows as the contract types them."""
+        typed = (
+            "id::integer, email::text, full_name::text, signup_date::date, country::text, age::integer, "
+            "balance::numeric(12,2), is_active::boolean"
+        )
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute(
+                f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "
+                f"FROM (SELECT {typed} FROM {table}) AS t"
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), str(row[1])
+
+    def peer(self, python: str, script: str, path: Path) -> dict[str, Any]:
+        self.fresh_target()
+        self.sql("DROP SCHEMA IF EXISTS bench_dlt CASCADE")
+        argv = [python, str(REPO / "bench" / "peers" / script), str(path), self.database_url, "users"]
+        seconds, peak, out = measure(argv)
+        result = json.loads(out.strip().splitlines()[-1])
+        result["wall_seconds"] = seconds
+        result["peak_rss_mb"] = peak
+        return result
+
     def pipeline(self, key: str) -> dict[str, Any]:
         seconds, peak, out = measure([sys.executable, "-c", CHILD, BUCKET, key], env=self.child_env)
         result = json.loads(out.strip().splitlines()[-1])
@@ -132,8 +162,8 @@ class Bench:
         result["sampled_rss_mb"] = peak
         return result
 
-    def raw_copy(self, csv_path: Path) -> tuple[float, float]:
-        """psql \\copy of the rows into a fresh table of the target's definition."""
+    def fresh_target(self) -> tuple[str, ...]:
+        """A fresh, empty ``users`` table of the contract's definition (as the pipeline creates it)."""
         from sqlalchemy import create_engine
 
         from ingest.adapters.postgres import target_table
@@ -145,7 +175,11 @@ class Bench:
         with engine.begin() as conn:
             target_table(contract).create(conn)
         engine.dispose()
-        columns = ", ".join(contract.column_names)
+        return contract.column_names
+
+    def raw_copy(self, csv_path: Path) -> tuple[float, float]:
+        """psql \\copy of the rows into a fresh table of the target's definition."""
+        columns = ", ".join(self.fresh_target())
         if self.psql:
             command = f"\\copy users ({columns}) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)"
             seconds, peak, _ = measure(
@@ -161,7 +195,14 @@ class Bench:
         return seconds, peak
 
 
-def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
+PEERS = {  # name in the report → script in bench/peers/
+    "polars + COPY": "polars_copy.py",
+    "dlt, CSV loader (COPY)": "dlt_csv.py",
+    "pandas + pandera + COPY": "pandas_pandera.py",
+}
+
+
+def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     port = free_port()
     moto = emulator.start_moto(port, workdir / "moto.log")
@@ -180,35 +221,59 @@ def run(sizes: list[int], runs: int) -> list[dict[str, Any]]:
             size_mb = path.stat().st_size / 2**20
             key = f"incoming/users/bench_{rows}.csv"
             bench.upload(path, key)
-            pipeline_runs = []
-            for i in range(runs):
-                bench.fresh_tables()
-                result = bench.pipeline(key)
-                pipeline_runs.append(result)
-                print(
-                    f"  pipeline run {i + 1}: {result['seconds']:.2f}s, peak RSS {result['peak_rss_mb']:.0f} MB, "
-                    f"{result['status']} {result['rows_loaded']:,} rows",
-                    flush=True,
-                )
+            # The reference: one untimed load by the pipeline. Its rows are what every route must load, and
+            # its processed/ output is what raw \copy loads.
+            bench.fresh_tables()
+            reference = bench.pipeline(key)
+            expected = bench.checksum("users")
+            print(f"  reference load: {expected[0]:,} rows ({reference['rows_rejected']:,} rejected)", flush=True)
             valid_csv = workdir / f"valid_{rows}.csv"
-            md5 = pipeline_runs[-1]["md5"]
-            bench.s3.download_file(BUCKET, f"processed/users/{md5}.csv", str(valid_csv))
-            raw_runs = []
+            bench.s3.download_file(BUCKET, f"processed/users/{reference['md5']}.csv", str(valid_csv))
+            methods = ["raw", "pipeline"]
+            if peers_python and rows == sizes[0]:
+                methods += list(PEERS)
+            seconds: dict[str, list[float]] = {m: [] for m in methods}
+            peaks: dict[str, list[float]] = {m: [] for m in methods}
+            mismatches: dict[str, str] = {}
             for i in range(runs):
-                seconds, peak = bench.raw_copy(valid_csv)
-                raw_runs.append((seconds, peak))
-                print(f"  raw \\copy run {i + 1}: {seconds:.2f}s, peak RSS {peak:.0f} MB", flush=True)
-            raw = statistics.median(s for s, _ in raw_runs)
-            entry = {
+                for method in methods if i % 2 == 0 else methods[::-1]:
+                    if method == "raw":
+                        s, peak = bench.raw_copy(valid_csv)
+                        table = "users"
+                    elif method == "pipeline":
+                        bench.fresh_tables()
+                        result = bench.pipeline(key)
+                        s, peak, table = result["seconds"], result["peak_rss_mb"], "users"
+                    else:
+                        assert peers_python is not None
+                        result = bench.peer(peers_python, PEERS[method], path)
+                        s, peak, table = result["seconds"], result["peak_rss_mb"], result["table"]
+                    got = bench.checksum(table)
+                    if got != expected:
+                        mismatches[method] = f"loaded {got[0]:,} rows (checksum {got[1]}), expected {expected[0]:,}"
+                    seconds[method].append(s)
+                    peaks[method].append(peak)
+                    print(f"  {method} run {i + 1}: {s:.2f}s, peak RSS {peak:.0f} MB", flush=True)
+            entry: dict[str, Any] = {
                 "rows": rows,
                 "mb": size_mb,
-                "raw_seconds": raw,
-                "raw_rss": max(p for _, p in raw_runs),
-                "raw_spread": (min(s for s, _ in raw_runs), max(s for s, _ in raw_runs)),
-                "pipeline_seconds": statistics.median(r["seconds"] for r in pipeline_runs),
-                "pipeline_spread": (min(r["seconds"] for r in pipeline_runs), max(r["seconds"] for r in pipeline_runs)),
-                "pipeline_rss": max(r["peak_rss_mb"] for r in pipeline_runs),
-                "rows_loaded": pipeline_runs[-1]["rows_loaded"],
+                "rows_loaded": expected[0],
+                "raw_seconds": statistics.median(seconds["raw"]),
+                "raw_rss": max(peaks["raw"]),
+                "raw_spread": (min(seconds["raw"]), max(seconds["raw"])),
+                "pipeline_seconds": statistics.median(seconds["pipeline"]),
+                "pipeline_spread": (min(seconds["pipeline"]), max(seconds["pipeline"])),
+                "pipeline_rss": max(peaks["pipeline"]),
+                "peers": {
+                    name: {
+                        "seconds": statistics.median(seconds[name]),
+                        "spread": (min(seconds[name]), max(seconds[name])),
+                        "rss": max(peaks[name]),
+                        "mismatch": mismatches.get(name),
+                    }
+                    for name in methods[2:]
+                },
+                "mismatches": mismatches,
             }
             if rows == sizes[0]:
                 # the same content again under new bytes (a trailing blank line): an upsert over existing rows
@@ -249,6 +314,12 @@ def report(results: list[dict[str, Any]]) -> str:
         lines.append(_row(r, "pipeline, first load", r["pipeline_seconds"], r["pipeline_rss"], r["pipeline_spread"]))
         if "upsert_seconds" in r:
             lines.append(_row(r, "pipeline, upsert over loaded rows", r["upsert_seconds"], r["upsert_rss"]))
+        for name, peer in r.get("peers", {}).items():
+            label = f"peer: {name}" + (" (WRONG ROWS)" if peer["mismatch"] else "")
+            lines.append(_row(r, label, peer["seconds"], peer["rss"], peer["spread"]))
+    for r in results:
+        for name, problem in r.get("mismatches", {}).items():
+            lines.append(f"{r['rows']:,} rows, {name}: {problem}: its time does not count")
     if len(results) > 1:
         a, b = results[0], results[-1]
         growth = b["pipeline_seconds"] / a["pipeline_seconds"]
@@ -258,6 +329,10 @@ def report(results: list[dict[str, Any]]) -> str:
         )
     first = results[0]
     ratio = first["pipeline_seconds"] / first["raw_seconds"]
+    counted = {n: p for n, p in first.get("peers", {}).items() if not p["mismatch"]}
+    if counted:
+        peers = ", ".join(f"{n} {p['seconds'] / first['raw_seconds']:.2f}x" for n, p in counted.items())
+        lines.append(f"peers at {first['rows']:,} rows: {peers}")
     lines.append(f"{first['rows']:,}-row ratio, pipeline / raw \\copy: {ratio:.2f}x")
     return "\n".join(lines)
 
@@ -266,8 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--peers-python", help="the Python of the bench venv (bench/requirements.txt): runs the peers")
+    parser.add_argument("--chart", type=Path, help="write the run as a PNG here (and its figures as .json beside it)")
     args = parser.parse_args(argv)
-    print(report(run(args.rows, args.runs)))
+    results = run(args.rows, args.runs, args.peers_python)
+    print(report(results))
+    if args.chart:
+        figures = args.chart.with_suffix(".json")
+        figures.parent.mkdir(parents=True, exist_ok=True)
+        figures.write_text(json.dumps(results, indent=2) + "\n")
+        if args.peers_python:
+            chart = [args.peers_python, str(REPO / "bench" / "chart.py"), str(figures), str(args.chart)]
+            subprocess.run(chart, check=True)
     return 0
 
 
