@@ -245,7 +245,9 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
         raise ContentChanged()
 
     try:
-        processed.close()
+        # The processed/ object is completed while the load finishes (the rest of the COPY, the merge, the
+        # ledger row); the load commits only once the object is there.
+        processed_closed = processed.close_in_background()
         if attempt.outcome.rows_rejected:
             errors.close()
             _write_summary(attempt, deps, "loaded", errors_csv=errors_csv_key)
@@ -257,7 +259,8 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
                 deps,
                 processed_key=processed_key(contract.table, md5),
                 errors_key=errors_csv_key if attempt.outcome.rows_rejected else None,
-            )
+            ),
+            before_commit=processed_closed.result,
         )
     except BaseException as exc:
         load.rollback(exc)

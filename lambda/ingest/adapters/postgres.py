@@ -386,8 +386,11 @@ class Load:
             self._copy_context.__exit__(exc_type, error, error.__traceback__ if error else None)
             self._copied = max(self._cursor.rowcount, 0)
 
-    def commit(self, ledger_entry: Mapping[str, Any]) -> int | None:
-        """Merge staging into the target and commit with the ledger row; None if already loaded."""
+    def commit(
+        self, ledger_entry: Mapping[str, Any], before_commit: Callable[[], object] | None = None
+    ) -> int | None:
+        """Merge staging into the target and commit with the ledger row; None if already loaded.
+        ``before_commit`` runs last, before COMMIT (an exception from it rolls the load back)."""
         self._finish_copy()
         self._check_cancelled()
         conn = self._conn
@@ -398,10 +401,14 @@ class Load:
             .returning(ledger.c.id)
         ).scalar()
         if ledger_id is None:  # the same content was loaded meanwhile, by another delivery
+            if before_commit is not None:
+                before_commit()
             self.rollback()
             return None
         self.rows_loaded = self._merge() if self.strategy == "staging" else self._copied
         conn.execute(sa.update(ledger).where(ledger.c.id == ledger_id).values(rows_loaded=self.rows_loaded))
+        if before_commit is not None:
+            before_commit()
         self._disarm()
         self._check_cancelled()
         self._transaction.commit()

@@ -150,6 +150,15 @@ class StreamingWriter:
             )
             self._shutdown()
 
+    def close_in_background(self) -> Future[None]:
+        """``close`` in a thread of its own: the caller goes on (e.g. finishing its load) and waits for the
+        returned future before it commits to anything that names this object."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-close")
+        try:
+            return executor.submit(self.close)
+        finally:
+            executor.shutdown(wait=False)
+
     def abort(self) -> None:
         if self._upload_id is not None:
             try:
