@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import numpy.ma  # pa.array() of a numpy array looks for masked arrays: imported at init, not mid-file
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv

@@ -67,10 +67,13 @@ class Plan:
     def describe(self, differences: tuple[Difference, ...] | None = None) -> str:
         return "\n".join(f"- {d.kind}: {d.what}\n    {d.ddl}" for d in (differences or self.differences))
 
-    def mismatch_message(self) -> str:
+    def mismatch_message(self, not_allowed: str | None = None) -> str:
+        if not_allowed:  # additive changes the function's role may not make
+            what = f"these additive changes could not be applied ({not_allowed}):\n{self.describe(self.additive)}"
+        else:
+            what = f"the function applies only additive changes, and these are not:\n{self.describe(self.breaking)}"
         return (
-            f"table {self.table} does not match contract {self.contract}; the function applies only additive "
-            f"changes, and these are not:\n{self.describe(self.breaking)}\n"
+            f"table {self.table} does not match contract {self.contract}; {what}\n"
             "Run the DDL (or change the contract back), then replay the file: ingest replay s3://BUCKET/KEY"
         )
 
@@ -86,8 +89,8 @@ class Plan:
 class ContractTableMismatch(Exception):
     """The live table differs from its contract in a way the function must not resolve by itself."""
 
-    def __init__(self, plan: Plan):
-        super().__init__(plan.mismatch_message())
+    def __init__(self, plan: Plan, not_allowed: str | None = None):
+        super().__init__(plan.mismatch_message(not_allowed))
         self.plan = plan
 
 

@@ -327,3 +327,35 @@ def test_contract_diff_and_migrate_show_classify_and_apply_only_the_additive_ddl
     (folder / "things.toml").write_text(contract_text('[[columns]]\nname = "phone"\ntype = "text"', id_type="bigint"))
     clean = ingest("contract", "diff", env=env)
     assert clean.returncode == 0 and "matches" in clean.stdout
+
+
+def test_a_table_the_function_does_not_own_gets_the_additive_ddl_to_run_by_hand(pipeline, database_url, tmp_path):
+    role, password = "ingest_fn_notowner", "fn-pass"
+    use(pipeline, tmp_path, contract_text())
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        template = open_roles_sql().replace("ingest_function", role)
+        template = template.replace("ON DATABASE ingest", "ON DATABASE " + admin.info.dbname)
+        admin.execute(template.replace(":password", f"'{password}'"))
+        with pipeline.deps.database.engine.begin() as conn:  # made by the admin, granted as roles.sql says
+            from ingest.adapters.postgres import ledger, target_table
+
+            target_table(pipeline.deps.contracts.contracts["things"]).create(conn)
+            ledger.create(conn)
+        admin.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON things, ingest_files TO {}").format(sql.Identifier(role))
+        )
+        admin.execute("INSERT INTO things VALUES (1, 'one', 1.00)")
+    function_url = psycopg.conninfo.make_conninfo(database_url, user=role, password=password)
+    try:
+        pipeline.deps.database = Database(function_url)
+        use(pipeline, tmp_path, contract_text('[[columns]]\nname = "phone"\ntype = "text"'))
+        receipt = load(pipeline, "v2", "id,label,amount,phone\n2,two,2.00,x\n")
+        assert status(receipt) == ("failed", "contract_table_mismatch")
+        assert "does not own table things" in receipt["message"]
+        assert "ALTER TABLE things ADD COLUMN phone TEXT;" in receipt["message"]
+        pipeline.deps.database.dispose()
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))

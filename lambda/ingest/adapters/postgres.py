@@ -315,7 +315,13 @@ class Load:
             plan = compare(self._conn, self.contract)
             if plan.breaking:
                 raise ContractTableMismatch(plan)
-            self.schema_changes = plan.apply(self._conn)
+            try:
+                self.schema_changes = plan.apply(self._conn)
+            except sa.exc.DBAPIError as exc:
+                if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+                    why = f"the function's database role does not own table {self.target.name}"
+                    raise ContractTableMismatch(plan, not_allowed=why) from exc
+                raise
 
     def _cancel(self) -> None:
         self.cancelled = True
@@ -386,9 +392,7 @@ class Load:
             self._copy_context.__exit__(exc_type, error, error.__traceback__ if error else None)
             self._copied = max(self._cursor.rowcount, 0)
 
-    def commit(
-        self, ledger_entry: Mapping[str, Any], before_commit: Callable[[], object] | None = None
-    ) -> int | None:
+    def commit(self, ledger_entry: Mapping[str, Any], before_commit: Callable[[], object] | None = None) -> int | None:
         """Merge staging into the target and commit with the ledger row; None if already loaded.
         ``before_commit`` runs last, before COMMIT (an exception from it rolls the load back)."""
         self._finish_copy()
