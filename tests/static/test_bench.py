@@ -22,3 +22,38 @@ def test_a_child_peak_rss_does_not_count_the_parent_memory():
     )
     assert own < 100 < 300 <= inherited  # getrusage reports the parent's RSS at exec; VmHWM does not
     del ballast
+
+
+def _results(peers: dict[str, tuple[float, str | None]]) -> list[dict]:
+    return [
+        {
+            "rows": 1_000_000,
+            "mb": 100.0,
+            "rows_loaded": 990_000,
+            "raw_seconds": 2.0,
+            "raw_rss": 10.0,
+            "raw_spread": (1.9, 2.1),
+            "pipeline_seconds": 2.5,
+            "pipeline_spread": (2.4, 2.6),
+            "pipeline_rss": 200.0,
+            "upsert_seconds": 3.0,
+            "upsert_rss": 210.0,
+            "peers": {
+                name: {"seconds": s, "spread": (s, s), "rss": 900.0, "mismatch": problem}
+                for name, (s, problem) in peers.items()
+            },
+            "mismatches": {name: problem for name, (_s, problem) in peers.items() if problem},
+        }
+    ]
+
+
+def test_the_report_ends_with_the_peers_line_then_the_ratio_line_and_leaves_out_wrong_routes():
+    from devstack.bench import report
+
+    text = report(_results({"polars + COPY": (3.8, None), "pandas + pandera + COPY": (17.0, "loaded 5 rows")}))
+    lines = text.splitlines()
+    assert lines[-1] == "1,000,000-row ratio, pipeline / raw \\copy: 1.25x"
+    assert lines[-2] == "peers at 1,000,000 rows: polars + COPY 1.90x"  # the wrong one's time does not count
+    assert "peer: pandas + pandera + COPY (WRONG ROWS)" in text
+    assert "1,000,000 rows, pandas + pandera + COPY: loaded 5 rows: its time does not count" in text
+    assert "peers at" not in report(_results({}))  # no peers run: no peers line
