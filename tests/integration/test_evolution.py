@@ -9,13 +9,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
+import sqlalchemy as sa
 
-from ingest.adapters.postgres import Database
+from ingest.adapters.postgres import Database, ledger, target_table
 from ingest.contract import ContractRegistry
 from ingest.evolution import BREAKING, compare
 from ingest.service import ingest_object
-from tests.integration.test_reliability import open_roles_sql
+from tests.integration.roles import function_role
 
 BASE = """
 table = "things"
@@ -199,8 +199,6 @@ def test_a_breaking_difference_fails_the_file_with_the_ddl_and_a_replay_loads_it
 def test_on_an_empty_table_any_difference_is_applied(pipeline, tmp_path):
     use(pipeline, tmp_path, contract_text(precision=12, label_required=False))
     with pipeline.deps.database.engine.begin() as conn:
-        from ingest.adapters.postgres import target_table
-
         target_table(pipeline.deps.contracts.contracts["things"]).create(conn)
     use(pipeline, tmp_path, contract_text(precision=8, label_required=True))
     receipt = load(pipeline, "v1", "id,label,amount\n1,one,1.00\n")
@@ -268,15 +266,9 @@ def _wait_for_lock_waiters(url: str, count: int, timeout: float = 30) -> None:
 
 
 def test_the_least_privilege_role_evolves_its_own_tables_and_nothing_else(pipeline, database_url, tmp_path):
-    role, password = "ingest_fn_evolve", "fn-pass"
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        template = open_roles_sql().replace("ingest_function", role)
-        template = template.replace("ON DATABASE ingest", "ON DATABASE " + admin.info.dbname)
-        admin.execute(template.replace(":password", f"'{password}'"))
-        admin.execute("CREATE TABLE payroll (id int primary key, salary int)")
-    function_url = psycopg.conninfo.make_conninfo(database_url, user=role, password=password)
-    try:
+    with function_role(database_url, "ingest_fn_evolve") as function_url:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("CREATE TABLE payroll (id int primary key, salary int)")
         pipeline.deps.database = Database(function_url)
         use(pipeline, tmp_path, contract_text())
         assert load(pipeline, "v1", "id,label,amount\n1,one,1.00\n").status == "loaded"
@@ -289,10 +281,6 @@ def test_the_least_privilege_role_evolves_its_own_tables_and_nothing_else(pipeli
             pytest.raises(psycopg.errors.InsufficientPrivilege),
         ):
             fn.execute("ALTER TABLE payroll ADD COLUMN phone text")
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-            admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
 
 
 def test_contract_diff_and_migrate_show_classify_and_apply_only_the_additive_ddl(pipeline, tmp_path):
@@ -330,24 +318,13 @@ def test_contract_diff_and_migrate_show_classify_and_apply_only_the_additive_ddl
 
 
 def test_a_table_the_function_does_not_own_gets_the_additive_ddl_to_run_by_hand(pipeline, database_url, tmp_path):
-    role, password = "ingest_fn_notowner", "fn-pass"
     use(pipeline, tmp_path, contract_text())
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        template = open_roles_sql().replace("ingest_function", role)
-        template = template.replace("ON DATABASE ingest", "ON DATABASE " + admin.info.dbname)
-        admin.execute(template.replace(":password", f"'{password}'"))
+    with function_role(database_url, "ingest_fn_notowner") as function_url:
         with pipeline.deps.database.engine.begin() as conn:  # made by the admin, granted as roles.sql says
-            from ingest.adapters.postgres import ledger, target_table
-
             target_table(pipeline.deps.contracts.contracts["things"]).create(conn)
             ledger.create(conn)
-        admin.execute(
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON things, ingest_files TO {}").format(sql.Identifier(role))
-        )
-        admin.execute("INSERT INTO things VALUES (1, 'one', 1.00)")
-    function_url = psycopg.conninfo.make_conninfo(database_url, user=role, password=password)
-    try:
+            conn.execute(sa.text("GRANT SELECT, INSERT, UPDATE, DELETE ON things, ingest_files TO ingest_fn_notowner"))
+            conn.execute(sa.text("INSERT INTO things VALUES (1, 'one', 1.00)"))
         pipeline.deps.database = Database(function_url)
         use(pipeline, tmp_path, contract_text('[[columns]]\nname = "phone"\ntype = "text"'))
         receipt = load(pipeline, "v2", "id,label,amount,phone\n2,two,2.00,x\n")
@@ -355,7 +332,3 @@ def test_a_table_the_function_does_not_own_gets_the_additive_ddl_to_run_by_hand(
         assert "does not own table things" in receipt["message"]
         assert "ALTER TABLE things ADD COLUMN phone TEXT;" in receipt["message"]
         pipeline.deps.database.dispose()
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-            admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))

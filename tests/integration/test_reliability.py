@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import logging
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from ingest.adapters.postgres import Database
 from ingest.service import ingest_object
+from tests.integration.roles import function_role
 
 UTF8 = "id,email,full_name\n" + "".join(f"{i},u{i}@example.com,Zoë {i}\n" for i in range(1, 200))
 BAD_INPUTS = {
@@ -80,15 +79,9 @@ def test_no_secret_reaches_a_receipt_a_log_line_or_an_error_report(pipeline, cap
 
 
 def test_the_function_role_writes_its_tables_and_nothing_else(pipeline, database_url):
-    role, password = "ingest_fn_test", "fn-pass"
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        template = open_roles_sql().replace("ingest_function", role)
-        template = template.replace("ON DATABASE ingest", "ON DATABASE " + admin.info.dbname)
-        admin.execute(template.replace(":password", f"'{password}'"))
-        admin.execute("CREATE TABLE payroll (id int primary key, salary int); INSERT INTO payroll VALUES (1, 100)")
-    function_url = psycopg.conninfo.make_conninfo(database_url, user=role, password=password)
-    try:
+    with function_role(database_url, "ingest_fn_test") as function_url:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("CREATE TABLE payroll (id int primary key, salary int); INSERT INTO payroll VALUES (1, 100)")
         pipeline.deps.database = Database(function_url)
         pipeline.upload("incoming/users.csv", b"id,email,full_name\n1,a@b.co,A\n")
         assert ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps).status == "loaded"
@@ -103,14 +96,3 @@ def test_the_function_role_writes_its_tables_and_nothing_else(pipeline, database
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     fn.execute(attempt)
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-            admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
-
-
-def open_roles_sql() -> str:
-    from tests.conftest import REPO
-
-    text = (REPO / "db" / "roles.sql").read_text()
-    return "\n".join(line for line in io.StringIO(text).read().splitlines() if not line.startswith("--"))
