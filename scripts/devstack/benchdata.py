@@ -84,9 +84,7 @@ def _row(i: int, rng: random.Random) -> str:
     else:
         date = ""
     age = rng.choice(["", "NA"]) if rng.random() < 0.1 else str(rng.randint(0, 99))
-    balance = (
-        "" if rng.random() < 0.05 else f"{rng.randint(-9999, 999999)}.{rng.randint(0, 99):02d}"
-    )
+    balance = "" if rng.random() < 0.05 else f"{rng.randint(-9999, 999999)}.{rng.randint(0, 99):02d}"
     fields = [str(i), email, name, date, rng.choice(COUNTRIES), age, balance, rng.choice(BOOLS)]
     bad = rng.random()
     if bad < 0.002:
