@@ -11,10 +11,11 @@ text, on the load's connection to apply it). This module only classifies:
   on an empty table any change at all;
 - *breaking*, never applied by the function: a type change that could fail or lose data, a changed
   primary key, a ``NOT NULL`` the contract adds or drops on a table with rows, a unique key the contract
-  adds (or no longer asks for) on a table with rows, which includes a load mode that needs a key the
-  table does not have, and a ``NOT NULL`` column the contract no longer has.
+  adds on a table with rows, which includes a load mode that needs a key the table does not have, and a
+  ``NOT NULL`` column the contract no longer has.
 
-A column the contract drops stays in the table and is left NULL by later loads.
+A column the contract drops stays in the table and is left NULL by later loads; keys and indexes the
+table has beyond the contract's are left alone.
 """
 
 from __future__ import annotations
@@ -169,21 +170,9 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
             f"unique key ({', '.join(columns)}): asked for by the contract, absent from the table",
             lambda op: op.create_unique_constraint(name, table, columns),
         )
-    if kind in ("remove_constraint", "remove_index") and _unique_columns(item[1]):
-        columns = _unique_columns(item[1])
-        name = item[1].name
-        if kind == "remove_index":
-            return _difference(
-                safe_if_empty,
-                f"unique index {name} ({', '.join(columns)}): in the table, not in the contract",
-                lambda op: op.drop_index(name, table_name=table),
-            )
-        return _difference(
-            safe_if_empty,
-            f"unique key {name} ({', '.join(columns)}): in the table, not in the contract",
-            lambda op: op.drop_constraint(name, table, type_="unique"),
-        )
-    return None  # comments, plain indexes, server defaults: no effect on what loads
+    # Keys and indexes the table has beyond the contract's are someone's deliberate addition: left alone
+    # (like comments and server defaults).
+    return None
 
 
 def _primary_key(table: str, live: Mapping[str, Any], wanted: list[str], has_rows: bool) -> Difference:

@@ -201,7 +201,7 @@ def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spoo
     # it started is undone and the exact engine starts again from the first byte.
     for engine in ("auto", "exact"):
         digest = hashlib.md5(usedforsecurity=False)
-        load: Load = deps.database.begin_load(contract, md5, deadline=attempt.deadline)
+        load: Load = deps.database.begin_load(contract, md5, deadline=attempt.deadline, size_bytes=info.size or 0)
         processed: StreamingWriter = deps.store.writer(out_bucket, processed_key(contract.table, md5), "text/csv")
         errors: StreamingWriter = deps.store.writer(out_bucket, errors_csv_key, "text/csv")
         attempt.outcome = Outcome()

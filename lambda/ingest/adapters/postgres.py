@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from sqlalchemy.dialects import postgresql as pg
 from ..contract import Contract
 
 LEDGER_TABLE = "ingest_files"
+#: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
+BULK_LOAD_BYTES = 16 * 1024 * 1024
 STATUSES = ("loaded", "rejected", "skipped", "failed")
 
 metadata = sa.MetaData()
@@ -208,10 +211,10 @@ class Database:
         with self.engine.begin() as conn:
             return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
 
-    def begin_load(self, contract: Contract, md5: str, deadline: float | None = None) -> Load:
+    def begin_load(self, contract: Contract, md5: str, deadline: float | None = None, size_bytes: int = 0) -> Load:
         self.ensure_tables(contract)
         evolve = self._matching.get(contract.table) != contract.fingerprint
-        return Load(self.engine, contract, md5, deadline, evolve=evolve, matched=self._matched)
+        return Load(self.engine, contract, md5, deadline, evolve=evolve, matched=self._matched, size_bytes=size_bytes)
 
     def _matched(self, contract: Contract, matches: bool) -> None:
         """A load found (or made) the table to match its contract; or failed, so check again next time."""
@@ -250,6 +253,7 @@ class Load:
         deadline: float | None = None,
         evolve: bool = True,
         matched: Callable[[Contract, bool], None] | None = None,
+        size_bytes: int = 0,
     ):
         self.contract = contract
         self.md5 = md5
@@ -257,6 +261,10 @@ class Load:
         self.staging = staging_table(contract)
         self.schema_changes: list[str] = []  # the additive DDL this load applied
         self._matched = matched or (lambda _contract, _matches: None)
+        self._size_bytes = size_bytes
+        self._engine = engine
+        self._exclusive = False  # whether this transaction holds ACCESS EXCLUSIVE on the target
+        self._rebuild: list[str] = []  # the target's keys and indexes to build again after a bulk COPY
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
         conn = self._conn
@@ -312,6 +320,7 @@ class Load:
             raise ContractTableMismatch(plan)
         if plan.additive:
             self._conn.execute(sa.text(f"LOCK TABLE {sql_identifier(self.target.name)} IN ACCESS EXCLUSIVE MODE"))
+            self._exclusive = True
             plan = compare(self._conn, self.contract)
             if plan.breaking:
                 raise ContractTableMismatch(plan)
@@ -341,15 +350,65 @@ class Load:
     def _choose_strategy(self) -> str:
         conn, target = self._conn, self.target
         mode = self.contract.load_mode
-        if mode == "append":
-            return "copy"
         if mode == "replace":
             conn.execute(sa.delete(target))
             return "copy"
+        if self._size_bytes >= BULK_LOAD_BYTES and self._empty_and_rebuildable(self._conn if self._exclusive else None):
+            # A big first load: COPY into the empty table without its keys and indexes, then build them
+            # once (a sort) instead of one B-tree insert per row: ~25% less work for PostgreSQL. The keys
+            # hold: the file's duplicates were rejected, and a build that fails fails the load. The lock is
+            # this transaction's first on the table (the look was another's), so two such loads queue
+            # rather than deadlock; readers of the (empty) table wait for this load.
+            conn.execute(sa.text(f"LOCK TABLE {sql_identifier(target.name)} IN ACCESS EXCLUSIVE MODE"))
+            self._exclusive = True
+            if not conn.execute(sa.select(sa.exists().select_from(target))).scalar():
+                self._rebuild = self._drop_indexes()
+                return "copy"
+            return "staging" if mode == "upsert" else "copy"  # another load got there first
         if conn.execute(sa.select(sa.exists().select_from(target))).scalar():
-            return "staging"
+            return "staging" if mode == "upsert" else "copy"
+        if mode == "append":
+            return "copy"
         self._lock_target()
         return "staging" if conn.execute(sa.select(sa.exists().select_from(target))).scalar() else "copy"
+
+    def _empty_and_rebuildable(self, conn: sa.Connection | None) -> bool:
+        """The target is empty, the function owns it (so may drop and add its keys) and no foreign key
+        points at it. Looked at in a transaction of its own, unless ``conn`` (which holds the table's
+        lock already: looking from another session would wait for this one) is given."""
+        with nullcontext(conn) if conn is not None else self._engine.connect() as look:
+            row = look.execute(
+                sa.text(
+                    "SELECT pg_has_role(c.relowner, 'USAGE') AND NOT EXISTS "
+                    "(SELECT 1 FROM pg_constraint f WHERE f.confrelid = c.oid) "
+                    "FROM pg_class c WHERE c.oid = CAST(:name AS regclass)"
+                ),
+                {"name": sql_identifier(self.target.name)},
+            ).scalar()
+            return bool(row) and not look.execute(sa.select(sa.exists().select_from(self.target))).scalar()
+
+    def _drop_indexes(self) -> list[str]:
+        """Drop the target's keys and indexes; return the statements that build them again."""
+        name = sql_identifier(self.target.name)
+        rows = self._conn.execute(
+            sa.text(
+                "SELECT con.conname, pg_get_constraintdef(con.oid), NULL FROM pg_constraint con "
+                "WHERE con.conrelid = CAST(:t AS regclass) AND con.contype IN ('p', 'u') "
+                "UNION ALL SELECT i.relname, NULL, pg_get_indexdef(i.oid) FROM pg_index x "
+                "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = CAST(:t AS regclass) "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = x.indexrelid)"
+            ),
+            {"t": name},
+        ).all()
+        rebuild = []
+        for index_name, constraint, index_definition in rows:
+            if constraint is not None:
+                self._conn.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT {sql_identifier(index_name)}"))
+                rebuild.append(f"ALTER TABLE {name} ADD CONSTRAINT {sql_identifier(index_name)} {constraint}")
+            else:
+                self._conn.execute(sa.text(f"DROP INDEX {sql_identifier(index_name)}"))
+                rebuild.append(index_definition)
+        return rebuild
 
     def _lock_target(self) -> None:
         """Keep other writers of the target out until this transaction ends (readers go on)."""
@@ -398,6 +457,8 @@ class Load:
         self._finish_copy()
         self._check_cancelled()
         conn = self._conn
+        for statement in self._rebuild:
+            conn.execute(sa.text(statement))
         ledger_id = conn.execute(
             pg.insert(ledger)
             .values(**ledger_entry, status="loaded", schema_changes="\n".join(self.schema_changes) or None)
