@@ -234,19 +234,25 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
         raise click.UsageError(str(exc)) from None
 
 
-def _plans(obj: dict[str, Any], name: str | None) -> list[Any]:
-    """Each contract (or the one named) compared with its live table in the stack's database."""
+def _sql_engine() -> Any:
+    """A SQLAlchemy engine on the stack's database (or DATABASE_URL), without a pool."""
     import sqlalchemy as sa
 
     from .adapters.postgres import _connect
+
+    url = _stack_env()["DATABASE_URL"]
+    return sa.create_engine("postgresql+psycopg://", creator=lambda: _connect(url, 5), poolclass=sa.NullPool)
+
+
+def _plans(obj: dict[str, Any], name: str | None) -> list[Any]:
+    """Each contract (or the one named) compared with its live table in the stack's database."""
     from .evolution import compare
 
     registry = _registry(obj["contracts_dir"])
     contracts = [c for c in registry if name in (None, c.name)]
     if not contracts:
         raise click.UsageError(f"no contract named {name!r} (contracts: {', '.join(c.name for c in registry)})")
-    url = _stack_env()["DATABASE_URL"]
-    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: _connect(url, 5), poolclass=sa.NullPool)
+    engine = _sql_engine()
     try:
         with engine.connect() as conn:
             return [compare(conn, c) for c in contracts]
@@ -304,7 +310,7 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
     """
     import sqlalchemy as sa
 
-    from .adapters.postgres import _connect, sql_identifier
+    from .adapters.postgres import sql_identifier
     from .evolution import compare
 
     plans = _plans(obj, name)
@@ -315,8 +321,7 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
             click.echo(f"-- not applied (breaking): {d.what}\n-- {d.ddl}")
     additive = [p for p in plans if p.additive]
     if apply_changes and additive:
-        url = _stack_env()["DATABASE_URL"]
-        engine = sa.create_engine("postgresql+psycopg://", creator=lambda: _connect(url, 5), poolclass=sa.NullPool)
+        engine = _sql_engine()
         registry = _registry(obj["contracts_dir"])
         try:
             for plan in additive:
