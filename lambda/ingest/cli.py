@@ -308,10 +308,7 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
     Example:
       ingest contract migrate users --apply
     """
-    import sqlalchemy as sa
-
-    from .adapters.postgres import sql_identifier
-    from .evolution import compare
+    from .evolution import compare_locked
 
     plans = _plans(obj, name)
     for plan in plans:
@@ -326,8 +323,7 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
         try:
             for plan in additive:
                 with engine.begin() as conn:  # as the function does: under the table's lock, compared again
-                    conn.execute(sa.text(f"LOCK TABLE {sql_identifier(plan.table)} IN ACCESS EXCLUSIVE MODE"))
-                    fresh = compare(conn, registry[plan.contract])
+                    fresh = compare_locked(conn, registry[plan.contract])
                     fresh.apply(conn)
                 click.echo(f"applied to {plan.table}: {len(fresh.additive)} change(s)", err=True)
         finally:

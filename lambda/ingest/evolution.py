@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
+from sqlalchemy.dialects import postgresql
 
 from .adapters.postgres import target_table
 from .contract import Contract
@@ -39,6 +40,7 @@ BREAKING = "breaking"
 ADDED_MARK = "[added by ingest contract evolution: NULL in rows loaded before]"
 _LINEAGE = ("_ingest_md5", "_ingest_loaded_at")
 _INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
+_DIALECT = postgresql.dialect()
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Plan:
             what = f"the function applies only additive changes, and these are not:\n{self.describe(self.breaking)}"
         return (
             f"table {self.table} does not match contract {self.contract}; {what}\n"
-            "Run the DDL (or change the contract back), then replay the file: ingest replay s3://BUCKET/KEY"
+            "Run the DDL (or change the contract back), then replay the file"
         )
 
     def apply(self, conn: sa.Connection, differences: tuple[Difference, ...] | None = None) -> list[str]:
@@ -93,6 +95,13 @@ class ContractTableMismatch(Exception):
     def __init__(self, plan: Plan, not_allowed: str | None = None):
         super().__init__(plan.mismatch_message(not_allowed))
         self.plan = plan
+
+
+def compare_locked(conn: sa.Connection, contract: Contract) -> Plan:
+    """``compare`` under ACCESS EXCLUSIVE on the table, taken first in ``conn``'s transaction: what is found
+    is what stays until that transaction ends, so the additive DDL can be applied safely, once."""
+    conn.execute(sa.text(f"LOCK TABLE {_DIALECT.identifier_preparer.quote(contract.table)} IN ACCESS EXCLUSIVE MODE"))
+    return compare(conn, contract)
 
 
 def compare(conn: sa.Connection, contract: Contract) -> Plan:
@@ -145,7 +154,7 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
     if kind == "modify_type":
         name, existing, new = item[3], item[5], item[6]
         widened = _widens(existing, new)
-        using = None if widened else f"{_quoted(name)}::{new.compile(dialect=wanted_dialect())}"
+        using = None if widened else f"{_quoted(name)}::{new.compile(dialect=_DIALECT)}"
         return _difference(
             ADDITIVE if widened or not has_rows else BREAKING,
             f"column {name}: {_type(existing)} in the table, {_type(new)} in the contract"
@@ -204,22 +213,16 @@ def render(apply: Callable[[Operations], None]) -> str:
     return " ".join(line.strip() for line in buffer.getvalue().splitlines() if line.strip())
 
 
-def wanted_dialect() -> Any:
-    from sqlalchemy.dialects import postgresql
-
-    return postgresql.dialect()
-
-
 def _added_comment(description: str | None) -> str:
     return f"{description} {ADDED_MARK}" if description else ADDED_MARK
 
 
 def _quoted(name: str) -> str:
-    return wanted_dialect().identifier_preparer.quote(name)
+    return _DIALECT.identifier_preparer.quote(name)
 
 
 def _type(t: Any) -> str:
-    return str(t.compile(dialect=wanted_dialect())).lower()
+    return str(t.compile(dialect=_DIALECT)).lower()
 
 
 def _unique_columns(obj: Any) -> list[str]:

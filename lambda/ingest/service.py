@@ -387,21 +387,21 @@ def _skipped(attempt: _Attempt, deps: Dependencies, reason: str, message: str) -
 
 
 def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receipt:
-    reason = "timeout" if isinstance(exc, DeadlineReached) else "error"
-    message = f"{type(exc).__name__}: {exc}"[:2000]
-    if isinstance(exc, DatabaseUnreachable):
-        reason = "database_unreachable"
-        message = f"{exc}; nothing was loaded and the delivery will be retried"[:2000]
-    elif isinstance(exc, ContractTableMismatch):
-        reason = "contract_table_mismatch"
-        message = str(exc).replace("s3://BUCKET/KEY", f"s3://{attempt.bucket}/{attempt.key}")[:4000]
-    if reason == "timeout":
-        o = attempt.outcome
+    if isinstance(exc, DeadlineReached):
+        reason, o = "timeout", attempt.outcome
         message = (
             f"stopped at the function's own deadline after {attempt.duration_ms / 1000:.1f} s, having read "
             f"{o.rows_total:,} rows and {o.bytes_read:,} of {attempt.size or 0:,} bytes; nothing was loaded "
             f"and the delivery will be retried ({exc})"
         )[:2000]
+    elif isinstance(exc, DatabaseUnreachable):
+        reason = "database_unreachable"
+        message = f"{exc}; nothing was loaded and the delivery will be retried"[:2000]
+    elif isinstance(exc, ContractTableMismatch):
+        reason = "contract_table_mismatch"
+        message = f"{exc}: ingest replay s3://{attempt.bucket}/{attempt.key}"[:4000]
+    else:
+        reason, message = "error", f"{type(exc).__name__}: {exc}"[:2000]
     logger.exception("failed", extra={"detail": message, "reason": reason})
     try:
         deps.database.record(

@@ -314,16 +314,15 @@ class Load:
         it anyway; asking for it first lets PostgreSQL queue a load already under way ahead of this one
         instead of deadlocking with it), and compared again once it is held: another load may have just
         made them. Readers of the table wait until this load commits: it happens once per change."""
-        from ..evolution import ContractTableMismatch, compare
+        from ..evolution import ContractTableMismatch, compare, compare_locked
 
         with engine.connect() as look:
             plan = compare(look, self.contract)
         if plan.breaking:
             raise ContractTableMismatch(plan)
         if plan.additive:
-            self._conn.execute(sa.text(f"LOCK TABLE {sql_identifier(self.target.name)} IN ACCESS EXCLUSIVE MODE"))
+            plan = compare_locked(self._conn, self.contract)
             self._exclusive = True
-            plan = compare(self._conn, self.contract)
             if plan.breaking:
                 raise ContractTableMismatch(plan)
             try:
