@@ -38,6 +38,9 @@ from .rejection import FileRejected
 
 UNMATCHED_PREFIX = "_unmatched"
 MAX_KEY_LENGTH = 1024
+#: How much output processing may produce before the file's MD5 is known (a multipart upload being hashed
+#: meanwhile); past it, processing waits for the hash. Bounded, so memory stays flat.
+OPEN_WAIT_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -61,6 +64,7 @@ class _Attempt:
     contract: Contract | None = None
     outcome: Outcome = field(default_factory=Outcome)
     deadline: float | None = None  # time.monotonic() by which the file must be done (or given up)
+    ledger_asked: bool = False  # whether the ledger was asked about this content (and had no verdict)
 
     @property
     def past_deadline(self) -> bool:
@@ -161,87 +165,207 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
     spool: Spool | None = None
     if trust_etag and info.etag_md5:
         attempt.md5 = info.etag_md5
-    else:  # a multipart upload's ETag is no MD5: hash the bytes, and keep them locally if there is room
-        attempt.md5, spool = deps.store.hash_and_spool(bucket, key, info.etag, info.size)
+    else:  # a multipart upload's ETag is no MD5: the bytes are hashed (into a local copy, if there is room)
+        spool = deps.store.spool(bucket, key, info.etag, info.size)
+        if spool is None:
+            attempt.md5 = deps.store.md5(bucket, key, info.etag)
     try:
-        return _ingest_hashed(attempt, deps, info, spool)
+        return _ingest_identified(attempt, deps, info, spool)
     finally:
         if spool is not None:
             spool.close()
 
 
-def _ingest_hashed(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None) -> Receipt:
+class _Decided(Exception):
+    """The ledger decided this content before: the file is skipped (the reason and message say why)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+class _Outputs:
+    """Where one run of processing sends its bytes: the load (COPY) and processed/ for valid rows, errors/
+    for rejected ones. All three are named by the file's MD5, and none opens before the ledger was asked
+    whether that content was decided already (``_Decided``).
+
+    A multipart upload's MD5 is known only once its spool has every byte. Processing starts meanwhile, from
+    the spool's first megabyte: what it emits waits here until the MD5 is known (at most OPEN_WAIT_BYTES;
+    past that, processing waits for the hash), so that hashing and processing overlap."""
+
+    def __init__(self, attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None):
+        self.attempt, self.deps, self.info, self.spool = attempt, deps, info, spool
+        self.load: Load | None = None
+        self.processed: StreamingWriter | None = None
+        self.errors: StreamingWriter | None = None
+        self._waiting: list[tuple[bool, bytes]] = []
+        self._waiting_bytes = 0
+
+    def valid(self, block: bytes) -> None:
+        if self.load is None and not self._wait(True, block):
+            return
+        assert self.load is not None and self.processed is not None
+        self.load.write(block)
+        self.processed.write(block)
+
+    def error(self, block: bytes) -> None:
+        if self.errors is None and not self._wait(False, block):
+            return
+        assert self.errors is not None
+        self.errors.write(block)
+
+    def _wait(self, valid: bool, block: bytes) -> bool:
+        """Keep ``block`` until the outputs open; True if it should be written now (they just opened)."""
+        hashed = self.attempt.md5 is not None or (self.spool is not None and self.spool.hashed)
+        if not hashed and self._waiting_bytes + len(block) <= OPEN_WAIT_BYTES:
+            self._waiting.append((valid, block))
+            self._waiting_bytes += len(block)
+            return False
+        self.open()
+        return True
+
+    def identify(self) -> str:
+        """The file's MD5 (waiting for the spool's last byte if need be), and the ledger's earlier verdict."""
+        attempt = self.attempt
+        if attempt.md5 is None:
+            assert self.spool is not None
+            attempt.md5 = self.spool.md5()
+            logger.append_keys(md5=attempt.md5)
+        if not attempt.ledger_asked:
+            _ask_ledger(attempt, self.deps)
+            attempt.ledger_asked = True
+        return attempt.md5
+
+    def open(self) -> None:
+        if self.load is not None:
+            return
+        md5 = self.identify()
+        attempt, deps = self.attempt, self.deps
+        contract = attempt.contract
+        assert contract is not None
+        self.load = deps.database.begin_load(contract, md5, deadline=attempt.deadline, size_bytes=self.info.size or 0)
+        self.processed = deps.store.writer(
+            deps.output_bucket or attempt.bucket, processed_key(contract.table, md5), "text/csv"
+        )
+        self.errors = self._errors_writer()
+        waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        for valid, block in waiting:
+            (self.valid if valid else self.error)(block)
+
+    def _errors_writer(self) -> StreamingWriter:
+        attempt = self.attempt
+        assert attempt.contract is not None and attempt.md5 is not None
+        key = errors_keys(attempt.contract.table, attempt.md5)[0]
+        return self.deps.store.writer(self.deps.output_bucket or attempt.bucket, key, "text/csv")
+
+    def errors_only(self) -> bool:
+        """For a rejected file: drop the load and processed/, keep the errors CSV written so far (if any);
+        whether there is one."""
+        if self.load is not None:
+            assert self.processed is not None and self.errors is not None
+            self.processed.abort()
+            self.load.rollback()
+        else:
+            self.identify()
+            self.errors = self._errors_writer()
+            for valid, block in self._waiting:
+                if not valid:
+                    self.errors.write(block)
+            self._waiting = []
+        if self.errors.bytes_written:
+            self.errors.close()
+            return True
+        self.errors.abort()
+        return False
+
+    def abort(self, error: BaseException | None = None) -> None:
+        self._waiting = []
+        if self.processed is not None:
+            self.processed.abort()
+        if self.errors is not None:
+            self.errors.abort()
+        if self.load is not None:
+            self.load.rollback(error)
+
+
+def _ask_ledger(attempt: _Attempt, deps: Dependencies) -> None:
+    """Raise _Decided if this content was loaded into this table, or rejected under this contract, before."""
+    contract = attempt.contract
+    assert contract is not None and attempt.md5 is not None
     bucket, key = attempt.bucket, attempt.key
-    assert attempt.md5 is not None
-    logger.append_keys(md5=attempt.md5)
+    earlier = deps.database.earlier_outcome(attempt.md5, contract.table, bucket, key, contract.fingerprint)
+    if earlier is not None and earlier.status == "loaded":
+        raise _Decided("duplicate_content", _loaded_already(attempt, earlier.bucket, earlier.object_key))
+    if earlier is not None:  # a second delivery of a rejected file: the same contract would say the same
+        raise _Decided(
+            "already_rejected",
+            f"this content (md5 {attempt.md5}) of s3://{bucket}/{key} was rejected ({earlier.reason}) under "
+            f"the same contract {contract.name!r} (ledger id {earlier.id}); change the contract or the file "
+            "to have it judged again",
+        )
+
+
+def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None) -> Receipt:
+    bucket, key = attempt.bucket, attempt.key
+    if attempt.md5 is not None:
+        logger.append_keys(md5=attempt.md5)
     try:
         check_key(key)
         attempt.contract = choose_contract(deps.contracts, key)
     except FileRejected as rejection:
+        if attempt.md5 is None:
+            assert spool is not None
+            attempt.md5 = spool.md5()
+            logger.append_keys(md5=attempt.md5)
         return _rejected(attempt, deps, rejection)
 
     contract = attempt.contract
-    earlier = deps.database.earlier_outcome(attempt.md5, contract.table, bucket, key, contract.fingerprint)
-    if earlier is not None and earlier.status == "loaded":
-        return _skipped(
-            attempt, deps, "duplicate_content", _loaded_already(attempt, earlier.bucket, earlier.object_key)
-        )
-    if earlier is not None:  # a second delivery of a rejected file: the same contract would say the same
-        message = (
-            f"this content (md5 {attempt.md5}) of s3://{bucket}/{key} was rejected ({earlier.reason}) under "
-            f"the same contract {contract.name!r} (ledger id {earlier.id}); change the contract or the file "
-            "to have it judged again"
-        )
-        return _skipped(attempt, deps, "already_rejected", message)
-
-    md5 = attempt.md5
-    out_bucket = deps.output_bucket or bucket
-    errors_csv_key, _summary_key = errors_keys(contract.table, md5)
     # The columnar engine first; should it meet something only the exact engine reads exactly, everything
     # it started is undone and the exact engine starts again from the first byte.
     for engine in ("auto", "exact"):
         digest = hashlib.md5(usedforsecurity=False)
-        load: Load = deps.database.begin_load(contract, md5, deadline=attempt.deadline, size_bytes=info.size or 0)
-        processed: StreamingWriter = deps.store.writer(out_bucket, processed_key(contract.table, md5), "text/csv")
-        errors: StreamingWriter = deps.store.writer(out_bucket, errors_csv_key, "text/csv")
+        outputs = _Outputs(attempt, deps, info, spool)
         attempt.outcome = Outcome()
         try:
+            if attempt.md5 is not None:  # known already: the ledger first, before a byte is read
+                outputs.open()
             chunks = spool.chunks() if spool else _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest)
             process(
                 _until(chunks, attempt.deadline),
                 contract,
-                _tee(load.write, processed.write),
-                errors.write,
+                outputs.valid,
+                outputs.error,
                 attempt.outcome,
                 engine=engine,
                 size=info.size,
             )
+            outputs.open()  # a file shorter than its hash took: the MD5 and the ledger now
+        except _Decided as decided:
+            outputs.abort()
+            return _skipped(attempt, deps, decided.reason, decided.message)
         except ExactEngineNeeded as handover:
-            processed.abort()
-            errors.abort()
-            load.rollback(handover)
+            outputs.abort(handover)
             logger.info("handing the file to the exact engine", extra={"detail": str(handover)})
             continue
         except FileRejected as rejection:
             # An early rejection has not read every byte, so the ETag's MD5 stands unverified here; GetObject's
             # IfMatch still guarantees these were the bytes of that ETag.
-            processed.abort()
-            load.rollback(rejection)
-            if errors.bytes_written:
-                errors.close()
-            else:
-                errors.abort()
-            return _rejected(attempt, deps, rejection, errors_csv=errors_csv_key if errors.bytes_written else None)
+            try:
+                has_errors_csv = outputs.errors_only()
+            except _Decided as decided:
+                return _skipped(attempt, deps, decided.reason, decided.message)
+            errors_csv = errors_keys(contract.table, attempt.md5 or "")[0] if has_errors_csv else None
+            return _rejected(attempt, deps, rejection, errors_csv=errors_csv)
         except BaseException as exc:
-            processed.abort()
-            errors.abort()
-            load.rollback(exc)
+            outputs.abort(exc)
             raise
         break
+    load, processed, errors = outputs.load, outputs.processed, outputs.errors
+    assert load is not None and processed is not None and errors is not None and attempt.md5 is not None
+    md5 = attempt.md5
+    errors_csv_key = errors_keys(contract.table, md5)[0]
     if spool is None and digest.hexdigest() != md5:  # an ETag that looked like an MD5 but was not one (SSE-KMS)
-        processed.abort()
-        errors.abort()
-        load.rollback()
+        outputs.abort()
         raise ContentChanged()
 
     try:

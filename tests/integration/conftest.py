@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,7 +15,7 @@ from psycopg.rows import dict_row
 from ingest.adapters.postgres import Database
 from ingest.adapters.s3 import ObjectStore
 from ingest.adapters.sns import Notifier
-from ingest.contract import ContractRegistry, default_contracts_dir
+from ingest.contract import ContractRegistry, default_contracts_dir, parse_contract
 from ingest.service import Dependencies
 
 BUCKET = "ingest-test"
@@ -26,6 +28,13 @@ class Pipeline:
     database_url: str
     bucket: str
     receipts_queue: str
+
+    def change_users_contract(self, **changes: Any) -> None:
+        """Replace the users contract by a copy with ``changes`` to its top-level settings."""
+        users = self.deps.contracts["users"]
+        data = tomllib.loads(Path(users.source).read_text(encoding="utf-8"))
+        data.update(changes)
+        self.deps.contracts = ContractRegistry([parse_contract("users", data, source=users.source)])
 
     def upload(self, key: str, data: bytes) -> None:
         self.aws.s3.put_object(Bucket=self.bucket, Key=key, Body=data)

@@ -10,7 +10,6 @@ import zlib
 import psycopg
 import pytest
 
-from ingest.contract import ContractRegistry, parse_contract
 from ingest.processing import ERRORS_CSV_MAX_LINES
 from ingest.service import DeadlineReached, ingest_object
 
@@ -24,16 +23,6 @@ def row_bomb(rows: int) -> bytes:
     parts = [gz.compress(b"id,email,full_name\n")]
     parts += [gz.compress(block) for _ in range(rows // 100_000)]
     return b"".join([*parts, gz.flush()])
-
-
-def with_contract(pipeline, **changes) -> None:
-    users = pipeline.deps.contracts["users"]
-    import tomllib
-    from pathlib import Path
-
-    data = tomllib.loads(Path(users.source).read_text(encoding="utf-8"))
-    data.update(changes)
-    pipeline.deps.contracts = ContractRegistry([parse_contract("users", data, source=users.source)])
 
 
 def ledger(pipeline, key: str) -> list[dict]:
@@ -82,7 +71,7 @@ def test_the_row_bomb_is_rejected_early_with_a_receipt_a_ledger_row_and_a_summar
     assert pipeline.receipts()[0]["reason"] == "too_many_rejected_rows"
 
     # a contract that tolerates any share of bad rows still refuses the inflation
-    with_contract(pipeline, max_rejected_share=1.0)
+    pipeline.change_users_contract(max_rejected_share=1.0)
     receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
     assert receipt.status == "rejected" and receipt.reason == "decompression_bomb", receipt.message
     assert "max_inflation" in str(receipt.message)
@@ -91,7 +80,7 @@ def test_the_row_bomb_is_rejected_early_with_a_receipt_a_ledger_row_and_a_summar
 
 
 def test_max_bytes_rejects_too_large_objects_before_and_while_reading(pipeline):
-    with_contract(pipeline, max_bytes=1000)
+    pipeline.change_users_contract(max_bytes=1000)
     big = b"id,email,full_name\n" + b"".join(f"{i},u{i}@b.co,U\n".encode() for i in range(200))
     pipeline.upload("incoming/users/big.csv", big)
     plain = ingest_object(pipeline.bucket, "incoming/users/big.csv", pipeline.deps)
@@ -105,7 +94,7 @@ def test_a_hopeless_file_stops_once_its_report_is_full_and_the_report_stays_boun
     from ingest import columnar
 
     monkeypatch.setattr(columnar, "BLOCK_BYTES", 64 * 1024)  # batches far smaller than the file
-    with_contract(pipeline, max_rejected_share=0.05)
+    pipeline.change_users_contract(max_rejected_share=0.05)
     bad = ERRORS_CSV_MAX_LINES + 500
     lines = [f"{i},not-an-email,U" for i in range(1, bad + 1)]
     lines += [f"{i},u{i}@b.co,U" for i in range(bad + 1, bad + 30_001)]
@@ -122,7 +111,7 @@ def test_a_hopeless_file_stops_once_its_report_is_full_and_the_report_stays_boun
 
 
 def test_a_tolerated_flood_of_bad_rows_loads_with_a_bounded_report(pipeline):
-    with_contract(pipeline, max_rejected_share=1.0)
+    pipeline.change_users_contract(max_rejected_share=1.0)
     lines = [f"{i},not-an-email,U" for i in range(1, ERRORS_CSV_MAX_LINES + 2_001)] + ["999999,ok@b.co,Ok"]
     key = "incoming/users/flood.csv"
     pipeline.upload(key, ("id,email,full_name\n" + "\n".join(lines) + "\n").encode())
@@ -141,7 +130,7 @@ def test_a_second_delivery_of_a_rejected_file_answers_from_the_ledger_until_the_
     assert first.status == "rejected" and first.reason == "too_many_rejected_rows"
     assert second.status == "skipped" and second.reason == "already_rejected"
     assert "too_many_rejected_rows" in str(second.message) and "ledger id" in str(second.message)
-    with_contract(pipeline, max_rejected_share=1.0)  # the contract changed: the same content is judged again
+    pipeline.change_users_contract(max_rejected_share=1.0)  # the contract changed: the same content is judged again
     third = ingest_object(pipeline.bucket, key, pipeline.deps)
     assert third.status == "loaded" and third.rows_loaded == 0
     assert [(e["status"], e["reason"]) for e in ledger(pipeline, key)] == [

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from ingest import service
 from ingest.adapters import s3 as s3_adapter
 from ingest.adapters.postgres import Database
 from ingest.adapters.s3 import ObjectStore
@@ -193,46 +194,122 @@ def test_gzip_upload_loads(pipeline):
     assert pipeline.query("SELECT compression FROM ingest_files") == [{"compression": "gzip"}]
 
 
+def upload_multipart(pipeline, key: str, data: bytes, part: int = 5 * 1024 * 1024) -> None:
+    """Upload ``data`` in parts (its ETag is then no MD5)."""
+    s3 = pipeline.aws.s3
+    upload = s3.create_multipart_upload(Bucket=pipeline.bucket, Key=key)["UploadId"]
+    parts = []
+    for number, start in enumerate(range(0, len(data), part), start=1):
+        body = data[start : start + part]
+        etag = s3.upload_part(Bucket=pipeline.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=pipeline.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    assert "-" in s3.head_object(Bucket=pipeline.bucket, Key=key)["ETag"]
+
+
+def big_users_file(rows: int) -> bytes:
+    return b"id,email,full_name\n1,a@b.co,Ann\n" + b"".join(
+        f"{i},u{i}@example.com,User {i:07d} with a longer name to fill bytes\n".encode() for i in range(2, rows + 1)
+    )
+
+
 @pytest.mark.parametrize("room_to_spool", [True, False])
 def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upload(
     pipeline, monkeypatch, room_to_spool
 ):
-    """A multipart ETag is no MD5: the object is hashed first and, where the temporary folder has room,
-    processed from a local copy of those very bytes (one GET); without room, it is read from S3 again."""
+    """A multipart ETag is no MD5: the object is hashed and, where the temporary folder has room, processed
+    from a local copy of those very bytes (one GET); without room, it is read from S3 again."""
     if not room_to_spool:
         monkeypatch.setattr(s3_adapter, "SPOOL_MARGIN_BYTES", 1 << 60)
     reads = []
     chunks = ObjectStore.chunks
     monkeypatch.setattr(ObjectStore, "chunks", lambda self, *a, **k: reads.append(a[1]) or chunks(self, *a, **k))
-    row = b"1,a@b.co,Ann\n"
-    data = (
-        b"id,email,full_name\n"
-        + row
-        + b"".join(
-            f"{i},u{i}@example.com,User {i:07d} with a longer name to fill bytes\n".encode() for i in range(2, 130_000)
-        )
-    )
+    data = big_users_file(130_000)
     assert len(data) > 5 * 1024 * 1024
-    s3 = pipeline.aws.s3
-    upload = s3.create_multipart_upload(Bucket=pipeline.bucket, Key="incoming/users/big.csv")["UploadId"]
-    half = 5 * 1024 * 1024
-    parts = []
-    for number, body in enumerate((data[:half], data[half:]), start=1):
-        etag = s3.upload_part(
-            Bucket=pipeline.bucket, Key="incoming/users/big.csv", UploadId=upload, PartNumber=number, Body=body
-        )["ETag"]
-        parts.append({"PartNumber": number, "ETag": etag})
-    s3.complete_multipart_upload(
-        Bucket=pipeline.bucket, Key="incoming/users/big.csv", UploadId=upload, MultipartUpload={"Parts": parts}
-    )
-    assert "-" in s3.head_object(Bucket=pipeline.bucket, Key="incoming/users/big.csv")["ETag"]
+    upload_multipart(pipeline, "incoming/users/big.csv", data)
 
     receipt = ingest_object(pipeline.bucket, "incoming/users/big.csv", pipeline.deps)
-    assert receipt.status == "loaded" and receipt.md5 == md5(data) and receipt.rows_loaded == 129_999
+    assert receipt.status == "loaded" and receipt.md5 == md5(data) and receipt.rows_loaded == 130_000
     assert reads == ["incoming/users/big.csv"] * (1 if room_to_spool else 2)
-    assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 130_000
+    assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 130_001
     pipeline.upload("incoming/users/same.csv", data)
     assert ingest_object(pipeline.bucket, "incoming/users/same.csv", pipeline.deps).status == "skipped"
+
+
+def hold_download(monkeypatch, after_bytes: int) -> threading.Event:
+    """Make every S3 read stop after ``after_bytes`` until the returned event is set (or fail after 30 s)."""
+    release = threading.Event()
+    chunks = ObjectStore.chunks
+
+    def held(self, *args, **kwargs):
+        read = 0
+        for chunk in chunks(self, *args, **kwargs):
+            if read >= after_bytes and not release.wait(30):
+                raise TimeoutError("the held download was never released")
+            read += len(chunk)
+            yield chunk
+
+    monkeypatch.setattr(ObjectStore, "chunks", held)
+    return release
+
+
+def test_a_multipart_upload_is_processed_while_it_is_hashed_with_bounded_output_waiting(pipeline, monkeypatch):
+    """Processing starts from the spool's first bytes; its output waits (at most OPEN_WAIT_BYTES, then
+    processing waits too) until the MD5 is known, then goes to the load and processed/ named by it."""
+    data = big_users_file(300_000)  # ~19 MB
+    upload_multipart(pipeline, "incoming/users/held.csv", data)
+    release = hold_download(monkeypatch, after_bytes=12 * 1024 * 1024)
+    monkeypatch.setattr(service, "OPEN_WAIT_BYTES", 2 * 1024 * 1024)
+    seen = []  # (MD5 known, bytes waiting) at each valid block
+    valid = service._Outputs.valid
+
+    def watched(self, block):
+        seen.append((self.attempt.md5 is not None, self._waiting_bytes))
+        if self._waiting_bytes + len(block) > service.OPEN_WAIT_BYTES:
+            release.set()  # the output waiting reached its bound: the download may go on
+        valid(self, block)
+
+    monkeypatch.setattr(service._Outputs, "valid", watched)
+    receipt = ingest_object(pipeline.bucket, "incoming/users/held.csv", pipeline.deps)
+
+    assert receipt.status == "loaded" and receipt.md5 == md5(data) and receipt.rows_loaded == 300_000
+    assert seen[0] == (False, 0)  # processing emitted rows before the last byte had arrived
+    assert 0 < max(waiting for _known, waiting in seen) <= 2 * 1024 * 1024
+    assert seen[-1][0] and release.is_set()
+    assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 300_001
+    assert pipeline.query("SELECT count(*) AS n, min(_ingest_md5) AS m FROM users") == [{"n": 300_000, "m": md5(data)}]
+
+
+def test_a_multipart_upload_rejected_before_its_hash_is_recorded_under_its_md5_then_answered_by_the_ledger(
+    pipeline, monkeypatch
+):
+    """A rejection midway (a full errors CSV, no bad row allowed) can come before the last byte arrived:
+    the errors CSV that waited goes out under the MD5 once it is known, nothing loads, and a second delivery
+    is answered from the ledger."""
+    bad = b"".join(f"{i},not-an-email,U\n".encode() for i in range(1, 11_000))
+    data = b"id,email,full_name\n" + bad + big_users_file(200_000).split(b"\n", 1)[1].replace(b"\n1,", b"\n0,", 1)
+    key = "incoming/users/bad_then_good.csv"
+    upload_multipart(pipeline, key, data)
+    pipeline.change_users_contract(max_rejected_share=0.0)  # hopeless once the errors CSV is full
+    release = hold_download(monkeypatch, after_bytes=6 * 1024 * 1024)
+    errors_only = service._Outputs.errors_only
+    opened_before_rejection = []
+
+    def rejected(self):
+        opened_before_rejection.append(self.load is not None)
+        release.set()
+        return errors_only(self)
+
+    monkeypatch.setattr(service._Outputs, "errors_only", rejected)
+    first = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert (first.status, first.reason, first.md5) == ("rejected", "too_many_rejected_rows", md5(data))
+    assert opened_before_rejection == [False]
+    assert first.errors_key == f"errors/users/{md5(data)}.csv"
+    assert pipeline.get(first.errors_key).decode().splitlines()[1].startswith("2,email,pattern,not-an-email")
+    assert not pipeline.keys("processed/") and not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
+
+    second = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert (second.status, second.reason, second.md5) == ("skipped", "already_rejected", md5(data))
 
 
 def deliver_at_once(pipeline, keys: list[str]) -> list[str]:
@@ -292,3 +369,25 @@ def test_concurrent_upserts_of_overlapping_keys_into_one_table_all_load(pipeline
     results = deliver_at_once(pipeline, keys)
     assert results == ["loaded"] * len(keys)
     assert pipeline.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM users")[0] == {"n": 4999, "d": 4999}
+
+
+def test_a_multipart_download_that_breaks_midway_fails_the_file_and_leaves_nothing(pipeline, monkeypatch):
+    data = big_users_file(200_000)
+    upload_multipart(pipeline, "incoming/users/broken.csv", data)
+    chunks = ObjectStore.chunks
+
+    def breaking(self, *args, **kwargs):
+        for read, chunk in enumerate(chunks(self, *args, **kwargs)):
+            if read == 6:
+                raise ConnectionResetError("the connection broke")
+            yield chunk
+
+    monkeypatch.setattr(ObjectStore, "chunks", breaking)
+    with pytest.raises(ConnectionResetError):
+        ingest_object(pipeline.bucket, "incoming/users/broken.csv", pipeline.deps)
+    [receipt] = pipeline.receipts()
+    assert receipt["status"] == "failed" and "the connection broke" in receipt["message"]
+    assert pipeline.keys() == ["incoming/users/broken.csv"]
+    assert pipeline.query("SELECT status, md5 FROM ingest_files") == [{"status": "failed", "md5": "unknown"}]
+    monkeypatch.setattr(ObjectStore, "chunks", chunks)  # the retry loads
+    assert ingest_object(pipeline.bucket, "incoming/users/broken.csv", pipeline.deps).rows_loaded == 200_000

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,22 +48,19 @@ class ObjectStore:
         finally:
             body.close()
 
-    def hash_and_spool(self, bucket: str, key: str, etag: str, size: int) -> tuple[str, Spool | None]:
-        """The object's MD5, read once; its bytes kept in a local temporary file when there is room for
-        them, so that processing reads them from disk instead of from S3 a second time."""
-        room = shutil.disk_usage(tempfile.gettempdir()).free >= size + SPOOL_MARGIN_BYTES
-        spool = Spool() if room else None
+    def spool(self, bucket: str, key: str, etag: str, size: int) -> Spool | None:
+        """A local copy of the object, filled and hashed in a background thread, so that processing can
+        read its first bytes while the rest arrives; None when the temporary folder lacks room for it."""
+        if shutil.disk_usage(tempfile.gettempdir()).free < size + SPOOL_MARGIN_BYTES:
+            return None
+        return Spool(self.chunks(bucket, key, etag))
+
+    def md5(self, bucket: str, key: str, etag: str) -> str:
+        """The object's MD5, read through once and kept nowhere."""
         digest = hashlib.md5(usedforsecurity=False)
-        try:
-            for chunk in self.chunks(bucket, key, etag):
-                digest.update(chunk)
-                if spool is not None:
-                    spool.file.write(chunk)
-        except BaseException:
-            if spool is not None:
-                spool.close()
-            raise
-        return digest.hexdigest(), spool
+        for chunk in self.chunks(bucket, key, etag):
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
@@ -71,17 +70,78 @@ class ObjectStore:
 
 
 class Spool:
-    """An object's bytes in an anonymous temporary file (gone when closed or when the process ends)."""
+    """An object's bytes in an anonymous temporary file (gone when closed or when the process ends),
+    written and hashed by a thread of its own as they arrive.
 
-    def __init__(self) -> None:
+    ``chunks()`` reads the copy from the start, waiting for bytes not written yet, so that processing can
+    begin with the first megabyte; ``md5()`` waits for the last byte. An error of the download is raised by
+    both."""
+
+    def __init__(self, source: Iterator[bytes]) -> None:
         self.file = tempfile.TemporaryFile(prefix="ingest-spool-")  # noqa: SIM115 (closed by close())
+        self._written = 0
+        self._md5: str | None = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._closing = False
+        self._changed = threading.Condition()
+        self._filler = threading.Thread(target=self._fill, args=(source,), name="s3-spool", daemon=True)
+        self._filler.start()
+
+    def _fill(self, source: Iterator[bytes]) -> None:
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            for chunk in source:
+                if self._closing:
+                    break
+                digest.update(chunk)
+                os.pwrite(self.file.fileno(), chunk, self._written)
+                with self._changed:
+                    self._written += len(chunk)
+                    self._changed.notify_all()
+            else:
+                self._md5 = digest.hexdigest()
+        except BaseException as exc:  # handed to the reader, in its own thread
+            self._error = exc
+        finally:
+            if isinstance(source, Generator):
+                source.close()  # the response body, now rather than at garbage collection
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    @property
+    def hashed(self) -> bool:
+        """Whether every byte arrived (without waiting)."""
+        return self._md5 is not None
+
+    def md5(self) -> str:
+        with self._changed:
+            self._changed.wait_for(lambda: self._done)
+        if self._error is not None:
+            raise self._error
+        if self._md5 is None:
+            raise RuntimeError("the spool was closed before it was filled")
+        return self._md5
 
     def chunks(self) -> Iterator[bytes]:
-        self.file.seek(0)
-        while chunk := self.file.read(CHUNK_BYTES):
+        offset = 0
+        while True:
+            with self._changed:
+                while self._written <= offset and not self._done:
+                    self._changed.wait()
+                if self._error is not None:
+                    raise self._error
+                available = self._written - offset
+            if available <= 0:
+                return
+            chunk = os.pread(self.file.fileno(), min(available, CHUNK_BYTES), offset)
+            offset += len(chunk)
             yield chunk
 
     def close(self) -> None:
+        self._closing = True
+        self._filler.join()
         self.file.close()
 
 
