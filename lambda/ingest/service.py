@@ -21,6 +21,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -189,27 +190,29 @@ class _Outputs:
     for rejected ones. All three are named by the file's MD5, and none opens before the ledger was asked
     whether that content was decided already (``_Decided``).
 
-    A multipart upload's MD5 is known only once its spool has every byte. Processing starts meanwhile, from
-    the spool's first megabyte: what it emits waits here until the MD5 is known (at most OPEN_WAIT_BYTES;
-    past that, processing waits for the hash), so that hashing and processing overlap."""
+    A multipart upload's MD5 is known only once its spool has every byte. Meanwhile the load gets its table
+    ready (``prepare``: the transaction, the contract compared with the table, the lock it needs) and
+    processing starts from the spool's first megabyte; what it emits waits here until the MD5 is known (at
+    most OPEN_WAIT_BYTES; past that, processing waits for the hash), so that all three overlap."""
 
     def __init__(self, attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None):
         self.attempt, self.deps, self.info, self.spool = attempt, deps, info, spool
         self.load: Load | None = None
         self.processed: StreamingWriter | None = None
         self.errors: StreamingWriter | None = None
+        self.opened = False
         self._waiting: list[tuple[bool, bytes]] = []
         self._waiting_bytes = 0
 
     def valid(self, block: bytes) -> None:
-        if self.load is None and not self._wait(True, block):
+        if not self.opened and not self._wait(True, block):
             return
         assert self.load is not None and self.processed is not None
         self.load.write(block)
         self.processed.write(block)
 
     def error(self, block: bytes) -> None:
-        if self.errors is None and not self._wait(False, block):
+        if not self.opened and not self._wait(False, block):
             return
         assert self.errors is not None
         self.errors.write(block)
@@ -236,18 +239,33 @@ class _Outputs:
             attempt.ledger_asked = True
         return attempt.md5
 
+    def prepare(self) -> None:
+        """Open the load's transaction and ready its table while the MD5 is not known yet (the spool's
+        thread hashes meanwhile)."""
+        contract = self.attempt.contract
+        assert contract is not None
+        self.load = self.deps.database.begin_load(
+            contract, None, deadline=self.attempt.deadline, size_bytes=self.info.size or 0
+        )
+
     def open(self) -> None:
-        if self.load is not None:
+        if self.opened:
             return
         md5 = self.identify()
         attempt, deps = self.attempt, self.deps
         contract = attempt.contract
         assert contract is not None
-        self.load = deps.database.begin_load(contract, md5, deadline=attempt.deadline, size_bytes=self.info.size or 0)
+        if self.load is None:
+            self.load = deps.database.begin_load(
+                contract, md5, deadline=attempt.deadline, size_bytes=self.info.size or 0
+            )
+        else:
+            self.load.start(md5)
         self.processed = deps.store.writer(
             deps.output_bucket or attempt.bucket, processed_key(contract.table, md5), "text/csv"
         )
         self.errors = self._errors_writer()
+        self.opened = True
         waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
         for valid, block in waiting:
             (self.valid if valid else self.error)(block)
@@ -262,10 +280,10 @@ class _Outputs:
         """For a rejected file: drop the load and processed/, keep the errors CSV written so far (if any);
         whether there is one."""
         if self.load is not None:
-            assert self.processed is not None and self.errors is not None
-            self.processed.abort()
             self.load.rollback()
-        else:
+        if self.processed is not None:
+            self.processed.abort()
+        if self.errors is None:
             self.identify()
             self.errors = self._errors_writer()
             for valid, block in self._waiting:
@@ -329,6 +347,8 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
         try:
             if attempt.md5 is not None:  # known already: the ledger first, before a byte is read
                 outputs.open()
+            else:
+                outputs.prepare()
             chunks = spool.chunks() if spool else _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest)
             process(
                 _until(chunks, attempt.deadline),
@@ -358,6 +378,9 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
             return _rejected(attempt, deps, rejection, errors_csv=errors_csv)
         except BaseException as exc:
             outputs.abort(exc)
+            if attempt.md5 is None and spool is not None and not attempt.past_deadline:
+                with suppress(Exception):  # the failure's record names the content, unless its download failed
+                    attempt.md5 = spool.md5()
             raise
         break
     load, processed, errors = outputs.load, outputs.processed, outputs.errors

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import threading
 
+import psycopg
 import pytest
 
 from ingest import service
@@ -13,6 +14,7 @@ from ingest.adapters import s3 as s3_adapter
 from ingest.adapters.postgres import Database
 from ingest.adapters.s3 import ObjectStore
 from ingest.contract import ContractRegistry, parse_contract
+from ingest.evolution import ContractTableMismatch
 from ingest.service import Dependencies, ingest_object
 from tests.conftest import SAMPLES
 
@@ -296,7 +298,7 @@ def test_a_multipart_upload_rejected_before_its_hash_is_recorded_under_its_md5_t
     opened_before_rejection = []
 
     def rejected(self):
-        opened_before_rejection.append(self.load is not None)
+        opened_before_rejection.append(self.opened)
         release.set()
         return errors_only(self)
 
@@ -391,3 +393,18 @@ def test_a_multipart_download_that_breaks_midway_fails_the_file_and_leaves_nothi
     assert pipeline.query("SELECT status, md5 FROM ingest_files") == [{"status": "failed", "md5": "unknown"}]
     monkeypatch.setattr(ObjectStore, "chunks", chunks)  # the retry loads
     assert ingest_object(pipeline.bucket, "incoming/users/broken.csv", pipeline.deps).rows_loaded == 200_000
+
+
+def test_a_multipart_upload_whose_table_breaks_its_contract_fails_on_record_under_its_md5(pipeline):
+    """The load gets its table ready while the upload is still being hashed; a table the contract cannot
+    load fails the file there, and the failure still names the content (the hash is waited for)."""
+    with psycopg.connect(pipeline.database_url, autocommit=True) as admin:
+        admin.execute("CREATE TABLE users (id text PRIMARY KEY, email text NOT NULL, full_name text NOT NULL)")
+        admin.execute("INSERT INTO users VALUES ('x1', 'x@example.com', 'X')")  # (an empty one would be changed)
+    data = big_users_file(120_000)
+    upload_multipart(pipeline, "incoming/users/mismatch.csv", data)
+    with pytest.raises(ContractTableMismatch):
+        ingest_object(pipeline.bucket, "incoming/users/mismatch.csv", pipeline.deps)
+    [receipt] = pipeline.receipts()
+    assert (receipt["status"], receipt["reason"], receipt["md5"]) == ("failed", "contract_table_mismatch", md5(data))
+    assert pipeline.keys() == ["incoming/users/mismatch.csv"]

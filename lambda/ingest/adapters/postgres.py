@@ -213,7 +213,11 @@ class Database:
         with self.engine.begin() as conn:
             return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
 
-    def begin_load(self, contract: Contract, md5: str, deadline: float | None = None, size_bytes: int = 0) -> Load:
+    def begin_load(
+        self, contract: Contract, md5: str | None, deadline: float | None = None, size_bytes: int = 0
+    ) -> Load:
+        """The load of one file: its transaction open, its table ready; the COPY open once ``md5`` is given
+        (here, or later to ``Load.start``)."""
         self.ensure_tables(contract)
         evolve = self._matching.get(contract.table) != contract.fingerprint
         return Load(self.engine, contract, md5, deadline, evolve=evolve, matched=self._matched, size_bytes=size_bytes)
@@ -251,7 +255,7 @@ class Load:
         self,
         engine: sa.Engine,
         contract: Contract,
-        md5: str,
+        md5: str | None,
         deadline: float | None = None,
         evolve: bool = True,
         matched: Callable[[Contract, bool], None] | None = None,
@@ -269,7 +273,6 @@ class Load:
         self._rebuild: list[str] = []  # the target's keys and indexes to build again after a bulk COPY
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
-        conn = self._conn
         # At the deadline, whatever statement the load is in (a lock wait, the COPY, the MERGE) is cancelled
         # on the server, so that the caller can roll back and record a timeout while it still has time.
         self.cancelled = False
@@ -278,32 +281,41 @@ class Load:
             self._watchdog = threading.Timer(max(deadline - time.monotonic(), 0), self._cancel)
             self._watchdog.daemon = True
             self._watchdog.start()
-        conn.execute(sa.select(sa.func.set_config("ingest.md5", md5, True)))
-        if evolve:
-            try:
-                self._evolve(engine)
-            except BaseException:
-                self._disarm()
-                self._transaction.rollback()
-                self._conn.close()
-                raise
-        self.strategy = self._choose_strategy()
-        into = self.staging if self.strategy == "staging" else self.target
-        if self.strategy == "staging":
-            self.staging.create(conn)
-        driver = conn.connection.driver_connection
-        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
-            sql.Identifier(into.name), sql.SQL(", ").join(sql.Identifier(n) for n in contract.column_names)
-        )
-        self._cursor = driver.cursor()  # type: ignore[union-attr]
-        self._copy_context = self._cursor.copy(statement)
-        self._copy = self._copy_context.__enter__()
-        self._copy_open = True
+        self._copy_open = False
         self._copied = 0
         self.rows_loaded = 0
         self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=1)  # bounded: memory stays flat
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
+        try:
+            if evolve:
+                self._evolve(engine)
+            self.strategy = self._choose_strategy()
+            if self.strategy == "staging":
+                self.staging.create(self._conn)
+            if md5 is not None:
+                self.start(md5)
+        except BaseException:
+            self._disarm()
+            self._transaction.rollback()
+            self._conn.close()
+            raise
+
+    def start(self, md5: str) -> None:
+        """Name the rows' file (the lineage column's default) and open the COPY. A load made without its
+        MD5 (the file still being hashed) has its table ready, evolved and locked as it needs, meanwhile."""
+        self.md5 = md5
+        conn = self._conn
+        conn.execute(sa.select(sa.func.set_config("ingest.md5", md5, True)))
+        into = self.staging if self.strategy == "staging" else self.target
+        driver = conn.connection.driver_connection
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
+            sql.Identifier(into.name), sql.SQL(", ").join(sql.Identifier(n) for n in self.contract.column_names)
+        )
+        self._cursor = driver.cursor()  # type: ignore[union-attr]
+        self._copy_context = self._cursor.copy(statement)
+        self._copy = self._copy_context.__enter__()
+        self._copy_open = True
 
     def _evolve(self, engine: sa.Engine) -> None:
         """Compare the contract with the live table; apply additive differences in this transaction and
@@ -455,6 +467,7 @@ class Load:
     def commit(self, ledger_entry: Mapping[str, Any], before_commit: Callable[[], object] | None = None) -> int | None:
         """Merge staging into the target and commit with the ledger row; None if already loaded.
         ``before_commit`` runs last, before COMMIT (an exception from it rolls the load back)."""
+        assert self.md5 is not None, "a load commits after start()"
         self._finish_copy()
         self._check_cancelled()
         conn = self._conn
