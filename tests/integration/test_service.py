@@ -5,11 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import threading
+import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
 from ingest import service
+from ingest.adapters import postgres as postgres_adapter
 from ingest.adapters import s3 as s3_adapter
 from ingest.adapters.postgres import Database
 from ingest.adapters.s3 import ObjectStore
@@ -408,3 +411,39 @@ def test_a_multipart_upload_whose_table_breaks_its_contract_fails_on_record_unde
     [receipt] = pipeline.receipts()
     assert (receipt["status"], receipt["reason"], receipt["md5"]) == ("failed", "contract_table_mismatch", md5(data))
     assert pipeline.keys() == ["incoming/users/mismatch.csv"]
+
+
+def test_rows_waiting_for_the_copy_are_bounded_and_the_writer_waits_past_the_bound(pipeline, monkeypatch):
+    """The caller hands blocks to the COPY without waiting for PostgreSQL, up to QUEUED_BYTES; past that it
+    waits (memory stays flat); the rows all arrive once the server reads again."""
+    monkeypatch.setattr(postgres_adapter, "QUEUED_BYTES", 3 * 1024 * 1024)
+    contract = pipeline.deps.contracts["users"]
+    load = pipeline.deps.database.begin_load(contract, "0" * 32)
+    server_reads = threading.Event()
+    copy_write = load._copy.write
+    monkeypatch.setattr(load._copy, "write", lambda block: server_reads.wait(30) and copy_write(block))
+    block = b"".join(f"{i},u{i}@example.com,User {i:06d},,,,,\n".encode() for i in range(1, 200_000))
+    header, rows = b"id,email,full_name\n", [block[i : i + 1024 * 1024] for i in range(0, len(block), 1024 * 1024)]
+    rows = [header + rows[0], *rows[1:]]
+    assert len(rows) >= 4 and all(len(r) <= 1024 * 1024 + len(header) for r in rows)
+    handed = []
+
+    def caller() -> None:
+        for part in rows:
+            load.write(part)
+            handed.append(len(part))
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not load._dequeued._waiters and time.monotonic() < deadline:  # until the caller waits for room
+        time.sleep(0.01)
+    n, bound = len(handed), 3 * 1024 * 1024
+    assert load._dequeued._waiters and 0 < n < len(rows)
+    assert load._queued == sum(len(r) for r in rows[:n]) <= bound < load._queued + len(rows[n])
+    server_reads.set()
+    thread.join(30)
+    assert sum(handed) == sum(len(r) for r in rows)
+    entry = {"md5": "0" * 32, "bucket": "b", "object_key": "k", "table_name": "users", "started_at": datetime.now(UTC)}
+    load.commit(entry)
+    assert pipeline.query("SELECT count(*) AS n FROM users") == [{"n": 199_999}]

@@ -26,6 +26,8 @@ from ..contract import Contract
 LEDGER_TABLE = "ingest_files"
 #: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
 BULK_LOAD_BYTES = 16 * 1024 * 1024
+#: How many bytes of rows may wait for the COPY (the caller goes on meanwhile; past it, the caller waits).
+QUEUED_BYTES = 32 * 1024 * 1024
 #: PostgreSQL's work_mem for the MERGE of an upsert (this transaction only).
 MERGE_WORK_MEM = "64MB"
 STATUSES = ("loaded", "rejected", "skipped", "failed")
@@ -284,7 +286,11 @@ class Load:
         self._copy_open = False
         self._copied = 0
         self.rows_loaded = 0
-        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=1)  # bounded: memory stays flat
+        # Blocks on their way to PostgreSQL, at most QUEUED_BYTES of them (memory stays flat): room for the
+        # output that waited for the file's MD5 and for a slow moment of the server, without stopping the caller.
+        self._blocks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._queued = 0
+        self._dequeued = threading.Condition()
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
         try:
@@ -434,6 +440,10 @@ class Load:
             self._writer.start()
         if self._writer_error is not None:
             raise self._writer_error
+        with self._dequeued:
+            while self._queued and self._queued + len(data) > QUEUED_BYTES and self._writer_error is None:
+                self._dequeued.wait()
+            self._queued += len(data)
         self._blocks.put(data)
 
     def _send_blocks(self) -> None:
@@ -443,6 +453,9 @@ class Load:
                     self._copy.write(block)
                 except BaseException as exc:
                     self._writer_error = exc
+            with self._dequeued:
+                self._queued -= len(block)
+                self._dequeued.notify()
 
     def _drain_writer(self) -> None:
         if self._writer is not None:
