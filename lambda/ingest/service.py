@@ -1,10 +1,12 @@
 """The use case: ingest one S3 object. Wires the pure core to the adapters; owns no I/O of its own.
 
 Order matters for the promises the pipeline makes:
-1. the object's MD5 decides whether it was loaded already (then ``skipped``);
+1. the object's MD5 decides whether it was loaded already (then ``skipped``), before anything is loaded
+   or written;
 2. processing streams the object once: valid rows go to COPY (staging) and to ``processed/``, rejected
-   rows to ``errors/`` (an object whose ETag is no MD5 is hashed first, and its bytes kept in a local
-   temporary file for processing when there is room, so that S3 is read once);
+   rows to ``errors/`` (an object whose ETag is no MD5 is copied into a local temporary file, when there
+   is room, by a thread that hashes it meanwhile: processing reads the copy behind it, so that S3 is read
+   once, and its output waits for the MD5, see ``_Outputs``);
 3. outputs are completed *before* the commit, so a crash can lose neither a load's report nor the load;
 4. the merge and the ledger row commit together, so a retry after any failure loads exactly once.
 Rejected files are final (a retry would reject them again); failures are raised so the delivery retries.
@@ -20,7 +22,7 @@ import hashlib
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,14 +97,6 @@ def _hashed(chunks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)
         yield chunk
-
-
-def _tee(*sinks: Callable[[bytes], None]) -> Callable[[bytes], None]:
-    def write(block: bytes) -> None:
-        for sink in sinks:
-            sink(block)
-
-    return write
 
 
 def processed_key(table: str, md5: str) -> str:
@@ -230,14 +224,11 @@ class _Outputs:
     def identify(self) -> str:
         """The file's MD5 (waiting for the spool's last byte if need be), and the ledger's earlier verdict."""
         attempt = self.attempt
-        if attempt.md5 is None:
-            assert self.spool is not None
-            attempt.md5 = self.spool.md5()
-            logger.append_keys(md5=attempt.md5)
+        md5 = _hash_known(attempt, self.spool)
         if not attempt.ledger_asked:
             _ask_ledger(attempt, self.deps)
             attempt.ledger_asked = True
-        return attempt.md5
+        return md5
 
     def prepare(self) -> None:
         """Open the load's transaction and ready its table while the MD5 is not known yet (the spool's
@@ -306,6 +297,15 @@ class _Outputs:
             self.load.rollback(error)
 
 
+def _hash_known(attempt: _Attempt, spool: Spool | None) -> str:
+    """The file's MD5: known already, or the spool's once it has every byte (waiting for it)."""
+    if attempt.md5 is None:
+        assert spool is not None
+        attempt.md5 = spool.md5()
+        logger.append_keys(md5=attempt.md5)
+    return attempt.md5
+
+
 def _ask_ledger(attempt: _Attempt, deps: Dependencies) -> None:
     """Raise _Decided if this content was loaded into this table, or rejected under this contract, before."""
     contract = attempt.contract
@@ -331,10 +331,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
         check_key(key)
         attempt.contract = choose_contract(deps.contracts, key)
     except FileRejected as rejection:
-        if attempt.md5 is None:
-            assert spool is not None
-            attempt.md5 = spool.md5()
-            logger.append_keys(md5=attempt.md5)
+        _hash_known(attempt, spool)
         return _rejected(attempt, deps, rejection)
 
     contract = attempt.contract
@@ -378,9 +375,9 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
             return _rejected(attempt, deps, rejection, errors_csv=errors_csv)
         except BaseException as exc:
             outputs.abort(exc)
-            if attempt.md5 is None and spool is not None and not attempt.past_deadline:
+            if not attempt.past_deadline:
                 with suppress(Exception):  # the failure's record names the content, unless its download failed
-                    attempt.md5 = spool.md5()
+                    _hash_known(attempt, spool)
             raise
         break
     load, processed, errors = outputs.load, outputs.processed, outputs.errors
