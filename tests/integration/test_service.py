@@ -447,3 +447,22 @@ def test_rows_waiting_for_the_copy_are_bounded_and_the_writer_waits_past_the_bou
     entry = {"md5": "0" * 32, "bucket": "b", "object_key": "k", "table_name": "users", "started_at": datetime.now(UTC)}
     load.commit(entry)
     assert pipeline.query("SELECT count(*) AS n FROM users") == [{"n": 199_999}]
+
+
+def test_a_multipart_upload_handed_to_the_exact_engine_midway_loads_once(pipeline, monkeypatch):
+    """Midway through a multipart upload the columnar engine meets what only the exact engine reads
+    exactly (a quote inside an unquoted field): what it prepared or wrote is undone, and the exact engine
+    starts again from the spool's first byte."""
+    rows = big_users_file(150_000).split(b"\n")
+    rows[140_000] = b'140000,q@example.com,Quote "inside" an unquoted field'
+    data = b"\n".join(rows)
+    upload_multipart(pipeline, "incoming/users/quirky.csv", data)
+    engines = []
+    process = service.process
+    monkeypatch.setattr(service, "process", lambda *a, **k: engines.append(k["engine"]) or process(*a, **k))
+    receipt = ingest_object(pipeline.bucket, "incoming/users/quirky.csv", pipeline.deps)
+    assert engines == ["auto", "exact"]
+    assert (receipt.status, receipt.md5, receipt.rows_loaded) == ("loaded", md5(data), 150_000)
+    [row] = pipeline.query("SELECT full_name FROM users WHERE id = 140000")
+    assert row["full_name"] == 'Quote "inside" an unquoted field'
+    assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 150_001
