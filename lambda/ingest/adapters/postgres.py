@@ -384,10 +384,10 @@ class Load:
                 self._rebuild = self._drop_indexes()
                 return "copy"
             return "staging" if mode == "upsert" else "copy"  # another load got there first
-        if conn.execute(sa.select(sa.exists().select_from(target))).scalar():
-            return "staging" if mode == "upsert" else "copy"
         if mode == "append":
             return "copy"
+        if conn.execute(sa.select(sa.exists().select_from(target))).scalar():
+            return "staging"
         self._lock_target()
         return "staging" if conn.execute(sa.select(sa.exists().select_from(target))).scalar() else "copy"
 
