@@ -244,14 +244,19 @@ def _sql_engine() -> Any:
     return sa.create_engine("postgresql+psycopg://", creator=lambda: _connect(url, 5), poolclass=sa.NullPool)
 
 
-def _plans(obj: dict[str, Any], name: str | None) -> list[Any]:
-    """Each contract (or the one named) compared with its live table in the stack's database."""
-    from .evolution import compare
-
+def _chosen_contracts(obj: dict[str, Any], name: str | None) -> list[Any]:
+    """Every contract, or the one named."""
     registry = _registry(obj["contracts_dir"])
     contracts = [c for c in registry if name in (None, c.name)]
     if not contracts:
         raise click.UsageError(f"no contract named {name!r} (contracts: {', '.join(c.name for c in registry)})")
+    return contracts
+
+
+def _plans(contracts: list[Any]) -> list[Any]:
+    """Each contract compared with its live table in the stack's database."""
+    from .evolution import compare
+
     engine = _sql_engine()
     try:
         with engine.connect() as conn:
@@ -290,7 +295,7 @@ def contract_diff(obj: dict[str, Any], name: str | None, as_json: bool) -> None:
     Example:
       ingest contract diff users
     """
-    plans = _plans(obj, name)
+    plans = _plans(_chosen_contracts(obj, name))
     _emit(as_json, {"plans": [_plan_data(p) for p in plans]}, "\n".join(_plan_text(p) for p in plans))
     sys.exit(REJECTED if any(p.breaking for p in plans) else OK)
 
@@ -310,7 +315,8 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
     """
     from .evolution import compare_locked
 
-    plans = _plans(obj, name)
+    contracts = {c.name: c for c in _chosen_contracts(obj, name)}
+    plans = _plans(list(contracts.values()))
     for plan in plans:
         for d in plan.additive:
             click.echo(d.ddl)
@@ -319,11 +325,10 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
     additive = [p for p in plans if p.additive]
     if apply_changes and additive:
         engine = _sql_engine()
-        registry = _registry(obj["contracts_dir"])
         try:
             for plan in additive:
                 with engine.begin() as conn:  # as the function does: under the table's lock, compared again
-                    fresh = compare_locked(conn, registry[plan.contract])
+                    fresh = compare_locked(conn, contracts[plan.contract])
                     fresh.apply(conn)
                 click.echo(f"applied to {plan.table}: {len(fresh.additive)} change(s)", err=True)
         finally:

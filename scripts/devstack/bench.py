@@ -98,13 +98,13 @@ def measure(argv: list[str], env: dict[str, str] | None = None, sample: bool = T
                 pass
             done.wait(SAMPLE_SECONDS)
 
-    sampler = threading.Thread(target=sample_rss, daemon=True)
-    if sample:
+    sampler = threading.Thread(target=sample_rss, daemon=True) if sample else None
+    if sampler:
         sampler.start()
     out, err = process.communicate()
     seconds = time.perf_counter() - started
     done.set()
-    if sample:
+    if sampler:
         sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed: {err.decode()[-2000:]}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 import boto3
 
 from .function import EmbeddedFunction, Invocation, invoke_url
+from .processes import port_open
 
 
 class Function(Protocol):
@@ -47,19 +47,12 @@ class RemoteFunction:
         parsed = urlsplit(url)
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 80
 
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection((self._host, self._port), timeout=1):
-                return True
-        except OSError:
-            return False
-
     def invoke(self, event: Any) -> Invocation:
         with self._lock:
-            if not self.answers():
+            if not port_open(self._port, self._host):
                 log_line("the function does not answer; waiting for it", url=self.url)
                 deadline = time.monotonic() + self.ready_timeout_s
-                while time.monotonic() < deadline and not self.answers():
+                while time.monotonic() < deadline and not port_open(self._port, self._host):
                     time.sleep(0.2)
             return invoke_url(self.url, event, self.timeout_s)
 

@@ -271,7 +271,6 @@ class Load:
         self._matched = matched or (lambda _contract, _matches: None)
         self._size_bytes = size_bytes
         self._engine = engine
-        self._exclusive = False  # whether this transaction holds ACCESS EXCLUSIVE on the target
         self._rebuild: list[str] = []  # the target's keys and indexes to build again after a bulk COPY
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
@@ -294,9 +293,8 @@ class Load:
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
         try:
-            if evolve:
-                self._evolve(engine)
-            self.strategy = self._choose_strategy()
+            locked = self._evolve(engine) if evolve else False
+            self.strategy = self._choose_strategy(locked)
             if self.strategy == "staging":
                 self.staging.create(self._conn)
             if md5 is not None:
@@ -323,9 +321,10 @@ class Load:
         self._copy = self._copy_context.__enter__()
         self._copy_open = True
 
-    def _evolve(self, engine: sa.Engine) -> None:
+    def _evolve(self, engine: sa.Engine) -> bool:
         """Compare the contract with the live table; apply additive differences in this transaction and
-        refuse breaking ones with ContractTableMismatch.
+        refuse breaking ones with ContractTableMismatch. Whether this transaction now holds ACCESS EXCLUSIVE
+        on the table.
 
         The first look is taken in a transaction of its own, so that this one holds no lock on the table
         yet. Changes are then made under ACCESS EXCLUSIVE, asked for before any other lock (the ALTER needs
@@ -338,18 +337,19 @@ class Load:
             plan = compare(look, self.contract)
         if plan.breaking:
             raise ContractTableMismatch(plan)
-        if plan.additive:
-            plan = compare_locked(self._conn, self.contract)
-            self._exclusive = True
-            if plan.breaking:
-                raise ContractTableMismatch(plan)
-            try:
-                self.schema_changes = plan.apply(self._conn)
-            except sa.exc.DBAPIError as exc:
-                if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
-                    why = f"the function's database role does not own table {self.target.name}"
-                    raise ContractTableMismatch(plan, not_allowed=why) from exc
-                raise
+        if not plan.additive:
+            return False
+        plan = compare_locked(self._conn, self.contract)
+        if plan.breaking:
+            raise ContractTableMismatch(plan)
+        try:
+            self.schema_changes = plan.apply(self._conn)
+        except sa.exc.DBAPIError as exc:
+            if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+                why = f"the function's database role does not own table {self.target.name}"
+                raise ContractTableMismatch(plan, not_allowed=why) from exc
+            raise
+        return True
 
     def _cancel(self) -> None:
         self.cancelled = True
@@ -366,30 +366,34 @@ class Load:
         if self._watchdog is not None:
             self._watchdog.cancel()
 
-    def _choose_strategy(self) -> str:
+    def _choose_strategy(self, locked: bool) -> str:
+        """How the rows reach the target ("copy" straight into it, or "staging" then MERGE); ``locked``:
+        this transaction holds ACCESS EXCLUSIVE on it already."""
         conn, target = self._conn, self.target
         mode = self.contract.load_mode
         if mode == "replace":
             conn.execute(sa.delete(target))
             return "copy"
-        if self._size_bytes >= BULK_LOAD_BYTES and self._empty_and_rebuildable(self._conn if self._exclusive else None):
+        if self._size_bytes >= BULK_LOAD_BYTES and self._empty_and_rebuildable(conn if locked else None):
             # A big first load: COPY into the empty table without its keys and indexes, then build them
             # once (a sort) instead of one B-tree insert per row: ~25% less work for PostgreSQL. The keys
             # hold: the file's duplicates were rejected, and a build that fails fails the load. The lock is
             # this transaction's first on the table (the look was another's), so two such loads queue
             # rather than deadlock; readers of the (empty) table wait for this load.
             conn.execute(sa.text(f"LOCK TABLE {sql_identifier(target.name)} IN ACCESS EXCLUSIVE MODE"))
-            self._exclusive = True
-            if not conn.execute(sa.select(sa.exists().select_from(target))).scalar():
+            if not self._has_rows(conn):
                 self._rebuild = self._drop_indexes()
                 return "copy"
             return "staging" if mode == "upsert" else "copy"  # another load got there first
         if mode == "append":
             return "copy"
-        if conn.execute(sa.select(sa.exists().select_from(target))).scalar():
+        if self._has_rows(conn):
             return "staging"
         self._lock_target()
-        return "staging" if conn.execute(sa.select(sa.exists().select_from(target))).scalar() else "copy"
+        return "staging" if self._has_rows(conn) else "copy"
+
+    def _has_rows(self, conn: sa.Connection) -> bool:
+        return bool(conn.execute(sa.select(sa.exists().select_from(self.target))).scalar())
 
     def _empty_and_rebuildable(self, conn: sa.Connection | None) -> bool:
         """The target is empty, the function owns it (so may drop and add its keys) and no foreign key
@@ -404,7 +408,7 @@ class Load:
                 ),
                 {"name": sql_identifier(self.target.name)},
             ).scalar()
-            return bool(row) and not look.execute(sa.select(sa.exists().select_from(self.target))).scalar()
+            return bool(row) and not self._has_rows(look)
 
     def _drop_indexes(self) -> list[str]:
         """Drop the target's keys and indexes; return the statements that build them again."""
