@@ -236,7 +236,13 @@ def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upl
     receipt = ingest_object(pipeline.bucket, "incoming/users/big.csv", pipeline.deps)
     assert receipt.status == "loaded" and receipt.md5 == md5(data) and receipt.rows_loaded == 130_000
     assert reads == ["incoming/users/big.csv"] * (1 if room_to_spool else 2)
-    assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 130_001
+    processed = pipeline.get(f"processed/users/{md5(data)}.csv")
+    assert processed.count(b"\n") == 130_001
+    assert len(processed) > s3_adapter.PART_BYTES  # so processed/ went up in parts, each with its CRC32
+    head = pipeline.aws.s3.head_object(
+        Bucket=pipeline.bucket, Key=f"processed/users/{md5(data)}.csv", ChecksumMode="ENABLED"
+    )
+    assert head["ChecksumCRC32"]  # the composite of the parts' (none without an algorithm named at creation)
     pipeline.upload("incoming/users/same.csv", data)
     assert ingest_object(pipeline.bucket, "incoming/users/same.csv", pipeline.deps).status == "skipped"
 
