@@ -161,9 +161,9 @@ def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
     if trust_etag and info.etag_md5:
         attempt.md5 = info.etag_md5
     else:  # a multipart upload's ETag is no MD5: the bytes are hashed (into a local copy, if there is room)
-        spool = deps.store.spool(bucket, key, info.etag, info.size)
+        spool = deps.store.spool(bucket, key, info.etag, info.size, attempt.deadline)
         if spool is None:
-            attempt.md5 = deps.store.md5(bucket, key, info.etag)
+            attempt.md5 = deps.store.md5(bucket, key, info.etag, attempt.deadline)
     try:
         return _ingest_identified(attempt, deps, info, spool)
     finally:
@@ -346,7 +346,10 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
                 outputs.open()
             else:
                 outputs.prepare()
-            chunks = spool.chunks() if spool else _hashed(deps.store.chunks(bucket, key, etag=info.etag), digest)
+            if spool is not None:
+                chunks = spool.chunks()
+            else:
+                chunks = _hashed(deps.store.chunks(bucket, key, info.etag, attempt.deadline), digest)
             process(
                 _until(chunks, attempt.deadline),
                 contract,

@@ -4,14 +4,21 @@ bounded error reports, and duplicate deliveries of a rejected file (real moto, r
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
+from urllib.parse import urlsplit
 
+import boto3
 import psycopg
 import pytest
 
+from ingest import bootstrap
+from ingest.adapters import s3 as s3_adapter
+from ingest.adapters.s3 import ObjectStore
 from ingest.processing import ERRORS_CSV_MAX_LINES
-from ingest.service import DeadlineReached, ingest_object
+from ingest.service import DeadlineReached, Dependencies, ingest_object
+from tests.integration.objects import StallingProxy, big_users_file, upload_multipart
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +145,53 @@ def test_a_second_delivery_of_a_rejected_file_answers_from_the_ledger_until_the_
         ("skipped", "already_rejected"),
         ("loaded", None),
     ]
+
+
+@pytest.mark.parametrize("upload", ["single_part", "multipart_spooled", "multipart_hashed_first"])
+def test_a_download_that_stalls_is_cut_off_at_the_deadline_with_a_timeout_on_record(pipeline, monkeypatch, upload):
+    """A download that stops midway (the network holds the rest) would wait for the S3 client's read timeout
+    (a minute) and the runtime would kill the function before it recorded anything. It is cut off at the
+    function's deadline, in whichever thread reads it: the main thread (a single-part upload, whose ETag is
+    its MD5), the spool's (a multipart upload being hashed while it is processed), or the main thread again
+    hashing first (no room to spool)."""
+    key = f"incoming/users/{upload}.csv"
+    data = big_users_file(120_000)  # ~7.5 MB: several chunks, so the download stops in the middle
+    if upload == "single_part":
+        pipeline.upload(key, data)
+    else:
+        upload_multipart(pipeline, key, data)
+    if upload == "multipart_hashed_first":
+        monkeypatch.setattr(s3_adapter, "SPOOL_MARGIN_BYTES", 1 << 60)
+    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, budget=256 * 1024)
+    try:
+        # the function's own S3 client (its read timeout a minute), reaching the emulator through the proxy
+        client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
+        stalled = Dependencies(
+            pipeline.deps.contracts, ObjectStore(client), pipeline.deps.database, pipeline.deps.notifier
+        )
+        outcome: list[BaseException | str] = []
+
+        def attempt() -> None:
+            try:
+                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=time.monotonic() + 2).status)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(30)  # the deadline is 2 s away; the client's read timeout a minute
+        assert proxy.stalled.is_set()
+        assert not thread.is_alive(), "the stalled download outlived the deadline"
+    finally:
+        proxy.close()
+    [error] = outcome
+    assert isinstance(error, DeadlineReached) and "cut off" in str(error)
+    [entry] = ledger(pipeline, key)
+    assert entry["status"] == "failed" and entry["reason"] == "timeout"
+    [receipt] = pipeline.receipts()
+    assert receipt["status"] == "failed" and receipt["reason"] == "timeout"
+    assert pipeline.keys("processed/") == [] and pipeline.keys("errors/") == []
+    assert not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
+    # the network back (the same function, its usual client): the retry loads every row, once
+    assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 120_000

@@ -20,6 +20,7 @@ from ingest.contract import ContractRegistry, parse_contract
 from ingest.evolution import ContractTableMismatch
 from ingest.service import Dependencies, ingest_object
 from tests.conftest import SAMPLES
+from tests.integration.objects import big_users_file, upload_multipart
 
 
 def md5(data: bytes) -> str:
@@ -197,25 +198,6 @@ def test_gzip_upload_loads(pipeline):
     receipt = ingest_object(pipeline.bucket, "incoming/users.csv.gz", pipeline.deps)
     assert receipt.status == "loaded" and receipt.rows_loaded == 5
     assert pipeline.query("SELECT compression FROM ingest_files") == [{"compression": "gzip"}]
-
-
-def upload_multipart(pipeline, key: str, data: bytes, part: int = 5 * 1024 * 1024) -> None:
-    """Upload ``data`` in parts (its ETag is then no MD5)."""
-    s3 = pipeline.aws.s3
-    upload = s3.create_multipart_upload(Bucket=pipeline.bucket, Key=key)["UploadId"]
-    parts = []
-    for number, start in enumerate(range(0, len(data), part), start=1):
-        body = data[start : start + part]
-        etag = s3.upload_part(Bucket=pipeline.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)["ETag"]
-        parts.append({"PartNumber": number, "ETag": etag})
-    s3.complete_multipart_upload(Bucket=pipeline.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
-    assert "-" in s3.head_object(Bucket=pipeline.bucket, Key=key)["ETag"]
-
-
-def big_users_file(rows: int) -> bytes:
-    return b"id,email,full_name\n1,a@b.co,Ann\n" + b"".join(
-        f"{i},u{i}@example.com,User {i:07d} with a longer name to fill bytes\n".encode() for i in range(2, rows + 1)
-    )
 
 
 @pytest.mark.parametrize("room_to_spool", [True, False])

@@ -8,8 +8,10 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,26 +45,27 @@ class ObjectStore:
         response = self.client.head_object(Bucket=bucket, Key=key)
         return ObjectInfo(size=response["ContentLength"], etag=response["ETag"])
 
-    def chunks(self, bucket: str, key: str, etag: str | None = None) -> Iterator[bytes]:
-        """The object's bytes in chunks; with ``etag``, fail if the object changed since it was read."""
+    def download(self, bucket: str, key: str, etag: str | None = None, deadline: float | None = None) -> Download:
+        """The object's body, to read in chunks; with ``etag``, fail if the object changed since it was read;
+        with ``deadline`` (a ``time.monotonic()`` value), a read still waiting then is cut off."""
         extra = {"IfMatch": etag} if etag else {}
-        body = self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
-        try:
-            yield from body.iter_chunks(CHUNK_BYTES)
-        finally:
-            body.close()
+        return Download(self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"], deadline)
 
-    def spool(self, bucket: str, key: str, etag: str, size: int) -> Spool | None:
+    def chunks(self, bucket: str, key: str, etag: str | None = None, deadline: float | None = None) -> Iterator[bytes]:
+        """The object's bytes in chunks (see ``download``)."""
+        yield from self.download(bucket, key, etag, deadline)
+
+    def spool(self, bucket: str, key: str, etag: str, size: int, deadline: float | None = None) -> Spool | None:
         """A local copy of the object, filled and hashed in a background thread, so that processing can
         read its first bytes while the rest arrives; None when the temporary folder lacks room for it."""
         if shutil.disk_usage(tempfile.gettempdir()).free < size + SPOOL_MARGIN_BYTES:
             return None
-        return Spool(self.chunks(bucket, key, etag))
+        return Spool(self.download(bucket, key, etag, deadline))
 
-    def md5(self, bucket: str, key: str, etag: str) -> str:
+    def md5(self, bucket: str, key: str, etag: str, deadline: float | None = None) -> str:
         """The object's MD5, read through once and kept nowhere."""
         digest = hashlib.md5(usedforsecurity=False)
-        for chunk in self.chunks(bucket, key, etag):
+        for chunk in self.download(bucket, key, etag, deadline):
             digest.update(chunk)
         return digest.hexdigest()
 
@@ -73,27 +76,77 @@ class ObjectStore:
         return StreamingWriter(self.client, bucket, key, content_type)
 
 
+class ReadCutOff(TimeoutError):
+    """A read of an object was cut off: its deadline came (or its reader stopped) while it waited."""
+
+
+class Download:
+    """One GetObject's body, read in CHUNK_BYTES chunks by iterating over it (once).
+
+    A stalled read would wait for the client's read timeout (a minute, and again for each retry), long past
+    the function's own deadline, which then could not record the timeout before the runtime kills it. So at
+    ``deadline`` the read is cut off: ``cut()`` shuts the socket for reading, and a read waiting on it, in any
+    thread, ends at once with ReadCutOff. A cut-off body never looks complete: bytes short of its length
+    raise, and no chunk is handed on after the cut.
+    """
+
+    def __init__(self, body: Any, deadline: float | None = None) -> None:
+        self._body = body
+        self.cut_off = False
+        self._timer: threading.Timer | None = None
+        if deadline is not None:
+            self._timer = threading.Timer(max(deadline - time.monotonic(), 0), self.cut)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cut(self) -> None:
+        """Make the read end now, from any thread (a read already done is left as it was)."""
+        self.cut_off = True
+        raw: Any = getattr(self._body, "_raw_stream", None)  # botocore's StreamingBody over urllib3's response
+        with suppress(Exception):  # nothing to shut: the body was read and its connection went back to the pool
+            raw.shutdown()  # SHUT_RD: a recv waiting in another thread returns (urllib3 2.3 and later)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._body.iter_chunks(CHUNK_BYTES):
+                if self.cut_off:
+                    raise ReadCutOff("the object's download was cut off (its deadline came)")
+                yield chunk
+        except ReadCutOff:
+            raise
+        except Exception as exc:
+            if self.cut_off:
+                raise ReadCutOff(f"the object's download was cut off (its deadline came): {exc}") from exc
+            raise
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._body.close()
+
+
 class Spool:
     """An object's bytes in an anonymous temporary file (gone when closed or when the process ends),
     written and hashed by a thread of its own as they arrive.
 
     ``chunks()`` reads the copy from the start, waiting for bytes not written yet, so that processing can
-    begin with the first megabyte; ``md5()`` waits for the last byte. An error of the download is raised by
-    both."""
+    begin with the first megabyte; ``md5()`` waits for the last byte. An error of the download (a cut-off
+    read at the deadline too) is raised by both. ``close()`` cuts off a download still going."""
 
-    def __init__(self, source: Iterator[bytes]) -> None:
+    def __init__(self, download: Download) -> None:
         self.file = tempfile.TemporaryFile(prefix="ingest-spool-")  # noqa: SIM115 (closed by close())
+        self._download = download
         self._written = 0
         self._md5: str | None = None
         self._error: BaseException | None = None
         self._done = False
         self._closing = False
         self._changed = threading.Condition()
-        self._filler = threading.Thread(target=self._fill, args=(source,), name="s3-spool", daemon=True)
+        self._filler = threading.Thread(target=self._fill, name="s3-spool", daemon=True)
         self._filler.start()
 
-    def _fill(self, source: Iterator[bytes]) -> None:
+    def _fill(self) -> None:
         digest = hashlib.md5(usedforsecurity=False)
+        source = iter(self._download)
         try:
             for chunk in source:
                 if self._closing:
@@ -145,6 +198,8 @@ class Spool:
 
     def close(self) -> None:
         self._closing = True
+        if not self._done:
+            self._download.cut()  # a download still going (processing stopped early) ends now, even if stalled
         self._filler.join()
         self.file.close()
 
