@@ -15,7 +15,7 @@ from ingest import service
 from ingest.adapters import postgres as postgres_adapter
 from ingest.adapters import s3 as s3_adapter
 from ingest.adapters.postgres import Database
-from ingest.adapters.s3 import ObjectStore
+from ingest.adapters.s3 import Download, ObjectStore
 from ingest.contract import ContractRegistry, parse_contract
 from ingest.evolution import ContractTableMismatch
 from ingest.service import Dependencies, ingest_object
@@ -209,8 +209,8 @@ def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upl
     if not room_to_spool:
         monkeypatch.setattr(s3_adapter, "SPOOL_MARGIN_BYTES", 1 << 60)
     reads = []
-    chunks = ObjectStore.chunks
-    monkeypatch.setattr(ObjectStore, "chunks", lambda self, *a, **k: reads.append(a[1]) or chunks(self, *a, **k))
+    download = ObjectStore.download
+    monkeypatch.setattr(ObjectStore, "download", lambda self, *a, **k: reads.append(a[1]) or download(self, *a, **k))
     data = big_users_file(130_000)
     assert len(data) > 5 * 1024 * 1024
     upload_multipart(pipeline, "incoming/users/big.csv", data)
@@ -230,19 +230,19 @@ def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upl
 
 
 def hold_download(monkeypatch, after_bytes: int) -> threading.Event:
-    """Make every S3 read stop after ``after_bytes`` until the returned event is set (or fail after 30 s)."""
+    """Make every S3 download stop after ``after_bytes`` until the returned event is set (or fail after 30 s)."""
     release = threading.Event()
-    chunks = ObjectStore.chunks
+    iterate = Download.__iter__
 
-    def held(self, *args, **kwargs):
+    def held(self):
         read = 0
-        for chunk in chunks(self, *args, **kwargs):
+        for chunk in iterate(self):
             if read >= after_bytes and not release.wait(30):
                 raise TimeoutError("the held download was never released")
             read += len(chunk)
             yield chunk
 
-    monkeypatch.setattr(ObjectStore, "chunks", held)
+    monkeypatch.setattr(Download, "__iter__", held)
     return release
 
 
@@ -367,22 +367,22 @@ def test_concurrent_upserts_of_overlapping_keys_into_one_table_all_load(pipeline
 def test_a_multipart_download_that_breaks_midway_fails_the_file_and_leaves_nothing(pipeline, monkeypatch):
     data = big_users_file(200_000)
     upload_multipart(pipeline, "incoming/users/broken.csv", data)
-    chunks = ObjectStore.chunks
+    iterate = Download.__iter__
 
-    def breaking(self, *args, **kwargs):
-        for read, chunk in enumerate(chunks(self, *args, **kwargs)):
+    def breaking(self):
+        for read, chunk in enumerate(iterate(self)):
             if read == 6:
                 raise ConnectionResetError("the connection broke")
             yield chunk
 
-    monkeypatch.setattr(ObjectStore, "chunks", breaking)
+    monkeypatch.setattr(Download, "__iter__", breaking)
     with pytest.raises(ConnectionResetError):
         ingest_object(pipeline.bucket, "incoming/users/broken.csv", pipeline.deps)
     [receipt] = pipeline.receipts()
     assert receipt["status"] == "failed" and "the connection broke" in receipt["message"]
     assert pipeline.keys() == ["incoming/users/broken.csv"]
     assert pipeline.query("SELECT status, md5 FROM ingest_files") == [{"status": "failed", "md5": "unknown"}]
-    monkeypatch.setattr(ObjectStore, "chunks", chunks)  # the retry loads
+    monkeypatch.setattr(Download, "__iter__", iterate)  # the retry loads
     assert ingest_object(pipeline.bucket, "incoming/users/broken.csv", pipeline.deps).rows_loaded == 200_000
 
 
