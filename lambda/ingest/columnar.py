@@ -104,9 +104,14 @@ class Cells:
         return np.where(at < self.ends, np.take(self.data, at, mode="clip"), 0)
 
     def at_an_edge(self, byte_class: Callable[[np.ndarray], np.ndarray]) -> bool:
-        """Whether any cell starts or ends with a byte of ``byte_class``."""
-        found, cell = self.find(byte_class)
-        return bool(((found == self.starts[cell]) | (found == self.ends[cell] - 1)).any())
+        """Whether any cell starts or ends with a byte of ``byte_class`` (a look at two bytes a cell, not a
+        pass over all of them)."""
+        filled = self.lengths > 0
+        if not filled.any():
+            return False
+        firsts = np.take(self.data, self.starts[filled])
+        lasts = np.take(self.data, self.ends[filled] - 1)
+        return bool(byte_class(firsts).any() or byte_class(lasts).any())
 
     def pairs(self, first: int, second: int) -> np.ndarray:
         """Which cells hold the byte ``first`` followed by ``second``."""

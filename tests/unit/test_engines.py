@@ -331,3 +331,7 @@ def test_cells_read_the_bytes_of_each_cell_also_in_slices_and_empty_cells():
     assert cells.pairs(32, 32).tolist() == [False, False, True, True, False]
     assert cells.at_an_edge(columnar.TRIMMED)
     assert not columnar.Cells(whole.slice(1, 2)).at_an_edge(columnar.TRIMMED)  # "" and "a b": inner space only
+    assert columnar.Cells(whole.slice(3, 1)).at_an_edge(columnar.TRIMMED)  # "  c": at its start only
+    assert columnar.Cells(whole.slice(4, 1)).at_an_edge(columnar.TRIMMED)  # "d  ": at its end only
+    assert not columnar.Cells(whole.slice(6, 1)).at_an_edge(columnar.TRIMMED)  # "": no edge at all
+    assert not columnar.Cells(pa.array(["a", " b"], pa.string()).slice(0, 1)).at_an_edge(columnar.TRIMMED)
