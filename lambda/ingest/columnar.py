@@ -499,6 +499,11 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
     return fields, end, text.count("\n")
 
 
+#: Why a one-column file goes to the exact engine: its blank lines between rows are rows (empty cells),
+#: which pyarrow's reader and the line index skip.
+ONE_COLUMN = "a one-column file, whose blank lines between rows are empty cells"
+
+
 def supported(source: Source) -> str | None:
     """Why the columnar engine cannot take this file, or None."""
     if source.codec not in ("utf-8", "utf-8-sig", "cp1252", "latin-1"):
@@ -518,6 +523,8 @@ def process_columnar(
     counts: Any,
 ) -> None:
     """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
+    if plan.width == 1:
+        raise ExactEngineNeeded(ONE_COLUMN)
     delimiter = source.text_format.delimiter
     index = LineIndex(delimiter, first_line=header_lines + 1)
     names = [f"f{i}" for i in range(len(header))]
@@ -579,16 +586,7 @@ def process_columnar(
                     blank += 1  # a line of whitespace only: blank to the exact engine too, not a row
                     continue
                 errors.append(field_count_error(int(lines[number - 1]), fields, plan.width))
-            if plan.width == 1:  # there a whitespace-only line parses as a row; the exact engine skips it
-                keep = ~_np(pc.equal(pc.utf8_trim_whitespace(batch.column(0)), ""))
-                if not keep.all():
-                    blank += int((~keep).sum())
-                    row_lines = lines[is_row][keep]
-                    batch = batch.filter(pa.array(keep))
-                else:
-                    row_lines = lines[is_row]
-            else:
-                row_lines = lines[is_row]
+            row_lines = lines[is_row]
             counts.rows_total += records - blank
             valid_block, row_errors, n_valid = _validate_batch(
                 batch, row_lines, plan, screens, exact, keys, special, index.has_control, ascii

@@ -226,7 +226,35 @@ def sniff_delimiter(text: str) -> str:
 
 
 def read_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, fields)`` for every non-blank record; malformed CSV rejects the file."""
+    """Yield ``(line_number, fields)`` for every record that is a row (and first the header); malformed CSV
+    rejects the file.
+
+    Blank lines (empty or whitespace only) are no rows in a file of several columns: a row there has
+    delimiters. In a one-column file (its header has one field) a line of whitespace is a row, and so is an
+    empty line followed by a later record: that is how a spreadsheet exports an empty cell there, and how
+    PostgreSQL's COPY reads it (a NULL). Only the empty lines after the last record (a file's trailing line
+    breaks) and blank lines before the header are nothing."""
+    one_column: bool | None = None  # known at the header
+    held: list[tuple[int, list[str]]] = []  # a one-column file's empty lines, rows if a record follows
+    for start, fields in _all_records(text, delimiter):
+        blank = not fields or (len(fields) == 1 and not fields[0].strip())
+        if one_column is None:
+            if blank:
+                continue  # before the header
+            one_column = len(fields) == 1
+        elif one_column:
+            if not fields:
+                held.append((start, [""]))
+                continue
+            yield from held
+            held.clear()
+        elif blank:
+            continue
+        yield start, fields
+
+
+def _all_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Every record with the line it starts on, blank ones too."""
     reader = csv.reader(text, delimiter=delimiter, strict=True)
     previous_line = 0
     while True:
@@ -251,5 +279,4 @@ def read_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, lis
             ) from None
         start = previous_line + 1
         previous_line = reader.line_num
-        if fields and (len(fields) > 1 or fields[0].strip()):
-            yield start, fields
+        yield start, fields

@@ -254,11 +254,20 @@ def test_whitespace_only_lines_are_blank_in_both_engines(users, data):
     assert_same(exact, fast)
 
 
-def test_whitespace_only_lines_in_a_one_column_file():
+def test_blank_lines_between_the_rows_of_a_one_column_file_are_empty_cells():
+    """A spreadsheet exports an empty cell of a one-column sheet as an empty line (PostgreSQL's COPY reads it
+    as a NULL): such a line followed by more records is a row, and so is a line of whitespace; the empty
+    lines after the last record are the file's trailing line breaks, and blank lines before the header are
+    nothing. Both engines (the columnar one hands these files to the exact one) say so."""
     contract = parse_contract("one", {"table": "one", "keys": ["k"], "columns": [{"name": "v"}]})
-    exact, fast = both(b"v\na\n  \nb\n\t\nc\n", contract)
+    exact, fast = both(b"\n  \nv\na\n  \nb\n\n\t\nc\n\n \n\n\n", contract)
     assert_same(exact, fast)
-    assert exact.outcome.rows_total == 3 and fast.outcome.engine == "columnar"
+    assert fast.outcome.engine == "exact"
+    assert (exact.outcome.rows_total, exact.outcome.rows_valid) == (8, 8)
+    assert exact.valid == "v\na\n\nb\n\n\nc\n\n\n"  # the empty and whitespace cells as NULLs, in order
+    required = parse_contract("one", {"table": "one", "keys": ["k"], "columns": [{"name": "v", "required": True}]})
+    rejected = outcome_of(b"v\na\n\nb\n\n", dataclasses.replace(required, max_rejected_share=1.0), "auto", 1 << 20)
+    assert [e.split(",")[:3] for e in rejected.errors.splitlines()[1:]] == [["3", "v", "required"]]
 
 
 # Every cell the byte-level screens judge, in ASCII-only files (where the screens skip the Unicode checks):
@@ -310,11 +319,11 @@ def test_dates_with_multibyte_separators_give_identical_results():
             "table": "d",
             "keys": ["k"],
             "max_rejected_share": 1.0,
-            "columns": [{"name": "day", "type": "date", "formats": ["YYYY年MM月DD日", "DD.MM.YYYY"]}],
+            "columns": [{"name": "n"}, {"name": "day", "type": "date", "formats": ["YYYY年MM月DD日", "DD.MM.YYYY"]}],
         },
     )
     cells = ["2024年01月15日", "2024年1月15日", "2024年02月30日", "15.01.2024", "2024-01-15", "2024年01月15"]
-    exact, fast = both(("day\n" + "\n".join(cells) + "\n").encode(), contract)
+    exact, fast = both(("n,day\n" + "\n".join(f"{i},{c}" for i, c in enumerate(cells)) + "\n").encode(), contract)
     assert fast.outcome.engine == "columnar"
     assert_same(exact, fast)
     assert exact.outcome.rows_valid == 3
