@@ -454,3 +454,17 @@ def test_a_multipart_upload_handed_to_the_exact_engine_midway_loads_once(pipelin
     [row] = pipeline.query("SELECT full_name FROM users WHERE id = 140000")
     assert row["full_name"] == 'Quote "inside" an unquoted field'
     assert pipeline.get(f"processed/users/{md5(data)}.csv").count(b"\n") == 150_001
+
+
+def test_tables_dropped_under_a_warm_runtime_are_made_again(pipeline):
+    """A developer starts afresh (drops the table and the ledger) while the function stays warm: the next
+    file makes both again and loads, instead of failing on tables that are gone."""
+    pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
+    assert ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps).status == "loaded"
+    with psycopg.connect(pipeline.database_url, autocommit=True) as admin:
+        admin.execute("DROP TABLE users; DROP TABLE ingest_files")
+    pipeline.upload("incoming/users/again.csv", b"id,email,full_name\n7,g@h.ij,Gus\n")
+    receipt = ingest_object(pipeline.bucket, "incoming/users/again.csv", pipeline.deps)
+    assert receipt.status == "loaded" and receipt.rows_loaded == 1
+    assert pipeline.query("SELECT id FROM users") == [{"id": 7}]
+    assert [r["status"] for r in pipeline.query("SELECT status FROM ingest_files")] == ["loaded"]

@@ -173,9 +173,11 @@ class Database:
         self._matching: dict[str, str] = {}
 
     def ensure_tables(self, contract: Contract | None = None) -> None:
-        """Create the ledger and the contract's table when absent (once per process)."""
+        """Create the ledger and the contract's table when absent. Made once per process, then only looked
+        for (one cheap query): a warm runtime outlives tables dropped meanwhile (a developer starting
+        afresh), and makes them again rather than failing every file on a table that is gone."""
         wanted = [LEDGER_TABLE] + ([contract.table] if contract else [])
-        if all(t in self._ready_tables for t in wanted):
+        if all(t in self._ready_tables for t in wanted) and self._all_exist(wanted):
             return
         with self._lock, self.engine.begin() as conn:
             # Serialize DDL across concurrent functions: CREATE TABLE IF NOT EXISTS can still race.
@@ -185,6 +187,17 @@ class Database:
             if contract:
                 target_table(contract).create(conn, checkfirst=True)
         self._ready_tables.update(wanted)
+
+    def _all_exist(self, tables: list[str]) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT count(to_regclass(t)) FROM unnest(CAST(:tables AS text[])) AS t"), {"tables": tables}
+            ).scalar_one()
+        if found == len(tables):
+            return True
+        self._ready_tables.clear()  # something was dropped: make what is missing, and compare the rest again
+        self._matching.clear()
+        return False
 
     def earlier_outcome(
         self, md5: str, table: str, bucket: str, key: str, contract_sha256: str
