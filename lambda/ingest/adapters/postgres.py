@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from psycopg import sql
 from sqlalchemy.dialects import postgresql as pg
 
 from ..contract import Contract
+from ..deadlines import call_at
 
 LEDGER_TABLE = "ingest_files"
 #: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
@@ -290,11 +290,7 @@ class Load:
         # At the deadline, whatever statement the load is in (a lock wait, the COPY, the MERGE) is cancelled
         # on the server, so that the caller can roll back and record a timeout while it still has time.
         self.cancelled = False
-        self._watchdog: threading.Timer | None = None
-        if deadline is not None:
-            self._watchdog = threading.Timer(max(deadline - time.monotonic(), 0), self._cancel)
-            self._watchdog.daemon = True
-            self._watchdog.start()
+        self._watchdog = call_at(deadline, self._cancel)
         self._copy_open = False
         self._copied = 0
         self.rows_loaded = 0

@@ -8,12 +8,13 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
+
+from ..deadlines import call_at
 
 CHUNK_BYTES = 1024 * 1024
 SPOOL_MARGIN_BYTES = 64 * 1024 * 1024  # left free in the temporary folder (Lambda: /tmp)
@@ -93,11 +94,7 @@ class Download:
     def __init__(self, body: Any, deadline: float | None = None) -> None:
         self._body = body
         self.cut_off = False
-        self._timer: threading.Timer | None = None
-        if deadline is not None:
-            self._timer = threading.Timer(max(deadline - time.monotonic(), 0), self.cut)
-            self._timer.daemon = True
-            self._timer.start()
+        self._timer = call_at(deadline, self.cut)
 
     def cut(self) -> None:
         """Make the read end now, from any thread (a read already done is left as it was)."""
