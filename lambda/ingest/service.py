@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .adapters.postgres import Database, DatabaseUnreachable, Load
-from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter
+from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter, wait_until_deadline
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
 from .contract import Contract, ContractRegistry
@@ -253,7 +253,7 @@ class _Outputs:
         else:
             self.load.start(md5)
         self.processed = deps.store.writer(
-            deps.output_bucket or attempt.bucket, processed_key(contract.table, md5), "text/csv"
+            deps.output_bucket or attempt.bucket, processed_key(contract.table, md5), "text/csv", attempt.deadline
         )
         self.errors = self._errors_writer()
         self.opened = True
@@ -265,7 +265,7 @@ class _Outputs:
         attempt = self.attempt
         assert attempt.contract is not None and attempt.md5 is not None
         key = errors_keys(attempt.contract.table, attempt.md5)[0]
-        return self.deps.store.writer(self.deps.output_bucket or attempt.bucket, key, "text/csv")
+        return self.deps.store.writer(self.deps.output_bucket or attempt.bucket, key, "text/csv", attempt.deadline)
 
     def errors_only(self) -> bool:
         """For a rejected file: drop the load and processed/, keep the errors CSV written so far (if any);
@@ -407,7 +407,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
                 processed_key=processed_key(contract.table, md5),
                 errors_key=errors_csv_key if attempt.outcome.rows_rejected else None,
             ),
-            before_commit=processed_closed.result,
+            before_commit=lambda: wait_until_deadline(processed_closed, attempt.deadline, processed.key),
         )
     except BaseException as exc:
         load.rollback(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 
@@ -28,12 +29,14 @@ def big_users_file(rows: int) -> bytes:
 
 
 class StallingProxy:
-    """A TCP proxy in front of the emulator that hands on at most ``budget`` bytes of each connection's
-    answers, then holds the rest (a download that stalls midway, as a real network can) until ``close``.
-    Requests pass freely, so small answers (HEAD, PUT) come through and a large GetObject body stops."""
+    """A TCP proxy in front of the emulator that holds, until ``close``, what a real network can hold up:
+    with ``budget``, each connection's answers past that many bytes (small answers such as HEAD's and PUT's
+    come through, a large GetObject body stops midway); with ``request`` (a regular expression), the answer
+    to a request whose bytes match it (say the UploadPart of part 2), from its first byte. Requests pass."""
 
-    def __init__(self, upstream_port: int, budget: int):
+    def __init__(self, upstream_port: int, budget: int | None = None, request: bytes | None = None):
         self.upstream_port, self.budget = upstream_port, budget
+        self.request = re.compile(request) if request is not None else None  # a regular expression
         self.server = socket.create_server((HOST, 0))
         self.endpoint = f"http://{HOST}:{self.server.getsockname()[1]}"
         self.released = threading.Event()
@@ -47,21 +50,37 @@ class StallingProxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection((HOST, self.upstream_port))
+            try:
+                upstream = socket.create_connection((HOST, self.upstream_port))
+            except OSError:  # the emulator went away (the session ends): nothing to hand on
+                client.close()
+                continue
             self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, self.budget), daemon=True).start()
+            held = threading.Event()  # this connection's answers stop here
+            threading.Thread(target=self._asks, args=(client, upstream, held), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, held), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, budget: int | None) -> None:
+    def _asks(self, client: socket.socket, upstream: socket.socket, held: threading.Event) -> None:
+        try:
+            while data := client.recv(65536):
+                if self.request is not None and self.request.search(data):
+                    held.set()  # before the request goes on, so before its answer can come back
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _answers(self, upstream: socket.socket, client: socket.socket, held: threading.Event) -> None:
         sent = 0
         try:
-            while data := source.recv(65536):
-                if budget is not None and sent + len(data) > budget:
-                    sink.sendall(data[: budget - sent])
+            while data := upstream.recv(65536):
+                over = self.budget is not None and sent + len(data) > self.budget
+                if held.is_set() or over:
+                    if over and not held.is_set():
+                        client.sendall(data[: self.budget - sent])
                     self.stalled.set()
                     self.released.wait()
                     return
-                sink.sendall(data)
+                client.sendall(data)
                 sent += len(data)
         except OSError:
             pass

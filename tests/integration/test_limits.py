@@ -195,3 +195,47 @@ def test_a_download_that_stalls_is_cut_off_at_the_deadline_with_a_timeout_on_rec
     # the network back (the same function, its usual client): the retry loads every row, once
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 120_000
+
+
+@pytest.mark.parametrize(
+    ("held", "pattern", "message"),
+    [
+        ("the second part", rb"^PUT [^ ]*[?&]partNumber=2[& ]", "upload of part 2 of processed/users/"),
+        ("the completion", rb"^POST [^ ]*[?&]uploadId=", "upload of processed/users/"),
+    ],
+)
+def test_an_upload_that_stalls_is_given_up_at_the_deadline_with_a_timeout_on_record(pipeline, held, pattern, message):
+    """The answer to processed/'s UploadPart of its second part, or to its CompleteMultipartUpload, never
+    comes (the network holds it). The function waits for it until its deadline, not for the S3 client's
+    read timeout (a minute, then again per retry), and records the timeout; nothing is loaded and the
+    retry loads."""
+    key = "incoming/users/upload_stalls.csv"
+    data = big_users_file(250_000)  # ~16 MB: its processed/ output goes up in 4 parts
+    pipeline.upload(key, data)
+    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, request=pattern)
+    try:
+        client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
+        deps = pipeline.deps
+        stalled = Dependencies(deps.contracts, ObjectStore(client), deps.database, deps.notifier)
+        outcome: list[BaseException | str] = []
+
+        def attempt() -> None:
+            try:
+                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=time.monotonic() + 3).status)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(30)  # the deadline is 3 s away; the client's read timeout a minute
+        assert proxy.stalled.is_set()
+        assert not thread.is_alive(), "the stalled upload outlived the deadline"
+    finally:
+        proxy.close()
+    [error] = outcome
+    assert isinstance(error, DeadlineReached) and message in str(error), held
+    [entry] = ledger(pipeline, key)
+    assert entry["status"] == "failed" and entry["reason"] == "timeout"
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 0
+    assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 250_000

@@ -8,13 +8,17 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..deadlines import call_at
+
+T = TypeVar("T")
 
 CHUNK_BYTES = 1024 * 1024
 SPOOL_MARGIN_BYTES = 64 * 1024 * 1024  # left free in the temporary folder (Lambda: /tmp)
@@ -73,12 +77,16 @@ class ObjectStore:
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
-    def writer(self, bucket: str, key: str, content_type: str) -> StreamingWriter:
-        return StreamingWriter(self.client, bucket, key, content_type)
+    def writer(self, bucket: str, key: str, content_type: str, deadline: float | None = None) -> StreamingWriter:
+        return StreamingWriter(self.client, bucket, key, content_type, deadline)
 
 
 class ReadCutOff(TimeoutError):
     """A read of an object was cut off: its deadline came (or its reader stopped) while it waited."""
+
+
+class WriteCutOff(TimeoutError):
+    """An upload of an output was still going at the deadline; the caller stops waiting for it."""
 
 
 class Download:
@@ -201,6 +209,17 @@ class Spool:
         self.file.close()
 
 
+def wait_until_deadline(work: Future[T], deadline: float | None, what: str) -> T:
+    """The result of work done in another thread, waited for until ``deadline`` at the most: an upload that
+    stalls would otherwise hold the caller for the S3 client's read timeout (a minute, and again for each
+    retry), past the function's deadline, with nothing on record when the runtime kills it."""
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+    try:
+        return work.result(timeout)
+    except FutureTimeout:
+        raise WriteCutOff(f"the upload of {what} was still going at the deadline") from None
+
+
 class StreamingWriter:
     """Writes an object of any size in PART_BYTES parts; nothing appears unless ``close`` is called.
 
@@ -210,8 +229,9 @@ class StreamingWriter:
     half-written output behind.
     """
 
-    def __init__(self, client: Any, bucket: str, key: str, content_type: str):
+    def __init__(self, client: Any, bucket: str, key: str, content_type: str, deadline: float | None = None):
         self.client, self.bucket, self.key, self.content_type = client, bucket, key, content_type
+        self.deadline = deadline  # a part still uploading then is waited for no longer (WriteCutOff)
         self._buffer: list[bytes] = []  # the blocks of the next part (joined once, when it is sent)
         self._buffered = 0
         self._upload_id: str | None = None
@@ -256,7 +276,7 @@ class StreamingWriter:
 
     def _wait_in_flight(self) -> None:
         if self._in_flight is not None:
-            part = self._in_flight.result()
+            part = wait_until_deadline(self._in_flight, self.deadline, f"part {len(self._parts) + 1} of {self.key}")
             self._in_flight = None
             self._parts.append(part)
 
@@ -276,7 +296,7 @@ class StreamingWriter:
 
     def close_in_background(self) -> Future[None]:
         """``close`` in a thread of its own: the caller goes on (e.g. finishing its load) and waits for the
-        returned future before it commits to anything that names this object."""
+        returned future (``wait_until_deadline``) before it commits to anything that names this object."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-close")
         try:
             return executor.submit(self.close)
@@ -291,7 +311,7 @@ class StreamingWriter:
                 pass
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
             self._upload_id = None
-            self._shutdown()
+            self._shutdown(wait=False)  # a part still uploading at the deadline ends on its own, later
         self._take_buffer()
 
     def _take_buffer(self) -> bytes:
@@ -301,7 +321,7 @@ class StreamingWriter:
         self._buffered = 0
         return body
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, wait: bool = True) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=wait)
             self._executor = None
