@@ -184,8 +184,11 @@ class Database:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ingest.ddl'))"))
             ledger.create(conn, checkfirst=True)
             _migrate_ledger(conn)
-            if contract:
-                target_table(contract).create(conn, checkfirst=True)
+            made_here = contract is not None and not sa.inspect(conn).has_table(contract.table)
+            if contract is not None and made_here:
+                target_table(contract).create(conn)
+        if contract is not None and made_here:  # made from this very contract: no need to compare them
+            self._matching[contract.table] = contract.fingerprint
         self._ready_tables.update(wanted)
 
     def _all_exist(self, tables: list[str]) -> bool:
