@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import zlib
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -147,6 +148,35 @@ def test_a_second_delivery_of_a_rejected_file_answers_from_the_ledger_until_the_
     ]
 
 
+def ingest_through_a_stall(pipeline, key: str, seconds: float, **stall: Any) -> BaseException | str:
+    """What ``ingest_object`` returned (its status) or raised, with a deadline ``seconds`` away, when the
+    function's own S3 client (its read timeout a minute) reaches the emulator through a StallingProxy
+    (``stall``: its budget or request). Fails unless the proxy held something and the call ended within
+    30 s, long before the client's read timeout but long after the deadline."""
+    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, **stall)
+    try:
+        client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
+        deps = pipeline.deps
+        stalled = Dependencies(deps.contracts, ObjectStore(client), deps.database, deps.notifier)
+        outcome: list[BaseException | str] = []
+
+        def attempt() -> None:
+            try:
+                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=time.monotonic() + seconds).status)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(30)
+        assert proxy.stalled.is_set()
+        assert not thread.is_alive(), "the stall outlived the deadline"
+    finally:
+        proxy.close()
+    [result] = outcome
+    return result
+
+
 @pytest.mark.parametrize("upload", ["single_part", "multipart_spooled", "multipart_hashed_first"])
 def test_a_download_that_stalls_is_cut_off_at_the_deadline_with_a_timeout_on_record(pipeline, monkeypatch, upload):
     """A download that stops midway (the network holds the rest) would wait for the S3 client's read timeout
@@ -162,29 +192,7 @@ def test_a_download_that_stalls_is_cut_off_at_the_deadline_with_a_timeout_on_rec
         upload_multipart(pipeline, key, data)
     if upload == "multipart_hashed_first":
         monkeypatch.setattr(s3_adapter, "SPOOL_MARGIN_BYTES", 1 << 60)
-    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, budget=256 * 1024)
-    try:
-        # the function's own S3 client (its read timeout a minute), reaching the emulator through the proxy
-        client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
-        stalled = Dependencies(
-            pipeline.deps.contracts, ObjectStore(client), pipeline.deps.database, pipeline.deps.notifier
-        )
-        outcome: list[BaseException | str] = []
-
-        def attempt() -> None:
-            try:
-                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=time.monotonic() + 2).status)
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=attempt, daemon=True)
-        thread.start()
-        thread.join(30)  # the deadline is 2 s away; the client's read timeout a minute
-        assert proxy.stalled.is_set()
-        assert not thread.is_alive(), "the stalled download outlived the deadline"
-    finally:
-        proxy.close()
-    [error] = outcome
+    error = ingest_through_a_stall(pipeline, key, seconds=2, budget=256 * 1024)
     assert isinstance(error, DeadlineReached) and "cut off" in str(error)
     [entry] = ledger(pipeline, key)
     assert entry["status"] == "failed" and entry["reason"] == "timeout"
@@ -212,27 +220,7 @@ def test_an_upload_that_stalls_is_given_up_at_the_deadline_with_a_timeout_on_rec
     key = "incoming/users/upload_stalls.csv"
     data = big_users_file(250_000)  # ~16 MB: its processed/ output goes up in 4 parts
     pipeline.upload(key, data)
-    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, request=pattern)
-    try:
-        client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
-        deps = pipeline.deps
-        stalled = Dependencies(deps.contracts, ObjectStore(client), deps.database, deps.notifier)
-        outcome: list[BaseException | str] = []
-
-        def attempt() -> None:
-            try:
-                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=time.monotonic() + 3).status)
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=attempt, daemon=True)
-        thread.start()
-        thread.join(30)  # the deadline is 3 s away; the client's read timeout a minute
-        assert proxy.stalled.is_set()
-        assert not thread.is_alive(), "the stalled upload outlived the deadline"
-    finally:
-        proxy.close()
-    [error] = outcome
+    error = ingest_through_a_stall(pipeline, key, seconds=3, request=pattern)
     assert isinstance(error, DeadlineReached) and message in str(error), held
     [entry] = ledger(pipeline, key)
     assert entry["status"] == "failed" and entry["reason"] == "timeout"
