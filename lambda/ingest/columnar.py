@@ -499,11 +499,6 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
     return fields, end, text.count("\n")
 
 
-#: Why a one-column file goes to the exact engine: its blank lines between rows are rows (empty cells),
-#: which pyarrow's reader and the line index skip.
-ONE_COLUMN = "a one-column file, whose blank lines between rows are empty cells"
-
-
 def supported(source: Source) -> str | None:
     """Why the columnar engine cannot take this file, or None."""
     if source.codec not in ("utf-8", "utf-8-sig", "cp1252", "latin-1"):
@@ -523,8 +518,6 @@ def process_columnar(
     counts: Any,
 ) -> None:
     """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
-    if plan.width == 1:
-        raise ExactEngineNeeded(ONE_COLUMN)
     delimiter = source.text_format.delimiter
     index = LineIndex(delimiter, first_line=header_lines + 1)
     names = [f"f{i}" for i in range(len(header))]

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .columnar import ONE_COLUMN, ExactEngineNeeded, process_columnar, split_header, supported
+from .columnar import ExactEngineNeeded, process_columnar, split_header, supported
 from .contract import Contract
 from .reading import Source, TextFormat, inspect, read_records, text_stream
 from .rejection import FileRejected
@@ -133,8 +133,8 @@ def process(
     if engine != "exact" and supported(source) is None:
         try:
             header, header_bytes, header_lines = split_header(source)
-            if len(header) == 1:
-                raise ExactEngineNeeded(ONE_COLUMN)
+            if len(header) == 1:  # its empty lines between rows are empty cells, which only the exact engine reads
+                raise ExactEngineNeeded("a one-column file, whose empty lines between rows are empty cells")
         except ExactEngineNeeded:
             if engine == "columnar":
                 raise

@@ -22,7 +22,7 @@ import hashlib
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,7 +93,7 @@ class ContentChanged(Exception):
     """The bytes read did not hash to the MD5 the ETag promised: hash them properly and start again."""
 
 
-def _hashed(chunks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
+def _hashed(chunks: Iterable[bytes], digest: Any) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)
         yield chunk
@@ -349,7 +349,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
             if spool is not None:
                 chunks = spool.chunks()
             else:
-                chunks = _hashed(deps.store.chunks(bucket, key, info.etag, attempt.deadline), digest)
+                chunks = _hashed(deps.store.download(bucket, key, info.etag, attempt.deadline), digest)
             process(
                 _until(chunks, attempt.deadline),
                 contract,

@@ -179,16 +179,17 @@ class Database:
         wanted = [LEDGER_TABLE] + ([contract.table] if contract else [])
         if all(t in self._ready_tables for t in wanted) and self._all_exist(wanted):
             return
+        made: Contract | None = None  # the contract whose table this call made
         with self._lock, self.engine.begin() as conn:
             # Serialize DDL across concurrent functions: CREATE TABLE IF NOT EXISTS can still race.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ingest.ddl'))"))
             ledger.create(conn, checkfirst=True)
             _migrate_ledger(conn)
-            made_here = contract is not None and not sa.inspect(conn).has_table(contract.table)
-            if contract is not None and made_here:
+            if contract is not None and not sa.inspect(conn).has_table(contract.table):
                 target_table(contract).create(conn)
-        if contract is not None and made_here:  # made from this very contract: no need to compare them
-            self._matching[contract.table] = contract.fingerprint
+                made = contract
+        if made is not None:  # made from this very contract: no need to compare them
+            self._matching[made.table] = made.fingerprint
         self._ready_tables.update(wanted)
 
     def _all_exist(self, tables: list[str]) -> bool:

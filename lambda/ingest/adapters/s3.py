@@ -56,10 +56,6 @@ class ObjectStore:
         extra = {"IfMatch": etag} if etag else {}
         return Download(self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"], deadline)
 
-    def chunks(self, bucket: str, key: str, etag: str | None = None, deadline: float | None = None) -> Iterator[bytes]:
-        """The object's bytes in chunks (see ``download``)."""
-        yield from self.download(bucket, key, etag, deadline)
-
     def spool(self, bucket: str, key: str, etag: str, size: int, deadline: float | None = None) -> Spool | None:
         """A local copy of the object, filled and hashed in a background thread, so that processing can
         read its first bytes while the rest arrives; None when the temporary folder lacks room for it."""
