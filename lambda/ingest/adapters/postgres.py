@@ -30,6 +30,8 @@ BULK_LOAD_BYTES = 16 * 1024 * 1024
 QUEUED_BYTES = 32 * 1024 * 1024
 #: PostgreSQL's work_mem for the MERGE of an upsert (this transaction only).
 MERGE_WORK_MEM = "64MB"
+#: The statistics target of the ANALYZE of staged keys before the MERGE: 300 times it rows are sampled.
+STAGING_STATISTICS_TARGET = 10
 STATUSES = ("loaded", "rejected", "skipped", "failed")
 
 metadata = sa.MetaData()
@@ -567,9 +569,12 @@ class Load:
         values = ", ".join([*(f"s.{q(n)}" for n in names), ":md5"])
         self._lock_target()
         # Row counts and the key's distinct values, for the planner to choose a hash join (the key columns
-        # only: sampling the others costs time and changes no plan); and room to build that hash in memory
-        # (a million staged keys spill to disk in batches under the default 4 MB: MERGE 1.8 s → 1.25 s).
+        # only: sampling the others costs time and changes no plan). A small sample does: at the default
+        # target ANALYZE reads 30,000 pages, all of a million staged rows (0.11 s); 3,000 take 0.02 s and
+        # give the same plan. And room to build that hash in memory (a million staged keys spill to disk
+        # in batches under the default 4 MB: MERGE 1.8 s → 1.25 s).
         keys = ", ".join(q(k) for k in key)
+        self._conn.execute(sa.text(f"SET LOCAL default_statistics_target = {STAGING_STATISTICS_TARGET}"))
         self._conn.execute(sa.text(f"ANALYZE {staging} ({keys})"))
         self._conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
         statement = sa.text(
