@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def call_at(deadline: float | None, action: Callable[[], object]) -> threading.Timer | None:
@@ -16,3 +20,21 @@ def call_at(deadline: float | None, action: Callable[[], object]) -> threading.T
     timer.daemon = True
     timer.start()
     return timer
+
+
+def in_thread(call: Callable[[], T], name: str) -> Future[T]:
+    """``call()`` in a daemon thread of its own, its result (or exception) in the future returned: a caller
+    can stop waiting for it at a deadline, and a call that never returns holds no one up, not even the
+    interpreter's exit (a ThreadPoolExecutor's worker would)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future

@@ -155,7 +155,7 @@ def ingest_object(
 
 def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
     bucket, key = attempt.bucket, attempt.key
-    info = deps.store.head(bucket, key)
+    info = deps.store.head(bucket, key, attempt.deadline)
     attempt.size = info.size
     spool: Spool | None = None
     if trust_etag and info.etag_md5:
@@ -494,7 +494,7 @@ def _write_summary(
         message=rejection.message if rejection else None,
         errors_key=errors_csv,
     )
-    deps.store.put(deps.output_bucket or attempt.bucket, summary_key, document, "application/json")
+    deps.store.put(deps.output_bucket or attempt.bucket, summary_key, document, "application/json", attempt.deadline)
     return summary_key
 
 

@@ -210,13 +210,19 @@ def test_a_download_that_stalls_is_cut_off_at_the_deadline_with_a_timeout_on_rec
     [
         ("the second part", rb"^PUT [^ ]*[?&]partNumber=2[& ]", "upload of part 2 of processed/users/"),
         ("the completion", rb"^POST [^ ]*[?&]uploadId=", "upload of processed/users/"),
+        (
+            "the second part, then the abort",
+            rb"^(PUT [^ ]*[?&]partNumber=2[& ]|DELETE [^ ]*[?&]uploadId=)",
+            "upload of part 2 of processed/users/",
+        ),
     ],
 )
 def test_an_upload_that_stalls_is_given_up_at_the_deadline_with_a_timeout_on_record(pipeline, held, pattern, message):
     """The answer to processed/'s UploadPart of its second part, or to its CompleteMultipartUpload, never
     comes (the network holds it). The function waits for it until its deadline, not for the S3 client's
     read timeout (a minute, then again per retry), and records the timeout; nothing is loaded and the
-    retry loads."""
+    retry loads. The abort of the upload, past the deadline, is waited for briefly: when its answer does
+    not come either, the timeout is still recorded in time."""
     key = "incoming/users/upload_stalls.csv"
     data = big_users_file(250_000)  # ~16 MB: its processed/ output goes up in 4 parts
     pipeline.upload(key, data)
@@ -227,3 +233,36 @@ def test_an_upload_that_stalls_is_given_up_at_the_deadline_with_a_timeout_on_rec
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 0
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 250_000
+
+
+MD5 = rb"[0-9a-f]{32}"
+
+
+@pytest.mark.parametrize(
+    ("held", "pattern", "message"),
+    [
+        ("HeadObject, the first request", rb"^HEAD [^ ]*incoming/users/", "HeadObject of incoming/users/"),
+        ("GetObject's headers", rb"^GET [^ ]*incoming/users/", "GetObject of incoming/users/"),
+        ("processed/'s CreateMultipartUpload", rb"^POST [^ ]*processed/users/[^ ]*[?&]uploads", "CreateMultipart"),
+        ("the errors CSV's PutObject", rb"^PUT [^ ]*errors/users/" + MD5 + rb"\.csv ", "PutObject of errors/users/"),
+        ("the summary's PutObject", rb"^PUT [^ ]*errors/users/" + MD5 + rb"\.json ", "PutObject of errors/users/"),
+    ],
+)
+def test_a_request_without_an_answer_is_given_up_at_the_deadline_with_a_timeout_on_record(
+    pipeline, held, pattern, message
+):
+    """The answer to one request the function makes in its own thread never comes (the network holds it):
+    the HEAD that starts a file, GetObject's headers, the creation of processed/'s multipart upload, the
+    errors CSV, the summary beside it. Each is waited for until the function's deadline, not for the S3
+    client's read timeout (a minute, then again per retry), and the timeout is recorded; nothing is loaded
+    and the retry loads."""
+    key = "incoming/users/request_stalls.csv"
+    good = big_users_file(120_000)  # ~7.5 MB: processed/ is a multipart upload
+    pipeline.upload(key, good + b"0,not an email,Bad Email\nabc,x@y.co,Bad Id\n")  # two rejected rows
+    error = ingest_through_a_stall(pipeline, key, seconds=2, request=pattern)
+    assert isinstance(error, DeadlineReached) and message in str(error), (held, error)
+    [entry] = ledger(pipeline, key)
+    assert entry["status"] == "failed" and entry["reason"] == "timeout", held
+    assert not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
+    assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
+    assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 120_000

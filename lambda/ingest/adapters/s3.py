@@ -9,14 +9,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..deadlines import call_at
+from ..deadlines import call_at, in_thread
 
 T = TypeVar("T")
 
@@ -27,6 +27,9 @@ PART_BYTES = 5 * 1024 * 1024  # the smallest part S3 accepts (but the last): lea
 #: algorithm named at CreateMultipartUpload, an emulator (moto) builds a full-object checksum at completion:
 #: a second copy of the whole object and a pass over it, ~40% of its CompleteMultipartUpload.
 PART_CHECKSUM = "CRC32"
+#: How long aborting a multipart output may wait for S3 once the deadline has passed (the failure is being
+#: recorded: a stalled abort must not use up the time left for that; the upload is invisible meanwhile).
+ABORT_WAIT_SECONDS = 0.5
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
@@ -46,15 +49,16 @@ class ObjectStore:
     def __init__(self, client: Any):
         self.client = client
 
-    def head(self, bucket: str, key: str) -> ObjectInfo:
-        response = self.client.head_object(Bucket=bucket, Key=key)
+    def head(self, bucket: str, key: str, deadline: float | None = None) -> ObjectInfo:
+        response = answered(deadline, f"HeadObject of {key}", self.client.head_object, Bucket=bucket, Key=key)
         return ObjectInfo(size=response["ContentLength"], etag=response["ETag"])
 
     def download(self, bucket: str, key: str, etag: str | None = None, deadline: float | None = None) -> Download:
         """The object's body, to read in chunks; with ``etag``, fail if the object changed since it was read;
         with ``deadline`` (a ``time.monotonic()`` value), a read still waiting then is cut off."""
         extra = {"IfMatch": etag} if etag else {}
-        return Download(self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"], deadline)
+        response = answered(deadline, f"GetObject of {key}", self.client.get_object, Bucket=bucket, Key=key, **extra)
+        return Download(response["Body"], deadline)
 
     def spool(self, bucket: str, key: str, etag: str, size: int, deadline: float | None = None) -> Spool | None:
         """A local copy of the object, filled and hashed in a background thread, so that processing can
@@ -70,8 +74,16 @@ class ObjectStore:
             digest.update(chunk)
         return digest.hexdigest()
 
-    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+    def put(self, bucket: str, key: str, data: bytes, content_type: str, deadline: float | None = None) -> None:
+        answered(
+            deadline,
+            f"PutObject of {key}",
+            self.client.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+        )
 
     def writer(self, bucket: str, key: str, content_type: str, deadline: float | None = None) -> StreamingWriter:
         return StreamingWriter(self.client, bucket, key, content_type, deadline)
@@ -83,6 +95,24 @@ class ReadCutOff(TimeoutError):
 
 class WriteCutOff(TimeoutError):
     """An upload of an output was still going at the deadline; the caller stops waiting for it."""
+
+
+class RequestCutOff(TimeoutError):
+    """A request the caller waits for (HEAD, PutObject, a completion) had no answer at the deadline."""
+
+
+def answered(deadline: float | None, what: str, request: Callable[..., T], **params: Any) -> T:
+    """``request(**params)``, waited for until ``deadline`` at the most (then RequestCutOff; the request goes
+    on in a thread of its own, and its answer is dropped). A stalled request would otherwise hold the
+    caller for the S3 client's read timeout (a minute, and again for each retry), past the function's
+    deadline, with nothing on record when the runtime kills it. Without a deadline, made here."""
+    if deadline is None:
+        return request(**params)
+    waiting = in_thread(lambda: request(**params), "s3-request")
+    try:
+        return waiting.result(max(deadline - time.monotonic(), 0))
+    except FutureTimeout:
+        raise RequestCutOff(f"{what} had no answer from S3 at the deadline") from None
 
 
 class Download:
@@ -246,8 +276,14 @@ class StreamingWriter:
 
     def _send_part(self) -> None:
         if self._upload_id is None:
-            self._upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, ContentType=self.content_type, ChecksumAlgorithm=PART_CHECKSUM
+            self._upload_id = answered(
+                self.deadline,
+                f"CreateMultipartUpload of {self.key}",
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                ContentType=self.content_type,
+                ChecksumAlgorithm=PART_CHECKSUM,
             )["UploadId"]
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         self._wait_in_flight()
@@ -278,15 +314,28 @@ class StreamingWriter:
 
     def close(self) -> None:
         if self._upload_id is None:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=self._take_buffer(), ContentType=self.content_type
+            body = self._take_buffer()
+            answered(
+                self.deadline,
+                f"PutObject of {self.key}",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=body,
+                ContentType=self.content_type,
             )
         else:
             if self._buffer:
                 self._send_part()
             self._wait_in_flight()
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+            answered(
+                self.deadline,
+                f"CompleteMultipartUpload of {self.key}",
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
             )
             self._shutdown()
 
@@ -305,7 +354,16 @@ class StreamingWriter:
                 self._wait_in_flight()
             except Exception:
                 pass
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
+            # waited for until the deadline, or briefly once it has passed (the failure is being recorded)
+            with suppress(RequestCutOff):
+                answered(
+                    None if self.deadline is None else max(self.deadline, time.monotonic() + ABORT_WAIT_SECONDS),
+                    f"AbortMultipartUpload of {self.key}",
+                    self.client.abort_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
+                )
             self._upload_id = None
             self._shutdown(wait=False)  # a part still uploading at the deadline ends on its own, later
         self._take_buffer()
