@@ -126,3 +126,11 @@ def test_an_optional_email_gets_failures_rejections_and_the_dead_letter_alarm():
 
     # the attribute the filter reads is the one receipts carry
     assert Receipt(status="failed", bucket="b", key="k").attributes["status"]["StringValue"] == "failed"
+
+
+def test_the_bucket_drops_the_parts_of_outputs_left_unfinished():
+    """An abort past the function's deadline is waited for only briefly; the lifecycle rule is the backstop."""
+    rules = template()["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(
+        r["Status"] == "Enabled" and r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1 for r in rules
+    )
