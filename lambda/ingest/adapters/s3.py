@@ -342,11 +342,7 @@ class StreamingWriter:
     def close_in_background(self) -> Future[None]:
         """``close`` in a thread of its own: the caller goes on (e.g. finishing its load) and waits for the
         returned future (``wait_until_deadline``) before it commits to anything that names this object."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-close")
-        try:
-            return executor.submit(self.close)
-        finally:
-            executor.shutdown(wait=False)
+        return in_thread(self.close, "s3-close")
 
     def abort(self) -> None:
         if self._upload_id is not None:
