@@ -276,12 +276,9 @@ class StreamingWriter:
 
     def _send_part(self) -> None:
         if self._upload_id is None:
-            self._upload_id = answered(
-                self.deadline,
-                f"CreateMultipartUpload of {self.key}",
+            self._upload_id = self._request(
+                "CreateMultipartUpload",
                 self.client.create_multipart_upload,
-                Bucket=self.bucket,
-                Key=self.key,
                 ContentType=self.content_type,
                 ChecksumAlgorithm=PART_CHECKSUM,
             )["UploadId"]
@@ -315,25 +312,14 @@ class StreamingWriter:
     def close(self) -> None:
         if self._upload_id is None:
             body = self._take_buffer()
-            answered(
-                self.deadline,
-                f"PutObject of {self.key}",
-                self.client.put_object,
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=body,
-                ContentType=self.content_type,
-            )
+            self._request("PutObject", self.client.put_object, Body=body, ContentType=self.content_type)
         else:
             if self._buffer:
                 self._send_part()
             self._wait_in_flight()
-            answered(
-                self.deadline,
-                f"CompleteMultipartUpload of {self.key}",
+            self._request(
+                "CompleteMultipartUpload",
                 self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=self.key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
@@ -363,6 +349,12 @@ class StreamingWriter:
             self._upload_id = None
             self._shutdown(wait=False)  # a part still uploading at the deadline ends on its own, later
         self._take_buffer()
+
+    def _request(self, operation: str, request: Callable[..., Any], **params: Any) -> Any:
+        """``operation`` (its name in S3's API, for the message) on this object, waited for until the deadline."""
+        return answered(
+            self.deadline, f"{operation} of {self.key}", request, Bucket=self.bucket, Key=self.key, **params
+        )
 
     def _take_buffer(self) -> bytes:
         """The buffered blocks as one body, and an empty buffer."""
