@@ -93,26 +93,36 @@ class ReadCutOff(TimeoutError):
     """A read of an object was cut off: its deadline came (or its reader stopped) while it waited."""
 
 
-class WriteCutOff(TimeoutError):
-    """An upload of an output was still going at the deadline; the caller stops waiting for it."""
-
-
 class RequestCutOff(TimeoutError):
-    """A request the caller waits for (HEAD, PutObject, a completion) had no answer at the deadline."""
+    """A request to S3 the caller waits for (a HEAD, a PutObject, a part in another thread, a completion)
+    had no answer at the deadline; the caller stops waiting for it."""
+
+
+def _awaited(work: Future[T], deadline: float | None, message: str) -> T:
+    """The result of work done in another thread, waited for until ``deadline`` at the most (then
+    RequestCutOff with ``message``). A stalled request would otherwise hold the caller for the S3 client's
+    read timeout (a minute, and again for each retry), past the function's deadline, with nothing on
+    record when the runtime kills it."""
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+    try:
+        return work.result(timeout)
+    except FutureTimeout:
+        raise RequestCutOff(message) from None
 
 
 def answered(deadline: float | None, what: str, request: Callable[..., T], **params: Any) -> T:
-    """``request(**params)``, waited for until ``deadline`` at the most (then RequestCutOff; the request goes
-    on in a thread of its own, and its answer is dropped). A stalled request would otherwise hold the
-    caller for the S3 client's read timeout (a minute, and again for each retry), past the function's
-    deadline, with nothing on record when the runtime kills it. Without a deadline, made here."""
+    """``request(**params)``, waited for until ``deadline`` at the most (the request goes on in a thread of
+    its own, its answer dropped); without a deadline, made here."""
     if deadline is None:
         return request(**params)
-    waiting = in_thread(lambda: request(**params), "s3-request")
-    try:
-        return waiting.result(max(deadline - time.monotonic(), 0))
-    except FutureTimeout:
-        raise RequestCutOff(f"{what} had no answer from S3 at the deadline") from None
+    return _awaited(
+        in_thread(lambda: request(**params), "s3-request"), deadline, f"{what} had no answer from S3 at the deadline"
+    )
+
+
+def wait_until_deadline(work: Future[T], deadline: float | None, what: str) -> T:
+    """The result of the upload of ``what`` going on in another thread, waited for until ``deadline``."""
+    return _awaited(work, deadline, f"the upload of {what} was still going at the deadline")
 
 
 class Download:
@@ -235,17 +245,6 @@ class Spool:
         self.file.close()
 
 
-def wait_until_deadline(work: Future[T], deadline: float | None, what: str) -> T:
-    """The result of work done in another thread, waited for until ``deadline`` at the most: an upload that
-    stalls would otherwise hold the caller for the S3 client's read timeout (a minute, and again for each
-    retry), past the function's deadline, with nothing on record when the runtime kills it."""
-    timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-    try:
-        return work.result(timeout)
-    except FutureTimeout:
-        raise WriteCutOff(f"the upload of {what} was still going at the deadline") from None
-
-
 class StreamingWriter:
     """Writes an object of any size in PART_BYTES parts; nothing appears unless ``close`` is called.
 
@@ -257,7 +256,7 @@ class StreamingWriter:
 
     def __init__(self, client: Any, bucket: str, key: str, content_type: str, deadline: float | None = None):
         self.client, self.bucket, self.key, self.content_type = client, bucket, key, content_type
-        self.deadline = deadline  # a part still uploading then is waited for no longer (WriteCutOff)
+        self.deadline = deadline  # a request still unanswered then is waited for no longer (RequestCutOff)
         self._buffer: list[bytes] = []  # the blocks of the next part (joined once, when it is sent)
         self._buffered = 0
         self._upload_id: str | None = None
