@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import boto3
 
-from .function import EmbeddedFunction, Invocation, invoke_url
+from .function import EmbeddedFunction, Invocation, invoke_warm
 from .processes import port_open
 
 
@@ -37,7 +37,9 @@ class RemoteFunction:
 
     When the function does not answer (its container crashed and is being restarted), the next batch
     waits up to ``ready_timeout_s`` for it instead of spending one of the message's receives on a closed
-    port: as the embedded stack restarts its function before invoking it."""
+    port: as the embedded stack restarts its function before invoking it. Its runtime is warmed up first
+    (``function.WARM_UP_EVENT``) whenever it may have started again: at first, after it did not answer, and
+    after an invocation that failed."""
 
     def __init__(self, url: str, timeout_s: float = 130, ready_timeout_s: float = 120):
         self.url = url
@@ -46,15 +48,19 @@ class RemoteFunction:
         self._lock = threading.Lock()
         parsed = urlsplit(url)
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.warm = False
 
     def invoke(self, event: Any) -> Invocation:
         with self._lock:
             if not port_open(self._port, self._host):
+                self.warm = False
                 log_line("the function does not answer; waiting for it", url=self.url)
                 deadline = time.monotonic() + self.ready_timeout_s
                 while time.monotonic() < deadline and not port_open(self._port, self._host):
                     time.sleep(0.2)
-            return invoke_url(self.url, event, self.timeout_s)
+            invocation = invoke_warm(self.url, event, self.timeout_s, self.warm)
+            self.warm = invocation.ok
+            return invocation
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:

@@ -118,6 +118,6 @@ def test_a_stopped_dispatcher_loses_no_message_and_make_up_restarts_it(own_stack
     assert "starting it (and the function) again" in again.stdout
     assert not alive(dispatcher) and read_state(Settings.from_env(env))["dispatcher"]["pid"] != dispatcher  # type: ignore[index]
     receipts = stack.receipts_for(key, timeout=60)
-    assert [r["status"] for r in receipts] == ["loaded"]
+    assert [r["status"] for r in receipts] == ["loaded"], receipts
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 2
     assert run_cli("status", env=env).returncode == 0
