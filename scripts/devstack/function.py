@@ -38,6 +38,8 @@ RIE_SHA256 = {
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 #: What warms the runtime up: S3's test event, which the handler answers with nothing to ingest.
 WARM_UP_EVENT = {"Event": "s3:TestEvent"}
+#: How long RIE may refuse invocations while it resets a runtime that timed out (it takes a moment).
+RESETTING_SECONDS = 10
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION_SOURCES = (REPO / "lambda" / "ingest", REPO / "lambda" / "contracts")
 
@@ -176,13 +178,26 @@ class EmbeddedFunction:
 
 def invoke_warm(url: str, event: Any, timeout: float, warm: bool) -> Invocation:
     """Invoke the function at ``url``; unless its runtime is ``warm``, send WARM_UP_EVENT first, so that the
-    runtime's init is not counted against ``event``'s timeout. A warm-up that fails is no reason not to try
-    ``event``: its own invocation then reports the problem."""
+    runtime's init is not counted against ``event``'s timeout.
+
+    Right after an invocation that timed out, RIE is still resetting its runtime for a moment and refuses
+    invocations (``Sandbox.Failure``); the warm-up is repeated until RIE takes it (for up to
+    RESETTING_SECONDS), so that neither the init nor the refusal falls on ``event``. A warm-up that fails
+    otherwise is no reason not to try ``event``: its own invocation then reports the problem."""
     if not warm:
-        warm_up = invoke_url(url, WARM_UP_EVENT, timeout)
-        if not warm_up.ok:
-            _log(f"the warm-up invocation failed: {warm_up.payload}")
+        until = time.monotonic() + RESETTING_SECONDS
+        while not (warm_up := invoke_url(url, WARM_UP_EVENT, timeout)).ok:
+            if not _resetting(warm_up) or time.monotonic() >= until:
+                _log(f"the warm-up invocation failed: {warm_up.payload}")
+                break
+            time.sleep(0.1)
     return invoke_url(url, event, timeout)
+
+
+def _resetting(invocation: Invocation) -> bool:
+    """Whether RIE refused the invocation because it is resetting its runtime."""
+    payload = invocation.payload
+    return isinstance(payload, dict) and payload.get("errorType") == "Sandbox.Failure"
 
 
 def invoke_url(url: str, event: Any, timeout: float) -> Invocation:

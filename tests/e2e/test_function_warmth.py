@@ -8,15 +8,18 @@ the handler starts must be (nearly) the whole timeout, never the timeout less th
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from devstack.dispatcher import RemoteFunction
-from devstack.function import EmbeddedFunction, install_rie
+from devstack.function import INVOKE_PATH, WARM_UP_EVENT, EmbeddedFunction, install_rie
 from devstack.processes import free_port
 from tests.conftest import REPO
 
@@ -74,3 +77,37 @@ def test_the_first_event_and_the_one_after_a_timeout_get_the_whole_timeout(funct
     assert after.ok, after.payload
     assert after.payload["pid"] != first.payload["pid"], "RIE did not start the runtime again after the timeout"
     assert after.payload["left_ms"] >= AT_LEAST_MS, f"the init was counted against the event after: {after.payload}"
+
+
+#: What RIE answered a warm-up sent while it was still resetting a runtime that had timed out (seen in CI).
+RESETTING = {"errorType": "Sandbox.Failure", "errorMessage": "RequestId: 19e1deb8 Error: ErrGateCanceled"}
+
+
+def test_a_warm_up_refused_while_rie_resets_is_sent_again_before_the_event():
+    # RIE refuses invocations for a moment after a timeout only on a busy machine; this endpoint refuses
+    # the first two warm-ups as it did, so that the retry is exercised every time.
+    received: list[object] = []
+
+    class Resetting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(event)
+            answer = RESETTING if len(received) <= 2 else {"ok": True}
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Resetting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        function = RemoteFunction(f"http://127.0.0.1:{server.server_port}{INVOKE_PATH}", timeout_s=10)
+        invocation = function.invoke({"n": 1})
+    finally:
+        server.shutdown()
+    assert invocation.ok and function.warm
+    assert received == [WARM_UP_EVENT, WARM_UP_EVENT, WARM_UP_EVENT, {"n": 1}]
