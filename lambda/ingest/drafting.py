@@ -127,6 +127,12 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
     fmt, text = open_text([sample])
     records = read_records(text, fmt.delimiter)
     _line, header = next(records)
+    repeated = _repeated_headers(header)
+    if repeated:
+        raise ValueError(
+            f"the header names {repeated}: the loader rejects such a file (duplicate_header), since it "
+            "cannot tell which column is which; rename one of each pair in the file, then draft again"
+        )
     sample_rows = [fields for _line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
     columns = draft_columns(header, sample_rows)
     keys, dropped = draft_keys(name, list(existing))
@@ -165,6 +171,20 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
         lines += [f"# {note}" for note in col.notes]
         lines.append("")
     return "\n".join(lines)
+
+
+def _repeated_headers(header: list[str]) -> str:
+    """The header cells written twice (as the loader reads them), e.g. "'Value' (columns 2 and 3)"."""
+    where: dict[str, list[int]] = {}
+    for i, cell in enumerate(header):
+        label = cell.lstrip("\ufeff")
+        if label.strip():
+            where.setdefault(label, []).append(i + 1)
+    return "; ".join(
+        f"{label!r} (columns {', '.join(map(str, places[:-1]))} and {places[-1]})"
+        for label, places in where.items()
+        if len(places) > 1
+    )
 
 
 def toml_string(value: str) -> str:

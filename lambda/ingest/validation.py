@@ -459,6 +459,11 @@ def _date_regex(fmt: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+#: The fraction of the seconds in an ISO 8601 time ("10:00:00.123456789", "100000,5"): the only digits after
+#: a point or comma there (an offset has none).
+_SECONDS_FRACTION = re.compile(r"[.,](\d+)")
+
+
 def _timestamptz(col: Column) -> Coercer:
     def parse(raw: str) -> str:
         if len(raw) < 13 or raw[10] not in "T t":
@@ -467,6 +472,13 @@ def _timestamptz(col: Column) -> Coercer:
             moment = datetime.fromisoformat(raw)
         except ValueError:
             raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time") from None
+        fraction = _SECONDS_FRACTION.search(raw, 11)
+        if fraction and fraction[1][6:].strip("0"):  # Python would cut the digits past the sixth, silently
+            raise CellError(
+                "precision",
+                f"{col.name} {_cut(raw, 60)!r} has more than 6 decimal places in its seconds; "
+                "timestamptz holds microseconds",
+            )
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC).isoformat()

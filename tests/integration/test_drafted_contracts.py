@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 from datetime import date, datetime
 from typing import Any
@@ -70,6 +71,9 @@ def same_value(contract: Any, col: Any, cell: str, value: Any) -> bool:
     if col.type == "date":
         return isinstance(value, date) and value.isoformat() == build_coercer(col)(raw)
     if col.type == "timestamptz":
+        fraction = re.search(r"[.,](\d+)", raw[11:])
+        if fraction and fraction[1][6:].strip("0"):
+            return False  # finer than microseconds: the column cannot give it back as written
         return value == datetime.fromisoformat(build_coercer(col)(raw))
     return str(value) == raw
 
@@ -133,6 +137,39 @@ def test_a_one_column_export_with_empty_cells_loads_every_cell(pipeline):
     assert (receipt.rows_loaded, receipt.rows_rejected) == (6, 0)
     assert contract.columns[0].type == "text" and not contract.columns[0].required
     assert_round_trip(pipeline, contract, ["zip_code"], [["01001"], [""], ["02134"], [""], [""], ["99501"]])
+
+
+def test_timestamps_finer_than_microseconds_stay_text_and_come_back_as_written(pipeline):
+    # A log export with nanoseconds: timestamptz would keep 10:00:00.123456 of 10:00:00.123456789.
+    header = ["event_id", "logged_at", "received_at"]
+    rows = [
+        ["1", "2024-05-01T10:00:00.123456789Z", "2024-05-01T10:00:00.123456Z"],
+        ["2", "2024-05-01T10:00:01.000000001Z", "2024-05-01T10:00:01.5+02:00"],
+        ["3", "2024-05-01T10:00:02Z", "2024-05-01T10:00:02.000000000Z"],
+    ]
+    contract, receipt, drafted = draft_and_load(pipeline, render(header, rows), "log_events")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    types = {c.name: c.type for c in contract.columns}
+    assert types == {"event_id": "integer", "logged_at": "text", "received_at": "timestamptz"}
+    assert_round_trip(pipeline, contract, header, rows)
+    assert pipeline.query("SELECT logged_at FROM log_events ORDER BY event_id")[0] == {
+        "logged_at": "2024-05-01T10:00:00.123456789Z"
+    }
+
+
+def test_a_header_written_twice_is_refused_with_the_reason():
+    # The loader rejects such a file (it cannot tell the columns apart); a draft naming both would not
+    # even parse (one alias for two columns).
+    with pytest.raises(ValueError, match=r"'Value' \(columns 2 and 3\).*duplicate_header"):
+        draft_contract(b"id,Value,Value,Note\r\n1,a,b,c\r\n", "twice")
+    with pytest.raises(ValueError, match=r"'a' \(columns 1, 2 and 4\)"):
+        draft_contract(b"\xef\xbb\xbfa,a,b,a\n1,2,3,4\n", "thrice")  # a BOM before the first is no difference
+    import tomllib
+
+    from ingest.validation import plan_header
+
+    cases = parse_contract("cases", tomllib.loads(draft_contract(b"Value,value, Value\n1,2,3\n", "cases")))
+    assert plan_header(cases, ["Value", "value", " Value"]).positions == (0, 1, 2)  # these it tells apart
 
 
 def test_codes_stay_text_and_na_stays_namibia(pipeline):
@@ -229,6 +266,12 @@ COLUMN_KINDS = {
     "numbers_or_na": st.one_of(st.integers(-999, 999).map(str), st.just("NA")),
     "dates": st.dates(date(1900, 1, 1), date(2100, 12, 31)).map(date.isoformat),
     "booleans": st.sampled_from(["true", "false", "yes", "no", "TRUE"]),
+    "timestamps": st.tuples(
+        st.datetimes(datetime(1900, 1, 1), datetime(2100, 12, 31)),
+        st.integers(0, 10**9 - 1),
+        st.integers(0, 9),
+        st.sampled_from(["", "Z", "+05:30", "-01:00"]),
+    ).map(lambda t: t[0].strftime("%Y-%m-%dT%H:%M:%S") + (f".{t[1]:09d}"[: t[2] + 1] if t[2] else "") + t[3]),
 }
 
 

@@ -69,6 +69,7 @@ def test_users_bad_cells_name_their_rule(users, column, raw, rule):
         ("2024-06-01 10:30:00+02:00", "2024-06-01T08:30:00+00:00"),
         ("2024-06-01T08:30:00", "2024-06-01T08:30:00+00:00"),  # no offset: UTC
         ("2024-06-01T08:30:00.5-01:00", "2024-06-01T09:30:00.500000+00:00"),
+        ("2024-06-01T08:30:00.123456000Z", "2024-06-01T08:30:00.123456+00:00"),  # zeros past µs: exact
     ],
 )
 def test_timestamps_are_iso8601_and_naive_means_utc(measurements, raw, expected):
@@ -81,6 +82,19 @@ def test_bad_timestamps(measurements, raw):
 
     with pytest.raises(CellError):
         coerce(measurements, "measured_at", raw)
+
+
+@pytest.mark.parametrize(
+    "raw", ["2024-06-01T08:30:00.123456789Z", "2024-06-01 08:30:00.1234567+05:30", "2024-06-01T08:30:00,0000001"]
+)
+def test_a_timestamp_finer_than_microseconds_is_rejected_not_cut(measurements, raw):
+    # Python's fromisoformat drops the digits past the sixth without a word: 10:00:00.123456789 would
+    # have been loaded as 10:00:00.123456, a value the file does not hold.
+    from ingest.validation import CellError
+
+    with pytest.raises(CellError) as info:
+        coerce(measurements, "measured_at", raw)
+    assert info.value.rule == "precision" and "microseconds" in info.value.message
 
 
 @pytest.mark.parametrize(
