@@ -232,6 +232,9 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
         click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows, existing))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except FileRejected as rejection:  # the loader would reject the file too: no draft could load it
+        click.echo(f"{file}: cannot draft a contract ({rejection.reason}): {rejection.message}", err=True)
+        sys.exit(REJECTED)
 
 
 def _sql_engine() -> Any:

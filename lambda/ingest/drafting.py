@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from .contract import IDENTIFIER, Column, Contract, globs_overlap
 from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .reading import open_text, read_records
+from .rejection import FileRejected
 from .validation import CellError, build_coercer
 
 #: Words that files use for a missing value; proposed as null_values for number and date columns only.
@@ -129,9 +130,10 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
     _line, header = next(records)
     repeated = _repeated_headers(header)
     if repeated:
-        raise ValueError(
-            f"the header names {repeated}: the loader rejects such a file (duplicate_header), since it "
-            "cannot tell which column is which; rename one of each pair in the file, then draft again"
+        raise FileRejected(
+            "duplicate_header",
+            f"the header names {repeated}: the loader cannot tell which column is which; rename one of "
+            "each in the file, then draft again",
         )
     sample_rows = [fields for _line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
     columns = draft_columns(header, sample_rows)

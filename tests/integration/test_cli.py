@@ -92,6 +92,23 @@ def test_contract_new_drafts_a_contract_that_parses_and_accepts_its_sample(tmp_p
     assert check.returncode == 0 and "5 valid, 0 rejected" in check.stdout
 
 
+@pytest.mark.parametrize(
+    ("content", "reason", "detail"),
+    [
+        (b'id,name\n1,"Ada "The Countess" Lovelace"\n', "malformed_csv", "line 2: malformed CSV"),
+        (b"id,Value,Value\n1,a,b\n", "duplicate_header", "'Value' (columns 2 and 3)"),
+        (b"\x00\x01\x02binary\x00" * 100, "binary_content", ""),
+    ],
+)
+def test_contract_new_on_a_file_no_contract_could_load_says_why_without_a_traceback(tmp_path, content, reason, detail):
+    sample = tmp_path / "export.csv"
+    sample.write_bytes(content)
+    result = ingest("contract", "new", str(sample), "--name", "export")
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"cannot draft a contract ({reason})" in result.stderr and detail in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_stack_verbs_say_clearly_when_no_stack_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INGEST_", "DATABASE_URL"))}
     env["INGEST_STACK_DIR"] = str(tmp_path / "none")

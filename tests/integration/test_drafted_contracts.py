@@ -22,6 +22,7 @@ from psycopg.rows import tuple_row
 
 from ingest.contract import ContractRegistry, parse_contract
 from ingest.drafting import draft_contract
+from ingest.rejection import FileRejected
 from ingest.service import ingest_object
 from ingest.validation import TRUE_WORDS, build_coercer
 
@@ -160,9 +161,10 @@ def test_timestamps_finer_than_microseconds_stay_text_and_come_back_as_written(p
 def test_a_header_written_twice_is_refused_with_the_reason():
     # The loader rejects such a file (it cannot tell the columns apart); a draft naming both would not
     # even parse (one alias for two columns).
-    with pytest.raises(ValueError, match=r"'Value' \(columns 2 and 3\).*duplicate_header"):
+    with pytest.raises(FileRejected, match=r"'Value' \(columns 2 and 3\)") as refused:
         draft_contract(b"id,Value,Value,Note\r\n1,a,b,c\r\n", "twice")
-    with pytest.raises(ValueError, match=r"'a' \(columns 1, 2 and 4\)"):
+    assert refused.value.reason == "duplicate_header"
+    with pytest.raises(FileRejected, match=r"'a' \(columns 1, 2 and 4\)"):
         draft_contract(b"\xef\xbb\xbfa,a,b,a\n1,2,3,4\n", "thrice")  # a BOM before the first is no difference
     import tomllib
 
