@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .rejection import FileRejected
 SAMPLE_BYTES = 256 * 1024
 READ_BYTES = 1024 * 1024
 DELIMITERS = (",", ";", "\t", "|")
+#: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter.
+SEPARATOR_HINT = re.compile(r"\ufeff?(sep=.)(?:\r\n|\r|\n)")
 #: The largest single field accepted, in characters. A larger one rejects the file (csv cannot resume).
 MAX_FIELD_CHARS = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -148,6 +151,13 @@ def inspect(chunks: Iterable[bytes]) -> Source:
     text_sample = sample.decode(codec, errors="ignore")
     if not text_sample.strip("\ufeff \t\r\n"):
         raise FileRejected("no_header", "the object holds only whitespace: no header line")
+    hint = SEPARATOR_HINT.match(text_sample)
+    if hint:  # read as a header, it would name one odd column and make the real header a row
+        raise FileRejected(
+            "no_header",
+            f"the first line {hint[1]!r} is a spreadsheet's delimiter hint, not a header: remove that line "
+            "(the delimiter is recognised without it)",
+        )
     text_format = TextFormat(
         encoding=codec.removesuffix("-sig"), bom=bom, compression=compression, delimiter=sniff_delimiter(text_sample)
     )

@@ -93,3 +93,20 @@ def test_a_huge_field_rejects_the_file_with_a_clear_reason():
     with pytest.raises(FileRejected) as info:
         records(b"a,b\n1," + b"x" * (2 * 1024 * 1024) + b"\n")
     assert info.value.reason == "field_too_large"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"sep=;\r\nid;name\r\n1;Ada\r\n", b"\xef\xbb\xbfsep=,\nid,name\n1,Ada\n", "sep=\t\rid\tname\r".encode("utf-16")],
+)
+def test_a_spreadsheet_delimiter_hint_line_is_named_not_read_as_the_header(data):
+    # Read as a header, "sep=;" would have named one odd column and loaded the real header as a row.
+    with pytest.raises(FileRejected) as info:
+        open_text([data])
+    assert info.value.reason == "no_header"
+    assert "delimiter hint" in info.value.message and "remove that line" in info.value.message
+
+
+def test_a_header_that_merely_starts_with_sep_is_a_header():
+    fmt, text = open_text([b"sep=x;y,other\n1,2\n"])
+    assert next(fields for _line, fields in read_records(text, fmt.delimiter)) == ["sep=x;y", "other"]
