@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,3 +39,13 @@ def in_thread(call: Callable[[], T], name: str) -> Future[T]:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def awaited(work: Future[T], deadline: float | None, cut_off: Callable[[], BaseException]) -> T:
+    """The result of ``work`` (going on in another thread), waited for until ``deadline`` at the most; then
+    the exception ``cut_off()`` makes is raised, and the work's answer, should it come, is dropped."""
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+    try:
+        return work.result(timeout)
+    except FutureTimeout:
+        raise cut_off() from None

@@ -31,6 +31,10 @@ class ObjectsFailed(RuntimeError):
     pass
 
 
+#: Kept at the end of an invocation for the handler to return its answer after the last wait.
+RETURN_RESERVE_MS = 250
+
+
 def deadline_of(context: Any) -> float | None:
     """When the function must give up a file (``time.monotonic()``): the time the Lambda context says is left,
     less a margin to roll back, write the ledger and publish the receipt (10% of it, 1 to 10 seconds;
@@ -43,36 +47,47 @@ def deadline_of(context: Any) -> float | None:
     return time.monotonic() + max(left_ms - margin_ms, 0) / 1000
 
 
+def end_of(context: Any) -> float | None:
+    """When the runtime ends this invocation (``time.monotonic()``), less RETURN_RESERVE_MS to return the
+    handler's answer: the last moment to wait for anything (the receipt's publish)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return time.monotonic() + max(int(remaining()) - RETURN_RESERVE_MS, 0) / 1000
+
+
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
-    deadline = deadline_of(context)
+    deadline, ends = deadline_of(context), end_of(context)
     if is_sqs_batch(event):
         return process_partial_response(  # type: ignore[return-value]
             event=event,
-            record_handler=lambda record: _sqs_record(record, request_id, deadline),
+            record_handler=lambda record: _sqs_record(record, request_id, deadline, ends),
             processor=processor,
             context=context,
         )
-    receipts, failures = _ingest_all(object_refs(event), request_id, deadline)
+    receipts, failures = _ingest_all(object_refs(event), request_id, deadline, ends)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return {"receipts": [r.to_dict() for r in receipts]}
 
 
-def _sqs_record(record: SQSRecord, request_id: str | None, deadline: float | None) -> list[dict[str, Any]]:
+def _sqs_record(
+    record: SQSRecord, request_id: str | None, deadline: float | None, ends: float | None
+) -> list[dict[str, Any]]:
     try:
         body = json.loads(record.body)
     except ValueError as exc:
         raise UnknownEvent(f"SQS message {record.message_id} body is not JSON: {exc}") from None
-    receipts, failures = _ingest_all(object_refs(body), request_id, deadline)
+    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return [r.to_dict() for r in receipts]
 
 
 def _ingest_all(
-    refs: list[ObjectRef], request_id: str | None, deadline: float | None = None
+    refs: list[ObjectRef], request_id: str | None, deadline: float | None = None, ends: float | None = None
 ) -> tuple[list[Receipt], list[str]]:
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
@@ -81,7 +96,7 @@ def _ingest_all(
     receipts, failures = [], []
     for ref in refs:
         try:
-            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id, deadline))
+            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id, deadline, ends))
         except Exception as exc:
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

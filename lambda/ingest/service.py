@@ -130,11 +130,18 @@ def choose_contract(contracts: ContractRegistry, key: str) -> Contract:
 
 
 def ingest_object(
-    bucket: str, key: str, deps: Dependencies, request_id: str | None = None, deadline: float | None = None
+    bucket: str,
+    key: str,
+    deps: Dependencies,
+    request_id: str | None = None,
+    deadline: float | None = None,
+    ends: float | None = None,
 ) -> Receipt:
     """Ingest one object and publish its receipt. Raises (after publishing ``failed``) on failures.
 
-    ``deadline``: a ``time.monotonic()`` value by which the work must stop (a timeout, recorded as such)."""
+    ``deadline``: a ``time.monotonic()`` value by which the work must stop (a timeout, recorded as such);
+    ``ends``: when the invocation ends, after the deadline's margin: the receipt's publish is waited for
+    until then at the most (the receipt is then in the log, and the ledger has the outcome)."""
     attempt = _Attempt(bucket=bucket, key=key, request_id=request_id, deadline=deadline)
     logger.append_keys(bucket=bucket, key=key, md5=None)
     try:
@@ -147,9 +154,9 @@ def ingest_object(
         if attempt.past_deadline and not isinstance(exc, DeadlineReached):
             exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
         receipt = _failed(attempt, deps, exc)
-        _publish(deps, receipt)
+        _publish(deps, receipt, ends)
         raise exc from None
-    _publish(deps, receipt)
+    _publish(deps, receipt, ends)
     return receipt
 
 
@@ -565,8 +572,8 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
     return _receipt(attempt, "failed", reason=reason, message=message)
 
 
-def _publish(deps: Dependencies, receipt: Receipt) -> None:
+def _publish(deps: Dependencies, receipt: Receipt, until: float | None) -> None:
     try:
-        deps.notifier.publish(receipt)
+        deps.notifier.publish(receipt, until)
     except Exception:
         logger.exception("could not publish the receipt", extra={"receipt": receipt.to_dict()})

@@ -4,6 +4,7 @@ bounded error reports, and duplicate deliveries of a rejected file (real moto, r
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import zlib
@@ -17,6 +18,7 @@ import pytest
 from ingest import bootstrap
 from ingest.adapters import s3 as s3_adapter
 from ingest.adapters.s3 import ObjectStore
+from ingest.adapters.sns import Notifier
 from ingest.processing import ERRORS_CSV_MAX_LINES
 from ingest.service import DeadlineReached, Dependencies, ingest_object
 from tests.integration.objects import StallingProxy, big_users_file, upload_multipart
@@ -266,3 +268,43 @@ def test_a_request_without_an_answer_is_given_up_at_the_deadline_with_a_timeout_
     assert not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 120_000
+
+
+def test_a_receipt_publish_without_an_answer_is_given_up_before_the_invocation_ends(pipeline):
+    """SNS never answers the publish of a receipt (the network holds the answer). The function waits for
+    it until the end of its invocation, not for the SNS client's read timeout (a minute, then again per
+    retry), which would let the runtime kill it: the handler would not return, and a file loaded and on
+    record would be delivered again. The receipt is in the log instead."""
+    key = "incoming/users/publish_stalls.csv"
+    pipeline.upload(key, big_users_file(1_000))
+    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, request=rb"Action=Publish")
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("ingest").addHandler(handler)
+    try:
+        sns = boto3.session.Session().client("sns", endpoint_url=proxy.endpoint, config=bootstrap.AWS_CONFIG)
+        deps = pipeline.deps
+        stalled = Dependencies(deps.contracts, deps.store, deps.database, Notifier(sns, deps.notifier.topic_arn))
+        outcome: list[BaseException | str] = []
+
+        def attempt() -> None:
+            now = time.monotonic()
+            try:
+                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=now + 2, ends=now + 3).status)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(30)
+        assert proxy.stalled.is_set()
+        assert not thread.is_alive(), "the stalled publish outlived the invocation"
+    finally:
+        proxy.close()
+        logging.getLogger("ingest").removeHandler(handler)
+    assert outcome == ["loaded"]
+    [entry] = ledger(pipeline, key)
+    assert entry["status"] == "loaded" and entry["rows_total"] == 1_000
+    [record] = [r for r in logged if r.getMessage() == "could not publish the receipt"]
+    assert "before the invocation's end" in str(record.exc_info[1]) and record.receipt["key"] == key  # type: ignore[attr-defined]

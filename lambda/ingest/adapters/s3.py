@@ -11,12 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..deadlines import call_at, in_thread
+from ..deadlines import awaited, call_at, in_thread
 
 T = TypeVar("T")
 
@@ -103,11 +102,7 @@ def _awaited(work: Future[T], deadline: float | None, message: str) -> T:
     RequestCutOff with ``message``). A stalled request would otherwise hold the caller for the S3 client's
     read timeout (a minute, and again for each retry), past the function's deadline, with nothing on
     record when the runtime kills it."""
-    timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-    try:
-        return work.result(timeout)
-    except FutureTimeout:
-        raise RequestCutOff(message) from None
+    return awaited(work, deadline, lambda: RequestCutOff(message))
 
 
 def answered(deadline: float | None, what: str, request: Callable[..., T], **params: Any) -> T:

@@ -7,7 +7,12 @@ import time
 from datetime import datetime
 from typing import Any
 
+from ..deadlines import awaited, in_thread
 from ..receipt import Receipt
+
+
+class PublishCutOff(TimeoutError):
+    """SNS had not answered the publish of a receipt when the invocation was about to end."""
 
 
 class Notifier:
@@ -15,15 +20,26 @@ class Notifier:
         self.client = client
         self.topic_arn = topic_arn
 
-    def publish(self, receipt: Receipt) -> str | None:
+    def publish(self, receipt: Receipt, until: float | None = None) -> str | None:
+        """Publish ``receipt``; with ``until`` (a ``time.monotonic()`` value: the end of the invocation), wait
+        for SNS's answer until then and no longer (PublishCutOff). A stalled answer would otherwise hold the
+        function for the client's read timeout (a minute, and again for each retry) until the runtime kills
+        it: the handler would not return, and a file loaded and on record would be delivered again."""
         if not self.topic_arn:
             return None
-        response = self.client.publish(
-            TopicArn=self.topic_arn,
-            Subject=receipt.subject,
-            Message=receipt.to_json(),
-            MessageAttributes=receipt.attributes,
-        )
+
+        def request() -> Any:
+            return self.client.publish(
+                TopicArn=self.topic_arn,
+                Subject=receipt.subject,
+                Message=receipt.to_json(),
+                MessageAttributes=receipt.attributes,
+            )
+
+        if until is None:
+            return str(request()["MessageId"])
+        cut_off = f"SNS did not answer the publish of the receipt of {receipt.key} before the invocation's end"
+        response = awaited(in_thread(request, "sns-publish"), until, lambda: PublishCutOff(cut_off))
         return str(response["MessageId"])
 
 
