@@ -150,21 +150,30 @@ def test_a_second_delivery_of_a_rejected_file_answers_from_the_ledger_until_the_
     ]
 
 
-def ingest_through_a_stall(pipeline, key: str, seconds: float, **stall: Any) -> BaseException | str:
-    """What ``ingest_object`` returned (its status) or raised, with a deadline ``seconds`` away, when the
-    function's own S3 client (its read timeout a minute) reaches the emulator through a StallingProxy
-    (``stall``: its budget or request). Fails unless the proxy held something and the call ended within
-    30 s, long before the client's read timeout but long after the deadline."""
+def ingest_through_a_stall(
+    pipeline, key: str, seconds: float, ends: float | None = None, through: str = "s3", **stall: Any
+) -> BaseException | str:
+    """What ``ingest_object`` returned (its status) or raised, with a deadline ``seconds`` away (and the
+    invocation's end ``ends`` away, if given), when the function's own S3 client (or, ``through="sns"``,
+    its SNS client; read timeouts a minute) reaches the emulator through a StallingProxy (``stall``: its
+    budget or request). Fails unless the proxy held something and the call ended within 30 s, long before
+    the client's read timeout but long after the deadline."""
     proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, **stall)
     try:
-        client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
         deps = pipeline.deps
-        stalled = Dependencies(deps.contracts, ObjectStore(client), deps.database, deps.notifier)
+        if through == "s3":
+            client = boto3.session.Session().client("s3", endpoint_url=proxy.endpoint, config=bootstrap.S3_CONFIG)
+            stalled = Dependencies(deps.contracts, ObjectStore(client), deps.database, deps.notifier)
+        else:
+            sns = boto3.session.Session().client("sns", endpoint_url=proxy.endpoint, config=bootstrap.AWS_CONFIG)
+            stalled = Dependencies(deps.contracts, deps.store, deps.database, Notifier(sns, deps.notifier.topic_arn))
         outcome: list[BaseException | str] = []
 
         def attempt() -> None:
+            now = time.monotonic()
+            until = None if ends is None else now + ends
             try:
-                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=time.monotonic() + seconds).status)
+                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=now + seconds, ends=until).status)
             except BaseException as exc:
                 outcome.append(exc)
 
@@ -277,33 +286,15 @@ def test_a_receipt_publish_without_an_answer_is_given_up_before_the_invocation_e
     record would be delivered again. The receipt is in the log instead."""
     key = "incoming/users/publish_stalls.csv"
     pipeline.upload(key, big_users_file(1_000))
-    proxy = StallingProxy(urlsplit(pipeline.aws.endpoint).port, request=rb"Action=Publish")
     logged: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = logged.append  # type: ignore[method-assign]
     logging.getLogger("ingest").addHandler(handler)
     try:
-        sns = boto3.session.Session().client("sns", endpoint_url=proxy.endpoint, config=bootstrap.AWS_CONFIG)
-        deps = pipeline.deps
-        stalled = Dependencies(deps.contracts, deps.store, deps.database, Notifier(sns, deps.notifier.topic_arn))
-        outcome: list[BaseException | str] = []
-
-        def attempt() -> None:
-            now = time.monotonic()
-            try:
-                outcome.append(ingest_object(pipeline.bucket, key, stalled, deadline=now + 2, ends=now + 3).status)
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=attempt, daemon=True)
-        thread.start()
-        thread.join(30)
-        assert proxy.stalled.is_set()
-        assert not thread.is_alive(), "the stalled publish outlived the invocation"
+        outcome = ingest_through_a_stall(pipeline, key, seconds=2, ends=3, through="sns", request=rb"Action=Publish")
     finally:
-        proxy.close()
         logging.getLogger("ingest").removeHandler(handler)
-    assert outcome == ["loaded"]
+    assert outcome == "loaded"
     [entry] = ledger(pipeline, key)
     assert entry["status"] == "loaded" and entry["rows_total"] == 1_000
     [record] = [r for r in logged if r.getMessage() == "could not publish the receipt"]
