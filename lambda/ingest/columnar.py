@@ -480,11 +480,17 @@ def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
 
 
 def split_header(source: Source) -> tuple[list[str], int, int]:
-    """(header fields, byte length of the header record, number of lines it spans) from the sample."""
+    """(header fields, byte length of the sample up to the header's end, number of lines up to there)."""
     sample = source.sample
+    start = hint_lines = 0
+    if source.text_format.delimiter_hint:  # "sep=;" and a line break, after the BOM if any
+        start = sample.find(b"\n") + 1
+        if not 0 < start <= 12 or b"\r" in sample[: start - 2]:
+            raise ExactEngineNeeded("a delimiter hint line that does not end with LF or CRLF")
+        hint_lines = 1
     quotes = 0
     end = -1
-    for i, byte in enumerate(sample[: 1 << 20]):
+    for i, byte in enumerate(sample[start : start + (1 << 20)], start):
         if byte == 34:
             quotes += 1
         elif byte == 10 and quotes % 2 == 0:
@@ -492,11 +498,11 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
             break
     if end < 0:
         raise ExactEngineNeeded("no complete header line in the sample")
-    text = sample[:end].decode(source.codec)
+    text = sample[start:end].decode(source.codec)
     if not text.strip():
         raise ExactEngineNeeded("blank lines before the header")
     fields = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.text_format.delimiter, strict=True))
-    return fields, end, text.count("\n")
+    return fields, end, hint_lines + text.count("\n")
 
 
 def supported(source: Source) -> str | None:

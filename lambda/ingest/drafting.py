@@ -126,7 +126,7 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
     if not IDENTIFIER.match(name):
         raise ValueError(f"--name must be a lower-case SQL identifier, got {name!r}")
     fmt, text = open_text([sample])
-    records = read_records(text, fmt.delimiter)
+    records = read_records(text, fmt.delimiter, fmt.delimiter_hint)
     _line, header = next(records)
     repeated = _repeated_headers(header)
     if repeated:

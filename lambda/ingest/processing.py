@@ -244,7 +244,7 @@ def _process_columnar(
 def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome) -> Outcome:
     outcome.engine = "exact"
     text_format, text = text_stream(source)
-    records = read_records(text, text_format.delimiter)
+    records = read_records(text, text_format.delimiter, text_format.delimiter_hint)
     try:
         _line, header = next(records)
     except StopIteration:

@@ -21,8 +21,9 @@ from .rejection import FileRejected
 SAMPLE_BYTES = 256 * 1024
 READ_BYTES = 1024 * 1024
 DELIMITERS = (",", ";", "\t", "|")
-#: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter.
-SEPARATOR_HINT = re.compile(r"\ufeff?(sep=.)(?:\r\n|\r|\n)")
+#: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter. The
+#: file's header is the line after it.
+DELIMITER_HINT = re.compile(r"\ufeff?sep=(.)(?:\r\n|\r|\n)")
 #: The largest single field accepted, in characters. A larger one rejects the file (csv cannot resume).
 MAX_FIELD_CHARS = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -38,6 +39,7 @@ class TextFormat:
     bom: bool
     compression: str | None  # "gzip" or None
     delimiter: str
+    delimiter_hint: bool = False  # the first line was a spreadsheet's "sep=;" hint, no record of the file
 
 
 class _ChunkStream(io.RawIOBase):
@@ -151,15 +153,19 @@ def inspect(chunks: Iterable[bytes]) -> Source:
     text_sample = sample.decode(codec, errors="ignore")
     if not text_sample.strip("\ufeff \t\r\n"):
         raise FileRejected("no_header", "the object holds only whitespace: no header line")
-    hint = SEPARATOR_HINT.match(text_sample)
-    if hint:  # read as a header, it would name one odd column and make the real header a row
+    hint = DELIMITER_HINT.match(text_sample)
+    if hint and hint[1] not in DELIMITERS:
         raise FileRejected(
             "no_header",
-            f"the first line {hint[1]!r} is a spreadsheet's delimiter hint, not a header: remove that line "
-            "(the delimiter is recognised without it)",
+            f"the first line names the delimiter {hint[1]!r} (sep={hint[1]}), which the loader does not read; "
+            f"it reads {', '.join(repr(d) for d in DELIMITERS)}",
         )
     text_format = TextFormat(
-        encoding=codec.removesuffix("-sig"), bom=bom, compression=compression, delimiter=sniff_delimiter(text_sample)
+        encoding=codec.removesuffix("-sig"),
+        bom=bom,
+        compression=compression,
+        delimiter=hint[1] if hint else sniff_delimiter(text_sample),
+        delimiter_hint=hint is not None,
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
 
@@ -235,9 +241,9 @@ def sniff_delimiter(text: str) -> str:
     return best
 
 
-def read_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+def read_records(text: io.TextIOBase, delimiter: str, hint: bool = False) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for every record that is a row (and first the header); malformed CSV
-    rejects the file.
+    rejects the file. With ``hint`` (``TextFormat.delimiter_hint``), line 1 is the delimiter hint: no record.
 
     Blank lines (empty or whitespace only) are no rows in a file of several columns: a row there has
     delimiters. In a one-column file (its header has one field) a line of whitespace is a row, and so is an
@@ -247,6 +253,8 @@ def read_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, lis
     one_column: bool | None = None  # known at the header
     held: list[tuple[int, list[str]]] = []  # a one-column file's empty lines, rows if a record follows
     for start, fields in _all_records(text, delimiter):
+        if hint and start == 1:
+            continue
         blank = not fields or (len(fields) == 1 and not fields[0].strip())
         if one_column is None:
             if blank:

@@ -98,7 +98,7 @@ def test_contract_new_drafts_a_contract_that_parses_and_accepts_its_sample(tmp_p
         (b'id,name\n1,"Ada "The Countess" Lovelace"\n', "malformed_csv", "line 2: malformed CSV"),
         (b"id,Value,Value\n1,a,b\n", "duplicate_header", "'Value' (columns 2 and 3)"),
         (b"\x00\x01\x02binary\x00" * 100, "binary_content", ""),
-        (b"sep=;\r\nid;name\r\n1;Ada\r\n", "no_header", "'sep=;' is a spreadsheet's delimiter hint"),
+        (b"sep=:\r\nid:name\r\n1:Ada\r\n", "no_header", "the delimiter ':' (sep=:), which the loader does not read"),
     ],
 )
 def test_contract_new_on_a_file_no_contract_could_load_says_why_without_a_traceback(tmp_path, content, reason, detail):

@@ -158,6 +158,18 @@ def test_timestamps_finer_than_microseconds_stay_text_and_come_back_as_written(p
     }
 
 
+def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(pipeline):
+    # Some exports begin with "sep=;" for spreadsheets; read as a header, it named one odd column and the
+    # real header was loaded as a row.
+    rows = [["00042", "Café moulu", "4,50", "31/12/2024"], ["00043", "Thé; vert", "12,00", ""]]
+    text = 'sep=;\r\nRéf;Libellé;Prix (€);Date\r\n00042;Café moulu;4,50;31/12/2024\r\n00043;"Thé; vert";12,00;\r\n'
+    data = b"\xef\xbb\xbf" + text.encode()
+    contract, receipt, drafted = draft_and_load(pipeline, data, "hinted")
+    assert receipt.status == "loaded" and receipt.rows_loaded == 2, (receipt.reason, receipt.message, drafted)
+    assert [c.name for c in contract.columns] == ["ref", "libelle", "prix", "date"]
+    assert_round_trip(pipeline, contract, ["Réf", "Libellé", "Prix (€)", "Date"], rows)
+
+
 def test_a_header_written_twice_is_refused_with_the_reason():
     # The loader rejects such a file (it cannot tell the columns apart); a draft naming both would not
     # even parse (one alias for two columns).

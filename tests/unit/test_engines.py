@@ -77,6 +77,17 @@ def test_what_the_columnar_engine_cannot_vouch_for_goes_to_the_exact_engine(user
         process([data], users, lambda b: None, lambda b: None, engine="columnar")
 
 
+@pytest.mark.parametrize("start", [b"sep=,\n", b"sep=,\r\n", b"\xef\xbb\xbfsep=,\r\n", b"sep=,\r"])
+def test_a_delimiter_hint_line_gives_identical_results_and_line_numbers_in_both_engines(users, start):
+    body = b"id,email,full_name\n1,a@b.co,Ann\n2,not an email,Bob\n3,c@d.co,Cy\n"
+    if start.endswith(b"\r"):
+        body = body.replace(b"\n", b"\r")  # a file of lone CRs: the exact engine's
+    exact, fast = both(start + body, users)
+    assert_same(exact, fast)
+    assert fast.outcome.engine == ("exact" if start.endswith(b"\r") else "columnar")
+    assert exact.outcome.rows_valid == 2 and "\n4,email,pattern,not an email," in exact.errors  # line 4 of the file
+
+
 CELLS = {
     "id": st.one_of(st.integers(-5, 3_000_000_000).map(str), st.sampled_from(["+7", "007", "1.0", "", "x", "٣"])),
     "email": st.one_of(

@@ -96,17 +96,31 @@ def test_a_huge_field_rejects_the_file_with_a_clear_reason():
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"sep=;\r\nid;name\r\n1;Ada\r\n", b"\xef\xbb\xbfsep=,\nid,name\n1,Ada\n", "sep=\t\rid\tname\r".encode("utf-16")],
+    ("data", "delimiter"),
+    [
+        (b"sep=;\r\nid;name\r\n1;Ada, Countess\r\n", ";"),
+        (b'\xef\xbb\xbfsep=,\nid,name\n1,"Ada, Countess"\n', ","),
+        ("sep=|\rid|name\r1|Ada, Countess\r".encode("utf-16"), "|"),
+        (b"sep=\t\nid\tname\n1\tAda, Countess\n", "\t"),
+    ],
 )
-def test_a_spreadsheet_delimiter_hint_line_is_named_not_read_as_the_header(data):
-    # Read as a header, "sep=;" would have named one odd column and loaded the real header as a row.
+def test_a_spreadsheet_delimiter_hint_names_the_delimiter_and_is_no_record(data, delimiter):
+    # Read as a header, "sep=;" named one odd column, and the real header was loaded as a row.
+    fmt, text = open_text([data])
+    assert (fmt.delimiter, fmt.delimiter_hint) == (delimiter, True)
+    assert list(read_records(text, fmt.delimiter, fmt.delimiter_hint)) == [
+        (2, ["id", "name"]),
+        (3, ["1", "Ada, Countess"]),
+    ]
+
+
+def test_a_hint_naming_a_delimiter_the_loader_does_not_read_rejects_the_file_saying_so():
     with pytest.raises(FileRejected) as info:
-        open_text([data])
-    assert info.value.reason == "no_header"
-    assert "delimiter hint" in info.value.message and "remove that line" in info.value.message
+        open_text([b"sep=:\nid:name\n1:Ada\n"])
+    assert info.value.reason == "no_header" and "':' (sep=:)" in info.value.message
 
 
 def test_a_header_that_merely_starts_with_sep_is_a_header():
     fmt, text = open_text([b"sep=x;y,other\n1,2\n"])
+    assert not fmt.delimiter_hint
     assert next(fields for _line, fields in read_records(text, fmt.delimiter)) == ["sep=x;y", "other"]
