@@ -120,10 +120,15 @@ def _field(value: str, delimiter: str) -> str:
     delimiter=st.sampled_from([",", ";", "\t", "|"]),
     newline=st.sampled_from(["\n", "\r\n"]),
     chunk=st.integers(1, 300),
+    hint=st.booleans(),
 )
-def test_random_tables_give_identical_results_in_both_engines(users, rows, delimiter, newline, chunk):
+def test_random_tables_give_identical_results_in_both_engines(users, rows, delimiter, newline, chunk, hint):
     header = delimiter.join(CELLS)
-    lines = [header] + [delimiter.join(_field(row[c], delimiter) for c in CELLS) for row in rows]
+    lines = (
+        [f"sep={delimiter}"] * hint
+        + [header]
+        + [delimiter.join(_field(row[c], delimiter) for c in CELLS) for row in rows]
+    )
     data = (newline.join(lines) + newline).encode()
     exact, fast = both(data, users, chunk)
     assert_same(exact, fast)
