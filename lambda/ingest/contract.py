@@ -17,6 +17,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from .headers import SYSTEM_COLUMNS
+
 #: Column types a contract may name, with the PostgreSQL type each one is stored as.
 COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "date", "timestamptz")
 LOAD_MODES = ("append", "replace", "upsert")
@@ -323,6 +325,11 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         raise fail(
             f"column name must be a lower-case SQL identifier not starting with "
             f"{RESERVED_COLUMN_PREFIX!r}, got {name!r}"
+        )
+    if name in SYSTEM_COLUMNS:
+        raise fail(
+            f"column name {name!r} is a PostgreSQL system column name ({', '.join(sorted(SYSTEM_COLUMNS))}), "
+            f"which no table column may take: name it otherwise (say '_{name}') with aliases = [{name!r}]"
         )
     unknown = set(raw) - _COLUMN_FIELDS
     if unknown:

@@ -2,8 +2,8 @@
 
 ``column_name`` turns any header a spreadsheet can produce into a PostgreSQL identifier that needs no
 quoting (``Small Island Developing States (SIDS)`` → ``small_island_developing_states_sids``,
-``52 Week Low`` → ``_52_week_low``, ``Größe %`` → ``grosse_pct``). ``ColumnLabels`` resolves a header
-cell to a contract column: a column name or alias written exactly as the header cell wins, then the
+``52 Week Low`` → ``_52_week_low``, ``Größe %`` → ``grosse_pct``, ``xmin`` → ``_xmin``). ``ColumnLabels``
+resolves a header cell to a contract column: a column name or alias written exactly as the header cell wins, then the
 ``column_name`` of the cell against the ``column_name`` of every name and alias. So a contract drafted
 from a file (which records the exact header as an alias wherever the two differ) always reads that file.
 """
@@ -16,6 +16,9 @@ from collections.abc import Iterable
 
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names
 RESERVED_PREFIX = "_ingest"
+#: PostgreSQL's system columns: no table column may take these names (CREATE TABLE fails), yet a geodata
+#: file's bounding box is often "xmin, ymin, xmax, ymax". Such a header maps to the name with a leading "_".
+SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 #: Letters that Unicode decomposition does not reduce to ASCII but that have a usual transliteration.
 _TRANSLITERATE = str.maketrans(
     {"ø": "o", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i", "ŋ": "ng", "ħ": "h"}
@@ -43,6 +46,8 @@ def column_name(header: str, position: int) -> str:
         name = "_" + name
     if name.startswith(RESERVED_PREFIX):
         name = "x" + name
+    if name in SYSTEM_COLUMNS:
+        name = "_" + name
     return name[:MAX_IDENTIFIER_BYTES]
 
 

@@ -170,6 +170,27 @@ def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(p
     assert_round_trip(pipeline, contract, ["Réf", "Libellé", "Prix (€)", "Date"], rows)
 
 
+def test_a_bounding_box_file_loads_and_upserts_though_its_headers_are_system_column_names(pipeline):
+    # xmin, xmax, ctid: CREATE TABLE refused the drafted columns ("conflicts with a system column name"),
+    # so the file failed, was retried and dead-lettered.
+    header = ["id", "name", "xmin", "ymin", "xmax", "ymax", "ctid"]
+    rows = [
+        ["1", "Lisbon", "-9.23", "38.69", "-9.09", "38.80", "PT"],
+        ["2", "Oslo", "10.62", "59.81", "10.92", "60.00", "NO"],
+    ]
+    contract, receipt, drafted = draft_and_load(pipeline, render(header, rows), "places")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    assert [c.name for c in contract.columns] == ["id", "name", "_xmin", "ymin", "_xmax", "ymax", "_ctid"]
+    assert_round_trip(pipeline, contract, header, rows)
+    rows[0][2] = "-9.24"  # an upsert over the loaded rows goes through the MERGE, which names every column
+    pipeline.upload("incoming/places_2.csv", render(header, rows))
+    assert ingest_object(pipeline.bucket, "incoming/places_2.csv", pipeline.deps).status == "loaded"
+    assert pipeline.query('SELECT id, "_xmin"::text AS x, "_ctid" AS c FROM places ORDER BY id') == [
+        {"id": 1, "x": "-9.24", "c": "PT"},
+        {"id": 2, "x": "10.62", "c": "NO"},
+    ]
+
+
 def test_a_header_written_twice_is_refused_with_the_reason():
     # The loader rejects such a file (it cannot tell the columns apart); a draft naming both would not
     # even parse (one alias for two columns).
@@ -292,7 +313,8 @@ COLUMN_KINDS = {
 @st.composite
 def files(draw: Any) -> tuple[list[str], list[list[str]]]:
     width = draw(st.integers(1, 5))
-    names = HEADER if width > 1 else HEADER.filter(str.strip)  # a blank line alone is no header
+    names = HEADER | st.sampled_from(["xmin", "CTID", "tableoid", "cmax"])  # PostgreSQL's system column names
+    names = names if width > 1 else names.filter(str.strip)  # a blank line alone is no header
     header = draw(st.lists(names, min_size=width, max_size=width, unique=True))
     kinds = [draw(st.sampled_from(sorted(COLUMN_KINDS))) for _ in header]
     height = draw(st.integers(1, 6))

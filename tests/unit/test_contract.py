@@ -62,6 +62,15 @@ def test_header_names_are_normalized():
     assert column_name("  Full-Name ", 0) == "full_name"
     assert column_name("Signup  Date", 0) == "signup_date"
     assert column_name("ÉMAIL", 0) == "email"
+    # PostgreSQL's system column names, which no table column may take (a bounding box's xmin, ymin, ...)
+    assert [column_name(h, 0) for h in ("xmin", "XMAX", " ctid ", "tableoid", "ymin", "oid")] == [
+        "_xmin",
+        "_xmax",
+        "_ctid",
+        "_tableoid",
+        "ymin",
+        "oid",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +81,7 @@ def test_header_names_are_normalized():
         ({"keys": []}, "keys must be a non-empty list"),
         ({"columns": [{"name": "a b"}]}, "column name must be"),
         ({"columns": [{"name": "_ingest_md5"}]}, "column name must be"),
+        ({"columns": [{"name": "xmin"}]}, r"'xmin' is a PostgreSQL system column name .* aliases = \['xmin'\]"),
         ({"columns": [{"name": "a", "type": "varchar"}]}, "type must be one of"),
         ({"columns": [{"name": "a", "normalize": ["titlecase"]}]}, "unknown normalizer"),
         ({"columns": [{"name": "a", "pattern": "("}]}, "pattern does not compile"),
