@@ -40,6 +40,8 @@ COMPRESSION_SUFFIXES = (".gz",)
 # that need no quoting at all, so that what the contract says is exactly what lands in the database.
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_COLUMN_PREFIX = "_ingest"
+#: The ledger's table (``adapters.postgres``), which no contract may load.
+LEDGER_TABLE = "ingest_files"
 
 
 class ContractError(ValueError):
@@ -239,8 +241,9 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     if unknown:
         raise fail(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(_CONTRACT_FIELDS)}")
     table = data.get("table")
-    if not isinstance(table, str) or not IDENTIFIER.match(table):
-        raise fail(f"table must be a lower-case SQL identifier ([a-z_][a-z0-9_]*), got {table!r}")
+    problem = table_name_problem(table)
+    if problem or not isinstance(table, str):
+        raise fail(problem or "")
     keys = data.get("keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
         raise fail("keys must be a non-empty list of object-key globs")
@@ -315,6 +318,18 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
 
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def table_name_problem(table: object) -> str | None:
+    """What is wrong with ``table`` as a contract's table name, or None."""
+    if not isinstance(table, str) or not IDENTIFIER.match(table):
+        return f"table must be a lower-case SQL identifier ([a-z_][a-z0-9_]*), got {table!r}"
+    if table == LEDGER_TABLE or table.startswith(RESERVED_COLUMN_PREFIX):
+        return (
+            f"table {table!r} is the pipeline's own ({LEDGER_TABLE!r} is the ledger, {RESERVED_COLUMN_PREFIX!r}… "
+            "its staging tables): name the contract's table otherwise"
+        )
+    return None
 
 
 def _parse_column(raw: Any, fail: Any) -> Column:

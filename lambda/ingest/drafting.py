@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .contract import IDENTIFIER, Column, Contract, globs_overlap
+from .contract import Column, Contract, globs_overlap, table_name_problem
 from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .reading import open_text, read_records
 from .rejection import FileRejected
@@ -123,8 +123,9 @@ def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColum
 
 
 def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Iterable[Contract] = ()) -> str:
-    if not IDENTIFIER.match(name):
-        raise ValueError(f"--name must be a lower-case SQL identifier, got {name!r}")
+    problem = table_name_problem(name)
+    if problem:
+        raise ValueError(f"--name (the contract's table): {problem}")
     fmt, text = open_text([sample])
     records = read_records(text, fmt.delimiter, fmt.delimiter_hint)
     _line, header = next(records)

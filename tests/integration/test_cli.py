@@ -110,6 +110,11 @@ def test_contract_new_on_a_file_no_contract_could_load_says_why_without_a_traceb
     assert "Traceback" not in result.stderr
 
 
+def test_contract_new_refuses_a_table_name_the_pipeline_uses_itself():
+    result = ingest("contract", "new", str(SAMPLES / "users.csv"), "--name", "ingest_files")
+    assert result.returncode == 2 and "'ingest_files' is the pipeline's own" in result.stderr and not result.stdout
+
+
 def test_stack_verbs_say_clearly_when_no_stack_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INGEST_", "DATABASE_URL"))}
     env["INGEST_STACK_DIR"] = str(tmp_path / "none")

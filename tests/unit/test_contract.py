@@ -78,6 +78,8 @@ def test_header_names_are_normalized():
     [
         ({"table": "Users"}, "table must be a lower-case SQL identifier"),
         ({"table": "x; DROP TABLE y"}, "table must be"),
+        ({"table": "ingest_files"}, "table 'ingest_files' is the pipeline's own .*ledger"),
+        ({"table": "_ingest_stage_users"}, "table '_ingest_stage_users' is the pipeline's own"),
         ({"keys": []}, "keys must be a non-empty list"),
         ({"columns": [{"name": "a b"}]}, "column name must be"),
         ({"columns": [{"name": "_ingest_md5"}]}, "column name must be"),

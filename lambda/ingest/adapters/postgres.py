@@ -20,10 +20,9 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.dialects import postgresql as pg
 
-from ..contract import Contract
+from ..contract import LEDGER_TABLE, Contract
 from ..deadlines import call_at
 
-LEDGER_TABLE = "ingest_files"
 #: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
 BULK_LOAD_BYTES = 16 * 1024 * 1024
 #: How many bytes of rows may wait for the COPY (the caller goes on meanwhile; past it, the caller waits).
