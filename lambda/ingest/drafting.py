@@ -28,16 +28,22 @@ from .validation import CellError, build_coercer
 #: Words that files use for a missing value; proposed as null_values for number and date columns only.
 NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--")
 NUMBER_TYPES = ("integer", "bigint", "numeric")
-#: Tried in order; the first whose rules accept every present value (and print it back) wins.
+#: Tried in order; the first whose rules accept every present value (and print it back) wins. A date
+#: column keeps only the formats its values use; a slash order (month or day first) only when the sample
+#: proves it: "01/02/2024" is a date either way, and a guess would load the wrong one.
+MONTH_FIRST = Column(name="x", type="date", formats=("YYYY-MM-DD", "MM/DD/YYYY", "DD.MM.YYYY"))
+DAY_FIRST = Column(name="x", type="date", formats=("YYYY-MM-DD", "DD/MM/YYYY", "DD.MM.YYYY"))
 CANDIDATES = (
     Column(name="x", type="integer"),
     Column(name="x", type="bigint"),
     Column(name="x", type="numeric"),
     Column(name="x", type="boolean"),
     Column(name="x", type="date", formats=("YYYY-MM-DD",)),
-    Column(name="x", type="date", formats=("YYYY-MM-DD", "MM/DD/YYYY", "DD.MM.YYYY")),
+    MONTH_FIRST,
+    DAY_FIRST,
     Column(name="x", type="timestamptz"),
 )
+_SLASH_ORDERS = {"MM/DD/YYYY": "DD/MM/YYYY", "DD/MM/YYYY": "MM/DD/YYYY"}
 
 
 @dataclass
@@ -82,7 +88,24 @@ def _infer(values: list[str]) -> tuple[Column, tuple[str, ...]]:
 def _first_type(values: list[str]) -> Column | None:
     if not values:
         return None
-    return next((c for c in CANDIDATES if _keeps_every_value(c, values)), None)
+    for candidate in CANDIDATES:
+        if _keeps_every_value(candidate, values) and not _both_orders_read(candidate, values):
+            if candidate.type != "date":
+                return candidate
+            used = tuple(f for f in candidate.formats if any(_keeps_every_value(_dates(f), [v]) for v in values))
+            return _dates(*used)
+    return None
+
+
+def _dates(*formats: str) -> Column:
+    return Column(name="x", type="date", formats=formats)
+
+
+def _both_orders_read(candidate: Column, values: list[str]) -> bool:
+    """Whether ``candidate`` reads slashed dates in one order and the other order reads every value too."""
+    if candidate.type != "date" or not any("/" in v for v in values):
+        return False
+    return _keeps_every_value(_dates(*(_SLASH_ORDERS.get(f, f) for f in candidate.formats)), values)
 
 
 def unique_names(header: list[str]) -> list[str]:
@@ -115,6 +138,12 @@ def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColum
         if col.type == "text" and any(v != v.strip() for v in values):
             col.trim = False
             col.notes.append("values start or end with spaces: kept as they are")
+        present = [v.strip() for v in values if v.strip() and v.strip() not in NULL_WORDS]
+        if col.type == "text" and present and _both_orders_read(MONTH_FIRST, present):
+            col.notes.append(
+                'dates such as "01/02/2024" read both month first and day first: kept as text; to load them '
+                'as dates, set type = "date" and formats = ["DD/MM/YYYY"] or ["MM/DD/YYYY"], as the file means'
+            )
         cells = values if not col.trim else [v.strip() for v in values]
         col.required = bool(cells) and all(c not in ("", *words) for c in cells)
         col.unique = col.required and len(set(cells)) == len(cells)

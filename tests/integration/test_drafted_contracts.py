@@ -191,6 +191,22 @@ def test_a_bounding_box_file_loads_and_upserts_though_its_headers_are_system_col
     ]
 
 
+def test_slashed_dates_become_dates_only_where_the_sample_proves_day_or_month_first(pipeline):
+    # "01/02/2024" is the 1st of February or the 2nd of January: the draft took month first, and a
+    # European file loaded its dates wrong, silently. Now one order must fail on some value of the sample.
+    header = ["id", "day_first", "month_first", "either"]
+    rows = [["1", "01/02/2024", "02/01/2024", "01/02/2024"], ["2", "23/03/2024", "03/23/2024", "05/06/2024"]]
+    contract, receipt, drafted = draft_and_load(pipeline, render(header, rows), "slashed")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    drafts = {c.name: (c.type, c.formats) for c in contract.columns}
+    assert drafts["day_first"] == ("date", ("DD/MM/YYYY",)) and drafts["month_first"] == ("date", ("MM/DD/YYYY",))
+    assert drafts["either"] == ("text", ()) and 'set type = "date" and formats = ["DD/MM/YYYY"]' in drafted
+    assert pipeline.query("SELECT day_first, month_first, either FROM slashed WHERE id = 1") == [
+        {"day_first": date(2024, 2, 1), "month_first": date(2024, 2, 1), "either": "01/02/2024"}
+    ]
+    assert_round_trip(pipeline, contract, header, rows)
+
+
 def test_a_header_written_twice_is_refused_with_the_reason():
     # The loader rejects such a file (it cannot tell the columns apart); a draft naming both would not
     # even parse (one alias for two columns).
