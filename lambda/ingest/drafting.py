@@ -31,13 +31,14 @@ NUMBER_TYPES = ("integer", "bigint", "numeric")
 #: Tried in order; the first whose rules accept every present value (and print it back) wins. A date
 #: column keeps only the formats its values use; a slash order (month or day first) only when the sample
 #: proves it: "01/02/2024" is a date either way, and a guess would load the wrong one.
+BOOLEAN = Column(name="x", type="boolean")
 MONTH_FIRST = Column(name="x", type="date", formats=("YYYY-MM-DD", "MM/DD/YYYY", "DD.MM.YYYY"))
 DAY_FIRST = Column(name="x", type="date", formats=("YYYY-MM-DD", "DD/MM/YYYY", "DD.MM.YYYY"))
 CANDIDATES = (
     Column(name="x", type="integer"),
     Column(name="x", type="bigint"),
     Column(name="x", type="numeric"),
-    Column(name="x", type="boolean"),
+    BOOLEAN,
     Column(name="x", type="date", formats=("YYYY-MM-DD",)),
     MONTH_FIRST,
     DAY_FIRST,
@@ -90,11 +91,19 @@ def _first_type(values: list[str]) -> Column | None:
         return None
     for candidate in CANDIDATES:
         if _keeps_every_value(candidate, values) and not _both_orders_read(candidate, values):
+            if candidate.type == "boolean" and not _both_truths(values):
+                continue  # "F", "F": a sex or a grade as likely as false
             if candidate.type != "date":
                 return candidate
             used = tuple(f for f in candidate.formats if any(_keeps_every_value(_dates(f), [v]) for v in values))
             return _dates(*used)
     return None
+
+
+def _both_truths(values: list[str]) -> bool:
+    """Whether boolean values of the sample say both true and false (one alone proves no boolean)."""
+    coerce = build_coercer(BOOLEAN)
+    return {coerce(v) for v in values} == {"true", "false"}
 
 
 def _dates(*formats: str) -> Column:

@@ -207,6 +207,24 @@ def test_slashed_dates_become_dates_only_where_the_sample_proves_day_or_month_fi
     assert_round_trip(pipeline, contract, header, rows)
 
 
+def test_a_column_is_boolean_only_where_the_sample_says_both_true_and_false(pipeline):
+    # A sample of one sex ("F", "F") was drafted boolean and loaded false: a meaning the file never had.
+    header = ["id", "sex", "smoker", "consent"]
+    rows = [["1", "F", "Y", "yes"], ["2", "F", "N", "yes"]]
+    contract, receipt, drafted = draft_and_load(pipeline, render(header, rows), "patients")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    assert {c.name: c.type for c in contract.columns} == {
+        "id": "integer",
+        "sex": "text",
+        "smoker": "boolean",
+        "consent": "text",
+    }
+    assert pipeline.query("SELECT sex, smoker, consent FROM patients ORDER BY id") == [
+        {"sex": "F", "smoker": True, "consent": "yes"},
+        {"sex": "F", "smoker": False, "consent": "yes"},
+    ]
+
+
 def test_a_header_written_twice_is_refused_with_the_reason():
     # The loader rejects such a file (it cannot tell the columns apart); a draft naming both would not
     # even parse (one alias for two columns).
