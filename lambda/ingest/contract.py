@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from .headers import SYSTEM_COLUMNS
+from .headers import RESERVED_PREFIX, SYSTEM_COLUMNS
 
 #: Column types a contract may name, with the PostgreSQL type each one is stored as.
 COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "date", "timestamptz")
@@ -39,7 +39,7 @@ COMPRESSION_SUFFIXES = (".gz",)
 # PostgreSQL folds unquoted identifiers to lower case and truncates at 63 bytes; we accept only names
 # that need no quoting at all, so that what the contract says is exactly what lands in the database.
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-RESERVED_COLUMN_PREFIX = "_ingest"
+RESERVED_COLUMN_PREFIX = RESERVED_PREFIX  # lineage columns and staging tables
 #: The ledger's table (``adapters.postgres``), which no contract may load.
 LEDGER_TABLE = "ingest_files"
 
@@ -242,8 +242,9 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         raise fail(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(_CONTRACT_FIELDS)}")
     table = data.get("table")
     problem = table_name_problem(table)
-    if problem or not isinstance(table, str):
-        raise fail(problem or "")
+    if problem is not None:
+        raise fail(problem)
+    assert isinstance(table, str)  # table_name_problem said so
     keys = data.get("keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
         raise fail("keys must be a non-empty list of object-key globs")

@@ -49,3 +49,12 @@ def awaited(work: Future[T], deadline: float | None, cut_off: Callable[[], BaseE
         return work.result(timeout)
     except FutureTimeout:
         raise cut_off() from None
+
+
+def bounded(call: Callable[[], T], deadline: float | None, cut_off: Callable[[], BaseException], name: str) -> T:
+    """``call()``, waited for until ``deadline`` at the most (it goes on in a thread of its own, its answer
+    dropped; ``cut_off()`` makes the exception raised); without a deadline, made here. For a request whose
+    answer may stall: its client would wait for its read timeout (a minute, and again for each retry)."""
+    if deadline is None:
+        return call()
+    return awaited(in_thread(call, name), deadline, cut_off)

@@ -35,31 +35,25 @@ class ObjectsFailed(RuntimeError):
 RETURN_RESERVE_MS = 250
 
 
-def deadline_of(context: Any) -> float | None:
-    """When the function must give up a file (``time.monotonic()``): the time the Lambda context says is left,
-    less a margin to roll back, write the ledger and publish the receipt (10% of it, 1 to 10 seconds;
-    ``INGEST_DEADLINE_MARGIN_MS`` overrides)."""
+def time_limits(context: Any) -> tuple[float | None, float | None]:
+    """``(deadline, ends)`` as ``time.monotonic()`` values, from the time the Lambda context says is left:
+    - deadline: when the function must give up a file, less a margin to roll back, write the ledger and
+      publish the receipt (10% of the time left, 1 to 10 seconds; ``INGEST_DEADLINE_MARGIN_MS`` overrides);
+    - ends: when the runtime ends this invocation, less RETURN_RESERVE_MS to return the handler's answer:
+      the last moment to wait for anything (the receipt's publish).
+    Both None without a Lambda context."""
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
-        return None
-    left_ms = int(remaining())
+        return None, None
+    now, left_ms = time.monotonic(), int(remaining())
     margin_ms = int(os.environ.get("INGEST_DEADLINE_MARGIN_MS") or min(max(left_ms // 10, 1000), 10_000))
-    return time.monotonic() + max(left_ms - margin_ms, 0) / 1000
-
-
-def end_of(context: Any) -> float | None:
-    """When the runtime ends this invocation (``time.monotonic()``), less RETURN_RESERVE_MS to return the
-    handler's answer: the last moment to wait for anything (the receipt's publish)."""
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if remaining is None:
-        return None
-    return time.monotonic() + max(int(remaining()) - RETURN_RESERVE_MS, 0) / 1000
+    return now + max(left_ms - margin_ms, 0) / 1000, now + max(left_ms - RETURN_RESERVE_MS, 0) / 1000
 
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
-    deadline, ends = deadline_of(context), end_of(context)
+    deadline, ends = time_limits(context)
     if is_sqs_batch(event):
         return process_partial_response(  # type: ignore[return-value]
             event=event,

@@ -3,9 +3,10 @@
 ``column_name`` turns any header a spreadsheet can produce into a PostgreSQL identifier that needs no
 quoting (``Small Island Developing States (SIDS)`` → ``small_island_developing_states_sids``,
 ``52 Week Low`` → ``_52_week_low``, ``Größe %`` → ``grosse_pct``, ``xmin`` → ``_xmin``). ``ColumnLabels``
-resolves a header cell to a contract column: a column name or alias written exactly as the header cell wins, then the
-``column_name`` of the cell against the ``column_name`` of every name and alias. So a contract drafted
-from a file (which records the exact header as an alias wherever the two differ) always reads that file.
+resolves a header cell to a contract column: a column name or alias written exactly as the header cell
+wins, then the ``column_name`` of the cell against the ``column_name`` of every name and alias. So a
+contract drafted from a file (which records the exact header as an alias wherever the two differ) always
+reads that file.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..deadlines import awaited, call_at, in_thread
+from ..deadlines import awaited, bounded, call_at, in_thread
 
 T = TypeVar("T")
 
@@ -97,27 +97,18 @@ class RequestCutOff(TimeoutError):
     had no answer at the deadline; the caller stops waiting for it."""
 
 
-def _awaited(work: Future[T], deadline: float | None, message: str) -> T:
-    """The result of work done in another thread, waited for until ``deadline`` at the most (then
-    RequestCutOff with ``message``). A stalled request would otherwise hold the caller for the S3 client's
-    read timeout (a minute, and again for each retry), past the function's deadline, with nothing on
-    record when the runtime kills it."""
-    return awaited(work, deadline, lambda: RequestCutOff(message))
-
-
 def answered(deadline: float | None, what: str, request: Callable[..., T], **params: Any) -> T:
-    """``request(**params)``, waited for until ``deadline`` at the most (the request goes on in a thread of
-    its own, its answer dropped); without a deadline, made here."""
-    if deadline is None:
-        return request(**params)
-    return _awaited(
-        in_thread(lambda: request(**params), "s3-request"), deadline, f"{what} had no answer from S3 at the deadline"
-    )
+    """``request(**params)``, waited for until ``deadline`` at the most (``deadlines.bounded``). A stalled
+    request would otherwise hold the caller past the function's deadline, with nothing on record when the
+    runtime kills it."""
+    message = f"{what} had no answer from S3 at the deadline"
+    return bounded(lambda: request(**params), deadline, lambda: RequestCutOff(message), "s3-request")
 
 
 def wait_until_deadline(work: Future[T], deadline: float | None, what: str) -> T:
     """The result of the upload of ``what`` going on in another thread, waited for until ``deadline``."""
-    return _awaited(work, deadline, f"the upload of {what} was still going at the deadline")
+    message = f"the upload of {what} was still going at the deadline"
+    return awaited(work, deadline, lambda: RequestCutOff(message))
 
 
 class Download:

@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from ..deadlines import awaited, in_thread
+from ..deadlines import bounded
 from ..receipt import Receipt
 
 
@@ -36,11 +36,8 @@ class Notifier:
                 MessageAttributes=receipt.attributes,
             )
 
-        if until is None:
-            return str(request()["MessageId"])
         cut_off = f"SNS did not answer the publish of the receipt of {receipt.key} before the invocation's end"
-        response = awaited(in_thread(request, "sns-publish"), until, lambda: PublishCutOff(cut_off))
-        return str(response["MessageId"])
+        return str(bounded(request, until, lambda: PublishCutOff(cut_off), "sns-publish")["MessageId"])
 
 
 def wait_for_receipt(
