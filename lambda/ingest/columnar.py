@@ -359,6 +359,8 @@ class ColumnScreen:
     def _timestamptz(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         return _exact_column(self.col, s)
 
+    _timestamp = _timestamptz  # both go cell by cell through the exact rules
+
 
 def _collapse_whitespace(s: pa.Array) -> pa.Array:
     """Runs of whitespace to one space, in the few cells that have one: runs of plain spaces are halved
@@ -545,7 +547,7 @@ def process_columnar(
     screens = [ColumnScreen(col, contract.nulls(col)) for col in contract.columns]
     exact = RowValidator(contract, plan)
     keys = KeyChecks(contract)
-    special = [col.type in ("text", "double", "timestamptz") for col in contract.columns]
+    special = [col.type in ("text", "double", "timestamp", "timestamptz") for col in contract.columns]
     try:
         for block, records in _record_blocks(source, header_bytes, index):
             if not records:

@@ -20,7 +20,7 @@ from typing import Any
 from .headers import RESERVED_PREFIX, SYSTEM_COLUMNS
 
 #: Column types a contract may name, with the PostgreSQL type each one is stored as.
-COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "date", "timestamptz")
+COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "date", "timestamp", "timestamptz")
 LOAD_MODES = ("append", "replace", "upsert")
 UNKNOWN_COLUMN_POLICIES = ("reject", "ignore")
 NORMALIZERS = ("lower", "upper", "collapse_whitespace")

@@ -2,9 +2,10 @@
 
 What the drafter guarantees (the property tests hold it to this):
 - every value of the sample reads back from the table as it was written: text exactly (edges included),
-  numbers and dates by value. A column is typed as a number only if every value is already in the
-  canonical form the loader would print back (no leading zeros, no ``+``, no ``.5``): codes such as FIPS
-  ``01001`` or ZIP ``08123`` stay text;
+  numbers and dates by value, times as written (a time without an offset stays that wall-clock time, a
+  ``timestamp``, never a UTC instant it was not). A column is typed as a number only if every value is
+  already in the canonical form the loader would print back (no leading zeros, no ``+``, no ``.5``): codes
+  such as FIPS ``01001`` or ZIP ``08123`` stay text;
 - only an empty cell is NULL; a word such as ``NA`` is proposed as a column's ``null_values`` only where it
   stands in for a missing number or date (never in a text column, where ``NA`` may be Namibia);
 - every header maps to a column through the loader's own ``headers.column_name``, and the exact header is
@@ -18,6 +19,7 @@ import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .contract import Column, Contract, globs_overlap, table_name_problem
 from .headers import MAX_IDENTIFIER_BYTES, column_name
@@ -42,6 +44,7 @@ CANDIDATES = (
     Column(name="x", type="date", formats=("YYYY-MM-DD",)),
     MONTH_FIRST,
     DAY_FIRST,
+    Column(name="x", type="timestamp"),
     Column(name="x", type="timestamptz"),
 )
 _SLASH_ORDERS = {"MM/DD/YYYY": "DD/MM/YYYY", "DD/MM/YYYY": "MM/DD/YYYY"}
@@ -93,6 +96,8 @@ def _first_type(values: list[str]) -> Column | None:
         if _keeps_every_value(candidate, values) and not _both_orders_read(candidate, values):
             if candidate.type == "boolean" and not _both_truths(values):
                 continue  # "F", "F": a sex or a grade as likely as false
+            if candidate.type == "timestamptz" and not _every_offset(values):
+                continue  # some times without an offset: UTC or local time, the sample cannot say
             if candidate.type != "date":
                 return candidate
             used = tuple(f for f in candidate.formats if any(_keeps_every_value(_dates(f), [v]) for v in values))
@@ -104,6 +109,11 @@ def _both_truths(values: list[str]) -> bool:
     """Whether boolean values of the sample say both true and false (one alone proves no boolean)."""
     coerce = build_coercer(BOOLEAN)
     return {coerce(v) for v in values} == {"true", "false"}
+
+
+def _every_offset(values: list[str]) -> bool:
+    """Whether every time of the sample names its UTC offset (an instant, whatever the reader's zone)."""
+    return all(datetime.fromisoformat(v).tzinfo is not None for v in values)
 
 
 def _dates(*formats: str) -> Column:
@@ -152,6 +162,11 @@ def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColum
             col.notes.append(
                 'dates such as "01/02/2024" read both month first and day first: kept as text; to load them '
                 'as dates, set type = "date" and formats = ["DD/MM/YYYY"] or ["MM/DD/YYYY"], as the file means'
+            )
+        if col.type == "text" and present and _keeps_every_value(CANDIDATES[-1], present):
+            col.notes.append(
+                "times with a UTC offset and times without one: kept as text; to load them as instants, set "
+                'type = "timestamptz" (a time without an offset is then taken as UTC)'
             )
         cells = values if not col.trim else [v.strip() for v in values]
         col.required = bool(cells) and all(c not in ("", *words) for c in cells)

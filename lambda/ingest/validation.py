@@ -464,24 +464,47 @@ def _date_regex(fmt: str) -> re.Pattern[str]:
 _SECONDS_FRACTION = re.compile(r"[.,](\d+)")
 
 
+def _moment(col: Column, raw: str) -> datetime:
+    """An ISO 8601 date and time, exactly (no digit past the microseconds dropped), with its offset if any."""
+    if len(raw) < 13 or raw[10] not in "T t":
+        raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time") from None
+    fraction = _SECONDS_FRACTION.search(raw, 11)
+    if fraction and fraction[1][6:].strip("0"):  # Python would cut the digits past the sixth, silently
+        raise CellError(
+            "precision",
+            f"{col.name} {_cut(raw, 60)!r} has more than 6 decimal places in its seconds; "
+            f"{col.type} holds microseconds",
+        )
+    return moment
+
+
 def _timestamptz(col: Column) -> Coercer:
     def parse(raw: str) -> str:
-        if len(raw) < 13 or raw[10] not in "T t":
-            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time")
-        try:
-            moment = datetime.fromisoformat(raw)
-        except ValueError:
-            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not an ISO 8601 date and time") from None
-        fraction = _SECONDS_FRACTION.search(raw, 11)
-        if fraction and fraction[1][6:].strip("0"):  # Python would cut the digits past the sixth, silently
-            raise CellError(
-                "precision",
-                f"{col.name} {_cut(raw, 60)!r} has more than 6 decimal places in its seconds; "
-                "timestamptz holds microseconds",
-            )
+        moment = _moment(col, raw)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC).isoformat()
+
+    return parse
+
+
+def _timestamp(col: Column) -> Coercer:
+    """A date and time as written, without a zone: a value with an offset names an instant, which this
+    column cannot hold without choosing a zone for it (``timestamptz`` can)."""
+
+    def parse(raw: str) -> str:
+        moment = _moment(col, raw)
+        if moment.tzinfo is not None:
+            raise CellError(
+                "type",
+                f"{col.name} {_cut(raw, 60)!r} has a UTC offset; a timestamp column holds times without one "
+                "(timestamptz holds instants)",
+            )
+        return moment.isoformat()
 
     return parse
 
@@ -494,6 +517,7 @@ _TYPE_PARSERS: dict[str, Callable[[Column], Coercer]] = {
     "double": _double,
     "boolean": _boolean,
     "date": _date,
+    "timestamp": _timestamp,
     "timestamptz": _timestamptz,
 }
 

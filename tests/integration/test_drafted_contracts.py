@@ -71,11 +71,14 @@ def same_value(contract: Any, col: Any, cell: str, value: Any) -> bool:
         return value is (raw.lower() in TRUE_WORDS)
     if col.type == "date":
         return isinstance(value, date) and value.isoformat() == build_coercer(col)(raw)
-    if col.type == "timestamptz":
+    if col.type in ("timestamp", "timestamptz"):
         fraction = re.search(r"[.,](\d+)", raw[11:])
         if fraction and fraction[1][6:].strip("0"):
             return False  # finer than microseconds: the column cannot give it back as written
-        return value == datetime.fromisoformat(build_coercer(col)(raw))
+        written = datetime.fromisoformat(raw)
+        # as written: a time without an offset comes back as that wall-clock time, never as an instant
+        # in a zone the file did not name; a time with one, as that instant
+        return value == written and (value.tzinfo is None) == (written.tzinfo is None)
     return str(value) == raw
 
 
@@ -156,6 +159,30 @@ def test_timestamps_finer_than_microseconds_stay_text_and_come_back_as_written(p
     assert pipeline.query("SELECT logged_at FROM log_events ORDER BY event_id")[0] == {
         "logged_at": "2024-05-01T10:00:00.123456789Z"
     }
+
+
+def test_local_times_of_an_export_load_as_written_whatever_the_readers_zone(pipeline):
+    # A spreadsheet's times carry no offset. Drafted as timestamptz they were taken as UTC: a reader in
+    # Paris saw 14:45 for the 13:45 of the file. They are a timestamp now; times with an offset are instants
+    # (timestamptz), and a column mixing both stays text, with a note.
+    header = ["ticket", "opened_at", "sent_at", "mixed_at"]
+    rows = [
+        ["1", "2024-01-05 13:45", "2024-01-05T13:45:00+01:00", "2024-01-05T13:45:00Z"],
+        ["2", "2024-07-01 08:05:30.5", "2024-07-01T08:05:30Z", "2024-07-01 08:05:30"],
+    ]
+    contract, receipt, drafted = draft_and_load(pipeline, render(header, rows), "tickets")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    types = {c.name: c.type for c in contract.columns}
+    assert types == {"ticket": "integer", "opened_at": "timestamp", "sent_at": "timestamptz", "mixed_at": "text"}
+    assert "times with a UTC offset and times without one" in drafted
+    assert_round_trip(pipeline, contract, header, rows)
+    with psycopg.connect(pipeline.database_url) as conn:
+        conn.execute("SET TimeZone = 'Europe/Paris'")
+        shown = conn.execute("SELECT opened_at::text, sent_at::text FROM tickets ORDER BY ticket").fetchall()
+    assert shown == [
+        ("2024-01-05 13:45:00", "2024-01-05 13:45:00+01"),
+        ("2024-07-01 08:05:30.5", "2024-07-01 10:05:30+02"),
+    ]
 
 
 def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(pipeline):

@@ -360,3 +360,32 @@ def test_cells_read_the_bytes_of_each_cell_also_in_slices_and_empty_cells():
     assert columnar.Cells(whole.slice(4, 1)).at_an_edge(columnar.TRIMMED)  # "d  ": at its end only
     assert not columnar.Cells(whole.slice(6, 1)).at_an_edge(columnar.TRIMMED)  # "": no edge at all
     assert not columnar.Cells(pa.array(["a", " b"], pa.string()).slice(0, 1)).at_an_edge(columnar.TRIMMED)
+
+
+def test_timestamp_columns_give_identical_results_in_both_engines():
+    contract = parse_contract(
+        "times",
+        {
+            "table": "times",
+            "keys": ["incoming/times.csv"],
+            "max_rejected_share": 1.0,
+            "columns": [{"name": "local", "type": "timestamp"}, {"name": "instant", "type": "timestamptz"}],
+        },
+    )
+    data = (
+        b"local,instant\n2024-01-05 13:45,2024-01-05 13:45+01:00\n 2024-01-05T13:45:07.25 ,2024-01-05T13:45Z\n"
+        b"2024-01-05T13:45Z,2024-01-05T13:45\n2024-01-05T13:45:00.1234567,x\n,\n"
+    )
+    exact, fast = both(data, contract)
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "columnar"
+    assert exact.valid_rows == [
+        ["2024-01-05T13:45:00", "2024-01-05T12:45:00+00:00"],
+        ["2024-01-05T13:45:07.250000", "2024-01-05T13:45:00+00:00"],
+        ["", ""],
+    ]
+    assert [e.split(",")[:3] for e in exact.errors.splitlines()[1:]] == [
+        ["4", "local", "type"],
+        ["5", "local", "precision"],
+        ["5", "instant", "type"],
+    ]

@@ -182,3 +182,21 @@ def test_duplicate_keys_within_a_file_are_rejected_after_the_first(users):
     assert validate(4, ["2", "b@b.co", "B"])[1] == []
     _values, errors = validate(5, ["1", "c@b.co", "C"])
     assert errors[0].rule == "duplicate_key" and "line 2" in errors[0].message
+
+
+def test_a_timestamp_column_keeps_the_time_as_written_and_refuses_an_offset():
+    # A spreadsheet's local times: a timestamptz would take 13:45 as UTC, and a reader in Paris would see
+    # 14:45. A timestamp column keeps the wall-clock time, and refuses a value that names an instant.
+    from ingest.contract import Column
+    from ingest.validation import CellError
+
+    coerce_time = build_coercer(Column(name="opened_at", type="timestamp"))
+    assert coerce_time("2024-01-05 13:45") == "2024-01-05T13:45:00"
+    assert coerce_time("2024-01-05T13:45:07.250") == "2024-01-05T13:45:07.250000"
+    for raw in ("2024-01-05T13:45:00Z", "2024-01-05 13:45+01:00"):
+        with pytest.raises(CellError) as info:
+            coerce_time(raw)
+        assert info.value.rule == "type" and "offset" in info.value.message
+    with pytest.raises(CellError) as info:
+        coerce_time("2024-01-05T13:45:00.1234567")
+    assert info.value.rule == "precision" and "timestamp holds microseconds" in info.value.message

@@ -78,6 +78,7 @@ _COLUMN_TYPES: dict[str, Any] = {
     "double": sa.Double,
     "boolean": sa.Boolean,
     "date": sa.Date,
+    "timestamp": lambda: sa.DateTime(timezone=False),
     "timestamptz": lambda: sa.DateTime(timezone=True),
 }
 
