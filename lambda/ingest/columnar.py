@@ -484,12 +484,15 @@ def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
 def split_header(source: Source) -> tuple[list[str], int, int]:
     """(header fields, byte length of the sample up to the header's end, number of lines up to there)."""
     sample = source.sample
-    start = hint_lines = 0
-    if source.text_format.delimiter_hint:  # "sep=;" and a line break, after the BOM if any
-        start = sample.find(b"\n") + 1
-        if not 0 < start <= 12 or b"\r" in sample[: start - 2]:
-            raise ExactEngineNeeded("a delimiter hint line that does not end with LF or CRLF")
-        hint_lines = 1
+    start = 0
+    lines_before = int(source.text_format.delimiter_hint) + source.text_format.skip_lines
+    for _ in range(lines_before):  # "sep=;", then the lines the contract skips: lines, whatever they hold
+        end_of_line = sample.find(b"\n", start)
+        if end_of_line < 0:
+            raise ExactEngineNeeded("the lines before the header run past the sample")
+        if b"\r" in sample[start : end_of_line - 1]:
+            raise ExactEngineNeeded("a line before the header that does not end with LF or CRLF")
+        start = end_of_line + 1
     quotes = 0
     end = -1
     for i, byte in enumerate(sample[start : start + (1 << 20)], start):
@@ -504,7 +507,7 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
     if not text.strip():
         raise ExactEngineNeeded("blank lines before the header")
     fields = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.text_format.delimiter, strict=True))
-    return fields, end, hint_lines + text.count("\n")
+    return fields, end, lines_before + text.count("\n")
 
 
 def supported(source: Source) -> str | None:

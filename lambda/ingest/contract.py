@@ -33,6 +33,8 @@ DEFAULT_DATE_FORMATS = ("YYYY-MM-DD",)
 DEFAULT_MAX_BYTES = 1024**3
 #: Largest ratio of decompressed to compressed bytes: CSV gzips 5-20x; a bomb of repeated rows, 500x+.
 DEFAULT_MAX_INFLATION = 200
+#: Most lines a contract may skip before the header: a title block, not a document.
+MAX_SKIP_LINES = 1000
 #: Compression suffixes that are transport, not part of the name a contract claims.
 COMPRESSION_SUFFIXES = (".gz",)
 
@@ -85,6 +87,7 @@ class Contract:
     source: str = ""
     max_bytes: int = DEFAULT_MAX_BYTES
     max_inflation: float = DEFAULT_MAX_INFLATION
+    skip_lines: int = 0  # lines before the header that are no part of the table (a title, a source note)
     fingerprint: str = ""  # sha256 of the contract's content: a changed contract judges old files again
     _key_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
@@ -228,6 +231,7 @@ _CONTRACT_FIELDS = {
     "description",
     "max_bytes",
     "max_inflation",
+    "skip_lines",
 }
 
 
@@ -293,6 +297,12 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     inflation = data.get("max_inflation", DEFAULT_MAX_INFLATION)
     if not isinstance(inflation, (int, float)) or isinstance(inflation, bool) or inflation < 1:
         raise fail(f"max_inflation must be a number >= 1, got {inflation!r}")
+    skip_lines = data.get("skip_lines", 0)
+    if not isinstance(skip_lines, int) or isinstance(skip_lines, bool) or not 0 <= skip_lines <= MAX_SKIP_LINES:
+        raise fail(
+            f"skip_lines must be a whole number from 0 to {MAX_SKIP_LINES} (the lines before the header), "
+            f"got {skip_lines!r}"
+        )
     nulls = data.get("null_values", list(DEFAULT_NULL_VALUES))
     if not _strings(nulls):
         raise fail("null_values must be a list of strings")
@@ -312,6 +322,7 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         source=source,
         max_bytes=max_bytes,
         max_inflation=float(inflation),
+        skip_lines=skip_lines,
         fingerprint=hashlib.sha256(json.dumps(dict(data), sort_keys=True, default=str).encode()).hexdigest(),
         _key_patterns=tuple(glob_to_regex(k) for k in keys),
     )

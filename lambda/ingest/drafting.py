@@ -15,6 +15,8 @@ What the drafter guarantees (the property tests hold it to this):
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 from collections.abc import Iterable
@@ -23,7 +25,7 @@ from datetime import datetime
 
 from .contract import Column, Contract, globs_overlap, table_name_problem
 from .headers import MAX_IDENTIFIER_BYTES, column_name
-from .reading import open_text, read_records
+from .reading import LINE_END, after_lines, inspect, open_text, read_records, sniff_delimiter
 from .rejection import FileRejected
 from .validation import CellError, build_coercer
 
@@ -179,8 +181,12 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
     problem = table_name_problem(name)
     if problem:
         raise ValueError(f"--name (the contract's table): {problem}")
-    fmt, text = open_text([sample])
-    records = read_records(text, fmt.delimiter, fmt.delimiter_hint)
+    source = inspect([sample])
+    head = source.sample.decode(source.codec, errors="ignore")
+    hint = int(source.text_format.delimiter_hint)
+    before_header = lines_before_header(after_lines(head, hint))
+    fmt, text = open_text([sample], before_header)
+    records = read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines)
     _line, header = next(records)
     repeated = _repeated_headers(header)
     if repeated:
@@ -207,7 +213,21 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
         )
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
-    lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0", ""]
+    lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
+    if before_header:
+        first = "".join(c if c.isprintable() else " " for c in LINE_END.split(after_lines(head, hint), 1)[0])
+        shown = first if len(first) <= 60 else first[:60] + "…"
+        lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
+    elif not header_fits(after_lines(head, hint)) and (widths := _widths(after_lines(head, hint))):
+        header_width, row_widths = widths
+        most = max(set(row_widths), key=row_widths.count)
+        lines += [
+            f"# The header has {header_width} fields and most rows {most}: rows of another width are rejected "
+            "(field_count).",
+            "# Should the file begin with lines that are no part of the table (a title, a note), set skip_lines "
+            "to their number.",
+        ]
+    lines.append("")
     for col in columns:
         lines.append("[[columns]]")
         lines.append(f"name = {json.dumps(col.name)}")
@@ -227,6 +247,52 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
         lines += [f"# {note}" for note in col.notes]
         lines.append("")
     return "\n".join(lines)
+
+
+#: How far down the drafter looks for a header below a title block, and how many records after a line
+#: say whether it is the header.
+PREAMBLE_LINES_LOOKED_AT = 50
+RECORDS_LOOKED_AT = 200
+
+
+def lines_before_header(text: str) -> int:
+    """How many lines come before the header: 0 when the first line is as wide as the records after it (nine
+    in ten of them); else a later line that is, below a title block that ends with a blank line or is made
+    of ``#`` comments (a World Bank download, an analytics export). A first line narrower than rows that
+    merely end with a delimiter is no title: the drafter never takes a data row for the header. The loader
+    reads the file the same way once the contract says ``skip_lines``."""
+    if header_fits(text):
+        return 0
+    lines = LINE_END.split(text, PREAMBLE_LINES_LOOKED_AT)
+    for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):
+        above = [line for line in lines[:skipped] if line.strip()]
+        title_block = not lines[skipped - 1].strip() or all(line.startswith("#") for line in above)
+        if lines[skipped].strip() and title_block and header_fits(after_lines(text, skipped)):
+            return skipped
+    return 0
+
+
+def header_fits(text: str) -> bool:
+    """Whether the first record of ``text`` is as wide as nine in ten of the records after it."""
+    widths = _widths(text)
+    if widths is None:
+        return False
+    header, rows = widths
+    return sum(width == header for width in rows) >= 0.9 * len(rows)
+
+
+def _widths(text: str) -> tuple[int, list[int]] | None:
+    """(fields of the first record, fields of each record after it) for the non-blank records of a sample,
+    its last (perhaps cut short) left out; None if there is no record or it is no CSV."""
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text), strict=True)
+        records = [r for r in itertools.islice(reader, RECORDS_LOOKED_AT + 1) if any(f.strip() for f in r)]
+    except csv.Error:
+        return None
+    if not records:
+        return None
+    rows = records[1:-1] if len(records) > 2 else records[1:]
+    return len(records[0]), [len(r) for r in rows]
 
 
 def _repeated_headers(header: list[str]) -> str:

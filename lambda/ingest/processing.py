@@ -123,7 +123,7 @@ def process(
     # judged by the stored size when that alone says too much (gzip adds at most ~1% to what it stores)
     if size is not None and size > contract.max_bytes * 1.01:
         raise FileRejected("too_large", _too_large_message(contract, size, "the object is"))
-    source = inspect(_counted(chunks, outcome))
+    source = inspect(_counted(chunks, outcome), contract.skip_lines)
     source.rest = _guarded(source.rest, len(source.sample), contract, outcome, source.compressed_consumed)
     outcome.text_bytes = len(source.sample)
     if outcome.text_bytes > contract.max_bytes:
@@ -244,11 +244,12 @@ def _process_columnar(
 def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome) -> Outcome:
     outcome.engine = "exact"
     text_format, text = text_stream(source)
-    records = read_records(text, text_format.delimiter, text_format.delimiter_hint)
+    records = read_records(text, text_format.delimiter, text_format.delimiter_hint, text_format.skip_lines)
     try:
         _line, header = next(records)
     except StopIteration:
-        raise FileRejected("no_header", "the object has no header line") from None
+        after = f" after the {contract.skip_lines} lines the contract skips (skip_lines)" if contract.skip_lines else ""
+        raise FileRejected("no_header", f"the object has no header line{after}") from None
     plan = plan_header(contract, header)
     outcome.ignored_columns = plan.ignored
     validate = RowValidator(contract, plan)

@@ -24,6 +24,8 @@ DELIMITERS = (",", ";", "\t", "|")
 #: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter. The
 #: file's header is the line after it.
 DELIMITER_HINT = re.compile(r"\ufeff?sep=(.)(?:\r\n|\r|\n)")
+#: What ends a line, for the lines before the header (as Python's csv module and universal newlines see it).
+LINE_END = re.compile(r"\r\n|\r|\n")
 #: The largest single field accepted, in characters. A larger one rejects the file (csv cannot resume).
 MAX_FIELD_CHARS = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -40,6 +42,7 @@ class TextFormat:
     compression: str | None  # "gzip" or None
     delimiter: str
     delimiter_hint: bool = False  # the first line was a spreadsheet's "sep=;" hint, no record of the file
+    skip_lines: int = 0  # lines before the header that are no part of the table (the contract's skip_lines)
 
 
 class _ChunkStream(io.RawIOBase):
@@ -133,8 +136,10 @@ class Source:
         yield from self.rest
 
 
-def inspect(chunks: Iterable[bytes]) -> Source:
-    """Undo gzip and decide encoding and delimiter from a sample; refuse what is not text."""
+def inspect(chunks: Iterable[bytes], skip_lines: int = 0) -> Source:
+    """Undo gzip and decide encoding and delimiter from a sample; refuse what is not text. ``skip_lines``:
+    lines before the header (after a delimiter hint line, if any) that are no part of the table, such as
+    a title or a source note; the delimiter is judged from the lines after them."""
     raw: io.RawIOBase = _ChunkStream(chunks)
     buffered = io.BufferedReader(raw, READ_BYTES)
     head = buffered.peek(2)[:2]
@@ -164,15 +169,27 @@ def inspect(chunks: Iterable[bytes]) -> Source:
         encoding=codec.removesuffix("-sig"),
         bom=bom,
         compression=compression,
-        delimiter=hint[1] if hint else sniff_delimiter(text_sample),
+        delimiter=hint[1] if hint else sniff_delimiter(after_lines(text_sample, skip_lines)),
         delimiter_hint=hint is not None,
+        skip_lines=skip_lines,
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
 
 
-def open_text(chunks: Iterable[bytes]) -> tuple[TextFormat, io.TextIOWrapper]:
+def open_text(chunks: Iterable[bytes], skip_lines: int = 0) -> tuple[TextFormat, io.TextIOWrapper]:
     """Wrap byte chunks in a text stream, deciding compression, encoding and delimiter from a sample."""
-    return text_stream(inspect(chunks))
+    return text_stream(inspect(chunks, skip_lines))
+
+
+def after_lines(text: str, lines: int) -> str:
+    """``text`` after its first ``lines`` lines (empty if it has no more)."""
+    position = 0
+    for _ in range(lines):
+        end = LINE_END.search(text, position)
+        if end is None:
+            return ""
+        position = end.end()
+    return text[position:]
 
 
 def text_stream(source: Source) -> tuple[TextFormat, io.TextIOWrapper]:
@@ -241,9 +258,13 @@ def sniff_delimiter(text: str) -> str:
     return best
 
 
-def read_records(text: io.TextIOBase, delimiter: str, hint: bool = False) -> Iterator[tuple[int, list[str]]]:
+def read_records(
+    text: io.TextIOBase, delimiter: str, hint: bool = False, skip_lines: int = 0
+) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for every record that is a row (and first the header); malformed CSV
     rejects the file. With ``hint`` (``TextFormat.delimiter_hint``), line 1 is the delimiter hint: no record.
+    The ``skip_lines`` lines after it (``TextFormat.skip_lines``) are no records either, whatever they hold
+    (a title, a note with an unbalanced quote): they are skipped as lines, before any CSV is read.
 
     Blank lines (empty or whitespace only) are no rows in a file of several columns: a row there has
     delimiters. In a one-column file (its header has one field) a line of whitespace is a row, and so is an
@@ -252,9 +273,14 @@ def read_records(text: io.TextIOBase, delimiter: str, hint: bool = False) -> Ite
     breaks) and blank lines before the header are nothing."""
     one_column: bool | None = None  # known at the header
     held: list[tuple[int, list[str]]] = []  # a one-column file's empty lines, rows if a record follows
-    for start, fields in _all_records(text, delimiter):
-        if hint and start == 1:
-            continue
+    skipped = int(hint) + skip_lines
+    for line in range(1, skipped + 1):
+        content = text.readline(MAX_FIELD_CHARS + 2)
+        if len(content) > MAX_FIELD_CHARS:
+            raise FileRejected(
+                "field_too_large", f"line {line}: a line before the header is longer than {MAX_FIELD_CHARS} characters"
+            )
+    for start, fields in _all_records(text, delimiter, skipped):
         blank = not fields or (len(fields) == 1 and not fields[0].strip())
         if one_column is None:
             if blank:
@@ -271,10 +297,10 @@ def read_records(text: io.TextIOBase, delimiter: str, hint: bool = False) -> Ite
         yield start, fields
 
 
-def _all_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """Every record with the line it starts on, blank ones too."""
+def _all_records(text: io.TextIOBase, delimiter: str, lines_before: int = 0) -> Iterator[tuple[int, list[str]]]:
+    """Every record with the line it starts on (the file's, ``lines_before`` read already), blank ones too."""
     reader = csv.reader(text, delimiter=delimiter, strict=True)
-    previous_line = 0
+    previous_line = lines_before
     while True:
         try:
             fields = next(reader)
@@ -296,5 +322,5 @@ def _all_records(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, lis
                 f"({exc.object[exc.start : exc.start + 4]!r})",
             ) from None
         start = previous_line + 1
-        previous_line = reader.line_num
+        previous_line = lines_before + reader.line_num
         yield start, fields

@@ -185,6 +185,54 @@ def test_local_times_of_an_export_load_as_written_whatever_the_readers_zone(pipe
     ]
 
 
+WORLD_BANK = (
+    '"Data Source","World Development Indicators",\n'
+    "\n"
+    '"Last Updated Date","2024-06-28",\n'
+    "\n"
+    '"Country Name","Country Code","Indicator Name","Indicator Code","1960","1961","2023",\n'
+    '"Aruba","ABW","GDP (current US$)","NY.GDP.MKTP.CD","","","3648573136.31285",\n'
+    '"Africa Eastern and Southern","AFE","GDP (current US$)","NY.GDP.MKTP.CD","21125015452.2026","21616228139.1967",'
+    '"1236163044999.27",\n'
+    '"Namibia","NAM","GDP (current US$)","NY.GDP.MKTP.CD","","","12351025877.4055",\n'
+)
+ANALYTICS = (
+    "# ----------------------------------------\n"
+    "# All Web Site Data\n"
+    "# Audience Overview\n"
+    "# 20240101-20240131\n"
+    "# ----------------------------------------\n"
+    "\n"
+    "Day Index,Users\n"
+    "1/1/24,10\n"
+    "1/2/24,12\n"
+    '1/3/24,"1,203"\n'
+)
+
+
+@pytest.mark.parametrize(("text", "skipped"), [(WORLD_BANK, 4), (ANALYTICS, 6)], ids=["world_bank", "analytics"])
+def test_a_download_with_a_title_block_loads_its_table_intact(pipeline, text, skipped):
+    # The title block was read as the header: the draft named columns after "Data Source", and the load
+    # rejected every row (field_count). The draft now says skip_lines, and the loader skips those lines.
+    data = text.encode()
+    contract, receipt, drafted = draft_and_load(pipeline, data, f"downloads_{skipped}")
+    assert contract.skip_lines == skipped
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    records = list(csv.reader(io.StringIO(text.split("\n", skipped)[-1], newline="")))
+    header, rows = records[0], [r for r in records[1:] if r]
+    assert receipt.rows_loaded == len(rows)
+    assert_round_trip(pipeline, contract, header, rows)
+
+
+def test_a_header_narrower_than_rows_ending_with_a_delimiter_stays_the_header():
+    # Rows with a trailing delimiter are one field wider than the header: no title block, and a data row
+    # must never be taken for the header (it would be lost). The draft keeps line 1 and says what it saw.
+    drafted = draft_contract(b"id,name\n1,Ada,\n2,Bob,\n3,Cy,\n", "trailing")
+    assert "skip_lines =" not in drafted
+    assert "# The header has 2 fields and most rows 3" in drafted
+    assert 'name = "id"' in drafted and 'name = "name"' in drafted
+
+
 def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(pipeline):
     # Some exports begin with "sep=;" for spreadsheets; read as a header, it named one odd column and the
     # real header was loaded as a row.

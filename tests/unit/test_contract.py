@@ -147,3 +147,12 @@ def test_trim_false_is_for_text_columns_only():
     assert parse_contract("t", {**MINIMAL, "columns": [{"name": "a", "trim": False}]}).columns[0].trim is False
     with pytest.raises(ContractError, match="text columns only"):
         parse_contract("t", {**MINIMAL, "columns": [{"name": "a", "type": "integer", "trim": False}]})
+
+
+@pytest.mark.parametrize("value", [-1, 1001, True, "4", 2.0])
+def test_skip_lines_is_a_whole_number_of_lines_before_the_header(value):
+    base = {"table": "wdi", "keys": ["incoming/wdi.csv"], "columns": [{"name": "country_name"}]}
+    assert parse_contract("wdi", {**base, "skip_lines": 4}).skip_lines == 4
+    assert parse_contract("wdi", base).skip_lines == 0
+    with pytest.raises(ContractError, match="skip_lines must be a whole number from 0 to 1000"):
+        parse_contract("wdi", {**base, "skip_lines": value})

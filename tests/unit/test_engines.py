@@ -121,11 +121,14 @@ def _field(value: str, delimiter: str) -> str:
     newline=st.sampled_from(["\n", "\r\n"]),
     chunk=st.integers(1, 300),
     hint=st.booleans(),
+    title=st.lists(st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))), max_size=3),
 )
-def test_random_tables_give_identical_results_in_both_engines(users, rows, delimiter, newline, chunk, hint):
+def test_random_tables_give_identical_results_in_both_engines(users, rows, delimiter, newline, chunk, hint, title):
+    users = dataclasses.replace(users, skip_lines=len(title))  # lines before the header, whatever they hold
     header = delimiter.join(CELLS)
     lines = (
         [f"sep={delimiter}"] * hint
+        + title
         + [header]
         + [delimiter.join(_field(row[c], delimiter) for c in CELLS) for row in rows]
     )
@@ -389,3 +392,14 @@ def test_timestamp_columns_give_identical_results_in_both_engines():
         ["5", "local", "precision"],
         ["5", "instant", "type"],
     ]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_lines_before_the_header_give_identical_results_and_line_numbers_in_both_engines(users, newline):
+    title = b'"Data Source","World Development Indicators",\n\nNote: 5" screens\n\n'
+    body = b"id,email,full_name\n1,a@b.co,Ann\n2,not an email,Bob\n3,c@d.co,Cy\n"
+    data = (title + body).replace(b"\n", newline)
+    exact, fast = both(data, dataclasses.replace(users, skip_lines=4))
+    assert_same(exact, fast)
+    assert fast.outcome.engine == ("exact" if newline == b"\r" else "columnar")
+    assert exact.outcome.rows_valid == 2 and "\n7,email,pattern,not an email," in exact.errors  # line 7 of the file

@@ -124,3 +124,38 @@ def test_a_header_that_merely_starts_with_sep_is_a_header():
     fmt, text = open_text([b"sep=x;y,other\n1,2\n"])
     assert not fmt.delimiter_hint
     assert next(fields for _line, fields in read_records(text, fmt.delimiter)) == ["sep=x;y", "other"]
+
+
+TITLE_BLOCK = 'Data Source,"World Development Indicators"\n\nNote: 5" screens only\n\nid;name\n1;Ada, Countess\n'
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        TITLE_BLOCK.encode(),
+        TITLE_BLOCK.replace("\n", "\r\n").encode(),
+        TITLE_BLOCK.replace("\n", "\r").encode(),
+        TITLE_BLOCK.encode("utf-16"),
+    ],
+)
+def test_lines_before_the_header_are_skipped_as_lines_and_the_delimiter_judged_after_them(data):
+    # A World Bank download: a title block, then the table. Its lines are no CSV (an unbalanced quote), and
+    # their commas would have made the semicolon file look comma-separated.
+    fmt, text = open_text([data], skip_lines=4)
+    assert (fmt.delimiter, fmt.skip_lines) == (";", 4)
+    assert list(read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines)) == [
+        (5, ["id", "name"]),
+        (6, ["1", "Ada, Countess"]),
+    ]
+
+
+def test_skipped_lines_come_after_a_delimiter_hint_and_a_huge_one_is_refused():
+    fmt, text = open_text([b"sep=;\nA title\nid;name\n1;Ada\n"], skip_lines=1)
+    assert list(read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines)) == [
+        (3, ["id", "name"]),
+        (4, ["1", "Ada"]),
+    ]
+    fmt, text = open_text([b"t" * (2 * 1024 * 1024) + b"\nid,name\n1,Ada\n"], skip_lines=1)
+    with pytest.raises(FileRejected) as info:
+        list(read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines))
+    assert info.value.reason == "field_too_large" and "before the header" in info.value.message
