@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 
 from .contract import Column, Contract
 from .lines import LineIndex, QuotingAnomaly
-from .reading import MAX_FIELD_CHARS, Source
+from .reading import MAX_FIELD_CHARS, Source, TextFormat
 from .validation import (
     FALSE_WORDS,
     INT_RANGES,
@@ -494,9 +494,10 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
             raise ExactEngineNeeded("a line before the header that does not end with LF or CRLF")
         start = end_of_line + 1
     quotes = 0
+    quoting = source.text_format.quoting == "csv"
     end = -1
     for i, byte in enumerate(sample[start : start + (1 << 20)], start):
-        if byte == 34:
+        if byte == 34 and quoting:
             quotes += 1
         elif byte == 10 and quotes % 2 == 0:
             end = i + 1
@@ -506,7 +507,7 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
     text = sample[start:end].decode(source.codec)
     if not text.strip():
         raise ExactEngineNeeded("blank lines before the header")
-    fields = next(csv.reader(io.StringIO(text, newline=""), delimiter=source.text_format.delimiter, strict=True))
+    fields = next(csv.reader(io.StringIO(text, newline=""), strict=True, **source.text_format.csv_options))
     return fields, end, lines_before + text.count("\n")
 
 
@@ -530,7 +531,8 @@ def process_columnar(
 ) -> None:
     """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
     delimiter = source.text_format.delimiter
-    index = LineIndex(delimiter, first_line=header_lines + 1)
+    quoting = source.text_format.quoting == "csv"
+    index = LineIndex(delimiter, first_line=header_lines + 1, quotes=quoting)
     names = [f"f{i}" for i in range(len(header))]
     read_options = pacsv.ReadOptions(
         column_names=names,
@@ -564,10 +566,10 @@ def process_columnar(
 
             parse_options = pacsv.ParseOptions(
                 delimiter=delimiter,
-                quote_char='"',
-                double_quote=True,
+                quote_char='"' if quoting else False,
+                double_quote=quoting,
                 escape_char=False,
-                newlines_in_values=True,
+                newlines_in_values=quoting,
                 ignore_empty_lines=True,
                 invalid_row_handler=on_invalid_row,
             )
@@ -585,7 +587,7 @@ def process_columnar(
             errors = []
             for number, text in invalid:
                 is_row[number - 1] = False
-                fields = _fields(text, delimiter)
+                fields = _fields(text, source.text_format)
                 if len(fields) == 1 and not fields[0].strip():
                     blank += 1  # a line of whitespace only: blank to the exact engine too, not a row
                     continue
@@ -649,8 +651,8 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def _fields(text: str, delimiter: str) -> list[str]:
-    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+def _fields(text: str, fmt: TextFormat) -> list[str]:
+    return next(csv.reader(io.StringIO(text, newline=""), **fmt.csv_options), [])
 
 
 def _validate_batch(

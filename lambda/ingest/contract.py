@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .headers import RESERVED_PREFIX, SYSTEM_COLUMNS
+from .reading import QUOTING_MODES
 
 #: Column types a contract may name, with the PostgreSQL type each one is stored as.
 COLUMN_TYPES = ("text", "integer", "bigint", "numeric", "double", "boolean", "date", "timestamp", "timestamptz")
@@ -88,6 +89,7 @@ class Contract:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_inflation: float = DEFAULT_MAX_INFLATION
     skip_lines: int = 0  # lines before the header that are no part of the table (a title, a source note)
+    quoting: str = "csv"  # "none": quotes are characters like any other (reading.QUOTING_MODES)
     fingerprint: str = ""  # sha256 of the contract's content: a changed contract judges old files again
     _key_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
@@ -232,6 +234,7 @@ _CONTRACT_FIELDS = {
     "max_bytes",
     "max_inflation",
     "skip_lines",
+    "quoting",
 }
 
 
@@ -303,6 +306,11 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
             f"skip_lines must be a whole number from 0 to {MAX_SKIP_LINES} (the lines before the header), "
             f"got {skip_lines!r}"
         )
+    quoting = data.get("quoting", "csv")
+    if quoting not in QUOTING_MODES:
+        raise fail(
+            f'quoting must be one of {QUOTING_MODES} ("none": quotes are characters like any other), got {quoting!r}'
+        )
     nulls = data.get("null_values", list(DEFAULT_NULL_VALUES))
     if not _strings(nulls):
         raise fail("null_values must be a list of strings")
@@ -323,6 +331,7 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         max_bytes=max_bytes,
         max_inflation=float(inflation),
         skip_lines=skip_lines,
+        quoting=quoting,
         fingerprint=hashlib.sha256(json.dumps(dict(data), sort_keys=True, default=str).encode()).hexdigest(),
         _key_patterns=tuple(glob_to_regex(k) for k in keys),
     )

@@ -25,12 +25,12 @@ from datetime import datetime
 
 from .contract import Column, Contract, globs_overlap, table_name_problem
 from .headers import MAX_IDENTIFIER_BYTES, column_name
-from .reading import LINE_END, after_lines, inspect, open_text, read_records, sniff_delimiter
+from .reading import LINE_END, after_lines, csv_options, inspect, open_text, read_records, sniff_delimiter
 from .rejection import FileRejected
 from .validation import CellError, build_coercer
 
 #: Words that files use for a missing value; proposed as null_values for number and date columns only.
-NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--")
+NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--", "\\N")  # \N: a database dump's
 NUMBER_TYPES = ("integer", "bigint", "numeric")
 #: Tried in order; the first whose rules accept every present value (and print it back) wins. A date
 #: column keeps only the formats its values use; a slash order (month or day first) only when the sample
@@ -184,9 +184,10 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
     source = inspect([sample])
     head = source.sample.decode(source.codec, errors="ignore")
     hint = int(source.text_format.delimiter_hint)
-    before_header = lines_before_header(after_lines(head, hint))
-    fmt, text = open_text([sample], before_header)
-    records = read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines)
+    quoting, quotes_seen = quoting_of(after_lines(head, hint))
+    before_header = lines_before_header(after_lines(head, hint), quoting)
+    fmt, text = open_text([sample], before_header, quoting)
+    records = read_records(text, fmt)
     _line, header = next(records)
     repeated = _repeated_headers(header)
     if repeated:
@@ -214,11 +215,14 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
     lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
+    if quotes_seen:
+        why = _printable(quotes_seen)
+        lines.append(f'quoting = "none"  # quotes are characters in this file, not CSV quoting ({why})')
     if before_header:
-        first = "".join(c if c.isprintable() else " " for c in LINE_END.split(after_lines(head, hint), 1)[0])
+        first = _printable(LINE_END.split(after_lines(head, hint), 1)[0])
         shown = first if len(first) <= 60 else first[:60] + "…"
         lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
-    elif not header_fits(after_lines(head, hint)) and (widths := _widths(after_lines(head, hint))):
+    elif not header_fits(after_lines(head, hint), quoting) and (widths := _widths(after_lines(head, hint), quoting)):
         header_width, row_widths = widths
         most = max(set(row_widths), key=row_widths.count)
         lines += [
@@ -255,37 +259,62 @@ PREAMBLE_LINES_LOOKED_AT = 50
 RECORDS_LOOKED_AT = 200
 
 
-def lines_before_header(text: str) -> int:
+def _printable(text: str) -> str:
+    """``text`` for a TOML comment: a tab or another control character as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quoting_of(text: str) -> tuple[str, str | None]:
+    """("csv", None) for a sample that reads as CSV; ("none", where) for one whose quotes cannot be CSV
+    quoting (text after a closing quote: a TSV export's ``"Weird Al" Yankovic``), that reads as a table when
+    they are characters like any other, and where no field then looks quoted (``"Ada "The" Lovelace"``, a
+    hand-edited CSV, is a CSV field with a stray quote: refused, not read with its outer quotes). A sample
+    cut short inside a quoted field is still CSV."""
+    delimiter = sniff_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, **csv_options(delimiter))
+    try:
+        for _record in reader:
+            pass
+    except csv.Error as exc:
+        if "expected after" in str(exc) and header_fits(text, "none"):
+            literal = csv.reader(io.StringIO(text, newline=""), **csv_options(sniff_delimiter(text, "none"), "none"))
+            if not any(len(f) > 1 and f[0] == f[-1] == '"' for record in literal for f in record):
+                return "none", f"line {reader.line_num}: {exc}"
+    return "csv", None
+
+
+def lines_before_header(text: str, quoting: str = "csv") -> int:
     """How many lines come before the header: 0 when the first line is as wide as the records after it (nine
     in ten of them); else a later line that is, below a title block that ends with a blank line or is made
     of ``#`` comments (a World Bank download, an analytics export). A first line narrower than rows that
     merely end with a delimiter is no title: the drafter never takes a data row for the header. The loader
     reads the file the same way once the contract says ``skip_lines``."""
-    if header_fits(text):
+    if header_fits(text, quoting):
         return 0
     lines = LINE_END.split(text, PREAMBLE_LINES_LOOKED_AT)
     for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):
         above = [line for line in lines[:skipped] if line.strip()]
         title_block = not lines[skipped - 1].strip() or all(line.startswith("#") for line in above)
-        if lines[skipped].strip() and title_block and header_fits(after_lines(text, skipped)):
+        if lines[skipped].strip() and title_block and header_fits(after_lines(text, skipped), quoting):
             return skipped
     return 0
 
 
-def header_fits(text: str) -> bool:
+def header_fits(text: str, quoting: str = "csv") -> bool:
     """Whether the first record of ``text`` is as wide as nine in ten of the records after it."""
-    widths = _widths(text)
+    widths = _widths(text, quoting)
     if widths is None:
         return False
     header, rows = widths
     return sum(width == header for width in rows) >= 0.9 * len(rows)
 
 
-def _widths(text: str) -> tuple[int, list[int]] | None:
+def _widths(text: str, quoting: str = "csv") -> tuple[int, list[int]] | None:
     """(fields of the first record, fields of each record after it) for the non-blank records of a sample,
     its last (perhaps cut short) left out; None if there is no record or it is no CSV."""
     try:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text), strict=True)
+        options = csv_options(sniff_delimiter(text, quoting), quoting)
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True, **options)
         records = [r for r in itertools.islice(reader, RECORDS_LOOKED_AT + 1) if any(f.strip() for f in r)]
     except csv.Error:
         return None

@@ -33,8 +33,9 @@ class QuotingAnomaly(Exception):
 class LineIndex:
     """Start line of every non-empty record, in order; consumed as batches of records are handled."""
 
-    def __init__(self, delimiter: str, first_line: int = 1):
+    def __init__(self, delimiter: str, first_line: int = 1, quotes: bool = True):
         self.delimiter = ord(delimiter)
+        self.quotes = quotes  # False: quotes are characters like any other, and every newline ends a record
         self.line = first_line  # the line the next byte is on
         self.in_quotes = False
         self.record_bytes = 0  # bytes of the current record seen so far (excluding a trailing CR)
@@ -58,7 +59,7 @@ class LineIndex:
             self._check_after_close(data[0])
         if not self.has_control:
             self.has_control = _has_control(data)
-        quotes = np.flatnonzero(data == QUOTE)
+        quotes = np.flatnonzero(data == QUOTE) if self.quotes else np.empty(0, dtype=np.intp)
         newlines = np.flatnonzero(data == NEWLINE)
         self._check_quotes(data, quotes)
         self._check_cr(data)

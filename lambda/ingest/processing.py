@@ -123,7 +123,7 @@ def process(
     # judged by the stored size when that alone says too much (gzip adds at most ~1% to what it stores)
     if size is not None and size > contract.max_bytes * 1.01:
         raise FileRejected("too_large", _too_large_message(contract, size, "the object is"))
-    source = inspect(_counted(chunks, outcome), contract.skip_lines)
+    source = inspect(_counted(chunks, outcome), contract.skip_lines, contract.quoting)
     source.rest = _guarded(source.rest, len(source.sample), contract, outcome, source.compressed_consumed)
     outcome.text_bytes = len(source.sample)
     if outcome.text_bytes > contract.max_bytes:
@@ -244,7 +244,7 @@ def _process_columnar(
 def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_sink: Sink, outcome: Outcome) -> Outcome:
     outcome.engine = "exact"
     text_format, text = text_stream(source)
-    records = read_records(text, text_format.delimiter, text_format.delimiter_hint, text_format.skip_lines)
+    records = read_records(text, text_format)
     try:
         _line, header = next(records)
     except StopIteration:

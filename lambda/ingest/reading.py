@@ -15,12 +15,20 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .rejection import FileRejected
 
 SAMPLE_BYTES = 256 * 1024
 READ_BYTES = 1024 * 1024
 DELIMITERS = (",", ";", "\t", "|")
+#: How quotes read: "csv", the double quotes of RFC 4180 (a field may hold the delimiter, a quote doubled,
+#: a line break); "none", quotes are characters like any other (many TSV exports: IMDb's datasets).
+QUOTING_MODES = ("csv", "none")
+LITERAL_QUOTES_ADVICE = (
+    '; should the quotes of this file be characters, not CSV quoting (as in many TSV exports), set quoting = "none" '
+    "in its contract"
+)
 #: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter. The
 #: file's header is the line after it.
 DELIMITER_HINT = re.compile(r"\ufeff?sep=(.)(?:\r\n|\r|\n)")
@@ -43,6 +51,16 @@ class TextFormat:
     delimiter: str
     delimiter_hint: bool = False  # the first line was a spreadsheet's "sep=;" hint, no record of the file
     skip_lines: int = 0  # lines before the header that are no part of the table (the contract's skip_lines)
+    quoting: str = "csv"  # one of QUOTING_MODES (the contract's quoting)
+
+    @property
+    def csv_options(self) -> dict[str, Any]:
+        """The options of Python's csv module that read fields this way."""
+        return csv_options(self.delimiter, self.quoting)
+
+
+def csv_options(delimiter: str, quoting: str = "csv") -> dict[str, Any]:
+    return {"delimiter": delimiter, "quoting": csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL}
 
 
 class _ChunkStream(io.RawIOBase):
@@ -136,10 +154,10 @@ class Source:
         yield from self.rest
 
 
-def inspect(chunks: Iterable[bytes], skip_lines: int = 0) -> Source:
+def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") -> Source:
     """Undo gzip and decide encoding and delimiter from a sample; refuse what is not text. ``skip_lines``:
     lines before the header (after a delimiter hint line, if any) that are no part of the table, such as
-    a title or a source note; the delimiter is judged from the lines after them."""
+    a title or a source note; the delimiter is judged from the lines after them, read with ``quoting``."""
     raw: io.RawIOBase = _ChunkStream(chunks)
     buffered = io.BufferedReader(raw, READ_BYTES)
     head = buffered.peek(2)[:2]
@@ -169,16 +187,19 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0) -> Source:
         encoding=codec.removesuffix("-sig"),
         bom=bom,
         compression=compression,
-        delimiter=hint[1] if hint else sniff_delimiter(after_lines(text_sample, skip_lines)),
+        delimiter=hint[1] if hint else sniff_delimiter(after_lines(text_sample, skip_lines), quoting),
         delimiter_hint=hint is not None,
         skip_lines=skip_lines,
+        quoting=quoting,
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
 
 
-def open_text(chunks: Iterable[bytes], skip_lines: int = 0) -> tuple[TextFormat, io.TextIOWrapper]:
+def open_text(
+    chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv"
+) -> tuple[TextFormat, io.TextIOWrapper]:
     """Wrap byte chunks in a text stream, deciding compression, encoding and delimiter from a sample."""
-    return text_stream(inspect(chunks, skip_lines))
+    return text_stream(inspect(chunks, skip_lines, quoting))
 
 
 def after_lines(text: str, lines: int) -> str:
@@ -236,7 +257,7 @@ def _looks_binary(sample: bytes) -> bool:
     return control > len(sample) // 100
 
 
-def sniff_delimiter(text: str) -> str:
+def sniff_delimiter(text: str, quoting: str = "csv") -> str:
     """Pick the delimiter among , ; tab | that splits the sample into the most consistent columns."""
     lines = text.splitlines(keepends=True)
     if len(lines) > 1:
@@ -245,7 +266,7 @@ def sniff_delimiter(text: str) -> str:
     best, best_score = ",", (0.0, 1)
     for delimiter in DELIMITERS:
         try:
-            rows = [r for r in csv.reader(lines, delimiter=delimiter) if r]
+            rows = [r for r in csv.reader(lines, **csv_options(delimiter, quoting)) if r]
         except csv.Error:
             continue
         if not rows or len(rows[0]) < 2:
@@ -258,13 +279,11 @@ def sniff_delimiter(text: str) -> str:
     return best
 
 
-def read_records(
-    text: io.TextIOBase, delimiter: str, hint: bool = False, skip_lines: int = 0
-) -> Iterator[tuple[int, list[str]]]:
+def read_records(text: io.TextIOBase, fmt: TextFormat) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for every record that is a row (and first the header); malformed CSV
-    rejects the file. With ``hint`` (``TextFormat.delimiter_hint``), line 1 is the delimiter hint: no record.
-    The ``skip_lines`` lines after it (``TextFormat.skip_lines``) are no records either, whatever they hold
-    (a title, a note with an unbalanced quote): they are skipped as lines, before any CSV is read.
+    rejects the file. With ``fmt.delimiter_hint``, line 1 is the delimiter hint: no record. The
+    ``fmt.skip_lines`` lines after it are no records either, whatever they hold (a title, a note with an
+    unbalanced quote): they are skipped as lines, before any CSV is read.
 
     Blank lines (empty or whitespace only) are no rows in a file of several columns: a row there has
     delimiters. In a one-column file (its header has one field) a line of whitespace is a row, and so is an
@@ -273,14 +292,14 @@ def read_records(
     breaks) and blank lines before the header are nothing."""
     one_column: bool | None = None  # known at the header
     held: list[tuple[int, list[str]]] = []  # a one-column file's empty lines, rows if a record follows
-    skipped = int(hint) + skip_lines
+    skipped = int(fmt.delimiter_hint) + fmt.skip_lines
     for line in range(1, skipped + 1):
         content = text.readline(MAX_FIELD_CHARS + 2)
         if len(content) > MAX_FIELD_CHARS:
             raise FileRejected(
                 "field_too_large", f"line {line}: a line before the header is longer than {MAX_FIELD_CHARS} characters"
             )
-    for start, fields in _all_records(text, delimiter, skipped):
+    for start, fields in _all_records(text, fmt, skipped):
         blank = not fields or (len(fields) == 1 and not fields[0].strip())
         if one_column is None:
             if blank:
@@ -297,9 +316,10 @@ def read_records(
         yield start, fields
 
 
-def _all_records(text: io.TextIOBase, delimiter: str, lines_before: int = 0) -> Iterator[tuple[int, list[str]]]:
+def _all_records(text: io.TextIOBase, fmt: TextFormat, lines_before: int) -> Iterator[tuple[int, list[str]]]:
     """Every record with the line it starts on (the file's, ``lines_before`` read already), blank ones too."""
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    reader = csv.reader(text, strict=True, **fmt.csv_options)
+    if_literal = LITERAL_QUOTES_ADVICE if fmt.quoting == "csv" else ""
     previous_line = lines_before
     while True:
         try:
@@ -312,9 +332,9 @@ def _all_records(text: io.TextIOBase, delimiter: str, lines_before: int = 0) -> 
                 raise FileRejected(
                     "field_too_large",
                     f"line {line}: a field is larger than {MAX_FIELD_CHARS} characters "
-                    "(often an unbalanced quote that swallows the rest of the file)",
+                    f"(often an unbalanced quote that swallows the rest of the file){if_literal}",
                 ) from None
-            raise FileRejected("malformed_csv", f"line {line}: malformed CSV: {exc}") from None
+            raise FileRejected("malformed_csv", f"line {line}: malformed CSV: {exc}{if_literal}") from None
         except UnicodeDecodeError as exc:
             raise FileRejected(
                 "invalid_encoding",

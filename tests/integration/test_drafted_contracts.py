@@ -224,6 +224,26 @@ def test_a_download_with_a_title_block_loads_its_table_intact(pipeline, text, sk
     assert_round_trip(pipeline, contract, header, rows)
 
 
+def test_a_tsv_whose_quotes_are_characters_loads_every_title_as_written(pipeline):
+    # IMDb's title.basics.tsv: quotes are characters, \\N is NULL. Read as CSV, "Weird Al" Yankovic was
+    # malformed and the draft was refused; the draft now says quoting = "none", and \\N is a NULL in the
+    # number columns (a title could be "\\N" for all the drafter knows: text keeps it).
+    text = (
+        "tconst\ttitleType\tprimaryTitle\tisAdult\tstartYear\truntimeMinutes\tgenres\n"
+        "tt0000001\tshort\tCarmencita\t0\t1894\t1\tDocumentary,Short\n"
+        'tt0000002\tmovie\tThe "Best" Film\t0\t\\N\t\\N\t\\N\n'
+        'tt0000003\ttvSpecial\t"Weird Al" Yankovic: The Ultimate Video Collection\t0\t2003\t85\tComedy,Music\n'
+        'tt0000004\tshort\t"\t0\t1892\t12\tAnimation\n'
+    )
+    contract, receipt, drafted = draft_and_load(pipeline, text.encode(), "title_basics")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    assert contract.quoting == "none" and 'quoting = "none"' in drafted
+    types = {c.name: (c.type, contract.nulls(c)) for c in contract.columns}
+    assert types["startyear"] == ("integer", ("", "\\N")) and types["genres"][0] == "text"
+    records = [line.split("\t") for line in text.splitlines()]
+    assert_round_trip(pipeline, contract, records[0], records[1:])
+
+
 def test_a_header_narrower_than_rows_ending_with_a_delimiter_stays_the_header():
     # Rows with a trailing delimiter are one field wider than the header: no title block, and a data row
     # must never be taken for the header (it would be lost). The draft keeps line 1 and says what it saw.

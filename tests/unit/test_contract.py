@@ -156,3 +156,11 @@ def test_skip_lines_is_a_whole_number_of_lines_before_the_header(value):
     assert parse_contract("wdi", base).skip_lines == 0
     with pytest.raises(ContractError, match="skip_lines must be a whole number from 0 to 1000"):
         parse_contract("wdi", {**base, "skip_lines": value})
+
+
+def test_quoting_is_csv_or_none():
+    base = {"table": "titles", "keys": ["incoming/titles.tsv"], "columns": [{"name": "tconst"}]}
+    assert parse_contract("titles", base).quoting == "csv"
+    assert parse_contract("titles", {**base, "quoting": "none"}).quoting == "none"
+    with pytest.raises(ContractError, match="quoting must be one of"):
+        parse_contract("titles", {**base, "quoting": "'"})

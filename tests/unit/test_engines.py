@@ -403,3 +403,34 @@ def test_lines_before_the_header_give_identical_results_and_line_numbers_in_both
     assert_same(exact, fast)
     assert fast.outcome.engine == ("exact" if newline == b"\r" else "columnar")
     assert exact.outcome.rows_valid == 2 and "\n7,email,pattern,not an email," in exact.errors  # line 7 of the file
+
+
+LITERAL = st.text(st.characters(blacklist_characters="\t\r\n", blacklist_categories=("Cs",)) | st.just('"'), max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.lists(LITERAL, min_size=3, max_size=3), min_size=1, max_size=30),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    chunk=st.integers(1, 300),
+)
+def test_tables_whose_quotes_are_characters_give_identical_results_in_both_engines(users, rows, newline, chunk):
+    users = dataclasses.replace(users, quoting="none", max_rejected_share=1.0)
+    lines = ["id\temail\tfull_name", *("\t".join(row) for row in rows)]
+    exact, fast = both((newline.join(lines) + newline).encode(), users, chunk)
+    assert_same(exact, fast)
+
+
+def test_a_tsv_export_with_quotes_as_characters_reads_them_as_written_in_both_engines(users):
+    data = (
+        b'id\temail\tfull_name\n1\ta@b.co\t"Weird Al" Yankovic\n2\tc@d.co\tThe "Best" Film\n3\t"x@y.co"\t"\n4\tbad\tx\n'
+    )
+    exact, fast = both(data, dataclasses.replace(users, quoting="none", max_rejected_share=1.0))
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "columnar"
+    assert [row[:3] for row in csv.reader(io.StringIO(exact.valid))][1:] == [
+        ["1", "a@b.co", '"Weird Al" Yankovic'],
+        ["2", "c@d.co", 'The "Best" Film'],
+        ["3", '"x@y.co"', '"'],
+    ]
+    assert [e.split(",")[:3] for e in exact.errors.splitlines()[1:]] == [["5", "email", "pattern"]]

@@ -10,7 +10,7 @@ from ingest.rejection import FileRejected
 def records(data: bytes, chunk: int = 0):
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
     fmt, text = open_text(chunks)
-    return fmt, list(read_records(text, fmt.delimiter))
+    return fmt, list(read_records(text, fmt))
 
 
 def test_crlf_lf_and_quoted_newlines_with_source_line_numbers():
@@ -108,7 +108,7 @@ def test_a_spreadsheet_delimiter_hint_names_the_delimiter_and_is_no_record(data,
     # Read as a header, "sep=;" named one odd column, and the real header was loaded as a row.
     fmt, text = open_text([data])
     assert (fmt.delimiter, fmt.delimiter_hint) == (delimiter, True)
-    assert list(read_records(text, fmt.delimiter, fmt.delimiter_hint)) == [
+    assert list(read_records(text, fmt)) == [
         (2, ["id", "name"]),
         (3, ["1", "Ada, Countess"]),
     ]
@@ -123,7 +123,7 @@ def test_a_hint_naming_a_delimiter_the_loader_does_not_read_rejects_the_file_say
 def test_a_header_that_merely_starts_with_sep_is_a_header():
     fmt, text = open_text([b"sep=x;y,other\n1,2\n"])
     assert not fmt.delimiter_hint
-    assert next(fields for _line, fields in read_records(text, fmt.delimiter)) == ["sep=x;y", "other"]
+    assert next(fields for _line, fields in read_records(text, fmt)) == ["sep=x;y", "other"]
 
 
 TITLE_BLOCK = 'Data Source,"World Development Indicators"\n\nNote: 5" screens only\n\nid;name\n1;Ada, Countess\n'
@@ -143,7 +143,7 @@ def test_lines_before_the_header_are_skipped_as_lines_and_the_delimiter_judged_a
     # their commas would have made the semicolon file look comma-separated.
     fmt, text = open_text([data], skip_lines=4)
     assert (fmt.delimiter, fmt.skip_lines) == (";", 4)
-    assert list(read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines)) == [
+    assert list(read_records(text, fmt)) == [
         (5, ["id", "name"]),
         (6, ["1", "Ada, Countess"]),
     ]
@@ -151,11 +151,29 @@ def test_lines_before_the_header_are_skipped_as_lines_and_the_delimiter_judged_a
 
 def test_skipped_lines_come_after_a_delimiter_hint_and_a_huge_one_is_refused():
     fmt, text = open_text([b"sep=;\nA title\nid;name\n1;Ada\n"], skip_lines=1)
-    assert list(read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines)) == [
+    assert list(read_records(text, fmt)) == [
         (3, ["id", "name"]),
         (4, ["1", "Ada"]),
     ]
     fmt, text = open_text([b"t" * (2 * 1024 * 1024) + b"\nid,name\n1,Ada\n"], skip_lines=1)
     with pytest.raises(FileRejected) as info:
-        list(read_records(text, fmt.delimiter, fmt.delimiter_hint, fmt.skip_lines))
+        list(read_records(text, fmt))
     assert info.value.reason == "field_too_large" and "before the header" in info.value.message
+
+
+def test_with_quoting_none_quotes_are_characters_and_with_csv_the_error_says_so():
+    # IMDb's datasets are TSV whose quotes are characters: "Weird Al" Yankovic is no quoted field.
+    data = b'tconst\tprimaryTitle\ntt1\t"Weird Al" Yankovic\ntt2\tThe "Best" Film\ntt3\t"\n'
+    fmt, text = open_text([data], quoting="none")
+    assert (fmt.delimiter, fmt.quoting) == ("\t", "none")
+    assert list(read_records(text, fmt)) == [
+        (1, ["tconst", "primaryTitle"]),
+        (2, ["tt1", '"Weird Al" Yankovic']),
+        (3, ["tt2", 'The "Best" Film']),
+        (4, ["tt3", '"']),
+    ]
+    fmt, text = open_text([data])
+    with pytest.raises(FileRejected) as info:
+        list(read_records(text, fmt))
+    assert info.value.reason == "malformed_csv" and info.value.message.startswith("line 2: malformed CSV")
+    assert 'set quoting = "none" in its contract' in info.value.message
