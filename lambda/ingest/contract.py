@@ -34,6 +34,8 @@ DEFAULT_DATE_FORMATS = ("YYYY-MM-DD",)
 DEFAULT_MAX_BYTES = 1024**3
 #: Largest ratio of decompressed to compressed bytes: CSV gzips 5-20x; a bomb of repeated rows, 500x+.
 DEFAULT_MAX_INFLATION = 200
+#: Most columns a contract may have: a PostgreSQL table holds 1600, two of them the lineage columns.
+MAX_COLUMNS = 1600 - 2
 #: Most lines a contract may skip before the header: a title block, not a document.
 MAX_SKIP_LINES = 1000
 #: Compression suffixes that are transport, not part of the name a contract claims.
@@ -259,6 +261,11 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     if not isinstance(raw_columns, list) or not raw_columns:
         raise fail("columns must be a non-empty list of [[columns]] tables")
     columns = tuple(_parse_column(c, fail) for c in raw_columns)
+    if len(columns) > MAX_COLUMNS:
+        raise fail(
+            f"{len(columns)} columns: a PostgreSQL table holds at most 1600, two of them the lineage columns "
+            f"(_ingest_md5, _ingest_loaded_at), so a contract at most {MAX_COLUMNS}"
+        )
 
     seen: set[str] = set()
     for col in columns:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .contract import Column, Contract, globs_overlap, table_name_problem
+from .contract import MAX_COLUMNS, Column, Contract, globs_overlap, table_name_problem
 from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .reading import LINE_END, after_lines, csv_options, inspect, open_text, read_records, sniff_delimiter
 from .rejection import FileRejected
@@ -196,6 +196,13 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
             f"the header names {repeated}: the loader cannot tell which column is which; rename one of "
             "each in the file, then draft again",
         )
+    if len(header) > MAX_COLUMNS:
+        raise FileRejected(
+            "too_many_columns",
+            f"the header names {len(header):,} columns; a PostgreSQL table holds at most 1600, two of them the "
+            f'lineage columns: a contract may have {MAX_COLUMNS}, and unknown_columns = "ignore" loads a '
+            "wider file's columns that it names",
+        )
     sample_rows = [fields for _line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
     columns = draft_columns(header, sample_rows)
     keys, dropped = draft_keys(name, list(existing))
@@ -205,6 +212,12 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
         "# Check every column: types, required, patterns, the key and the load mode.",
     ]
     lines += [f"# {d}" for d in dropped]
+    valued = _header_cells_read_as_values(columns)
+    if valued:
+        lines += [
+            f"# The header's cells {valued} read as values of their columns:",
+            "# should the file have no header line, its first row was taken for one (add a header line to the file).",
+        ]
     lines += ['description = ""', f'table = "{name}"', "keys = " + json.dumps(keys)]
     key_candidates = [c.name for c in columns if c.unique and c.type in ("integer", "bigint", "text")]
     if key_candidates:
@@ -257,6 +270,21 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
 #: say whether it is the header.
 PREAMBLE_LINES_LOOKED_AT = 50
 RECORDS_LOOKED_AT = 200
+
+
+def _header_cells_read_as_values(columns: list[DraftedColumn]) -> str:
+    """The header cells, shown, when every column typed other than text has a header cell that is a value of
+    that type (``1,Ada,3`` above rows of the same kind: a file without a header line); else ""."""
+    typed = [c for c in columns if c.type != "text"]
+    read = [
+        c.header
+        for c in typed
+        if _keeps_every_value(Column(name="x", type=c.type, formats=c.formats), [c.header.strip()])
+        and (c.type not in NUMBER_TYPES or c.header.strip() == c.header)
+    ]
+    if not typed or len(read) < len(typed):
+        return ""
+    return _printable(", ".join(read[:5]) + (f", … ({len(read)} in all)" if len(read) > 5 else ""))
 
 
 def _printable(text: str) -> str:

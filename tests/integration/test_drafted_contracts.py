@@ -244,6 +244,17 @@ def test_a_tsv_whose_quotes_are_characters_loads_every_title_as_written(pipeline
     assert_round_trip(pipeline, contract, records[0], records[1:])
 
 
+def test_a_file_wider_than_a_table_gets_no_draft_and_a_file_without_a_header_a_warning():
+    wide = (",".join(f"c{i}" for i in range(2000)) + "\n" + ",".join("1" * 2000) + "\n").encode()
+    with pytest.raises(FileRejected) as info:
+        draft_contract(wide, "wide")
+    assert info.value.reason == "too_many_columns" and "2,000 columns" in info.value.message
+    # No header line: its first row became the header (and was lost from every load). The draft says so.
+    drafted = draft_contract(b"1,Ada,2024-01-05\n2,Bob,2024-01-06\n3,Cy,2024-01-07\n", "people")
+    assert "# The header's cells 1, 2024-01-05 read as values of their columns:" in drafted
+    assert "read as values" not in draft_contract(b"id,name,joined\n1,Ada,2024-01-05\n", "people")
+
+
 def test_a_header_narrower_than_rows_ending_with_a_delimiter_stays_the_header():
     # Rows with a trailing delimiter are one field wider than the header: no title block, and a data row
     # must never be taken for the header (it would be lost). The draft keeps line 1 and says what it saw.

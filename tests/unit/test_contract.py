@@ -164,3 +164,14 @@ def test_quoting_is_csv_or_none():
     assert parse_contract("titles", {**base, "quoting": "none"}).quoting == "none"
     with pytest.raises(ContractError, match="quoting must be one of"):
         parse_contract("titles", {**base, "quoting": "'"})
+
+
+def test_a_contract_has_at_most_the_columns_a_postgresql_table_holds_beside_the_lineage_columns():
+    # 2,000 columns drafted into a contract made CREATE TABLE fail at the first file, again at each retry.
+    def contract(width):
+        columns = [{"name": f"c{i}"} for i in range(width)]
+        return {"table": "wide", "keys": ["incoming/wide.csv"], "columns": columns}
+
+    assert len(parse_contract("wide", contract(1598)).columns) == 1598
+    with pytest.raises(ContractError, match="1599 columns: a PostgreSQL table holds at most 1600"):
+        parse_contract("wide", contract(1599))
