@@ -220,16 +220,17 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     Example:
       ingest contract new exports/orders.csv --name orders > lambda/contracts/orders.toml
     """
-    from .drafting import draft_contract, draft_keys
+    from .drafting import draft_contract, draft_keys, key_suffix
 
     try:
         existing = [c for c in _registry(obj["contracts_dir"]) if c.name != name]
     except click.ClickException:
         existing = []  # no contracts yet (or none readable): nothing to collide with
-    for note in draft_keys(name, existing)[1]:
+    suffix = key_suffix(file.name)
+    for note in draft_keys(name, existing, suffix)[1]:
         click.echo(note, err=True)
     try:
-        click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows, existing))
+        click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows, existing, suffix))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except FileRejected as rejection:  # the loader would reject the file too: no draft could load it

@@ -19,11 +19,13 @@ import csv
 import io
 import itertools
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import PurePosixPath
 
-from .contract import MAX_COLUMNS, Column, Contract, globs_overlap, table_name_problem
+from .contract import COMPRESSION_SUFFIXES, MAX_COLUMNS, Column, Contract, globs_overlap, table_name_problem
 from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .reading import LINE_END, after_lines, csv_options, inspect, open_text, read_records, sniff_delimiter
 from .rejection import FileRejected
@@ -177,7 +179,11 @@ def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColum
     return columns
 
 
-def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Iterable[Contract] = ()) -> str:
+def draft_contract(
+    sample: bytes, name: str, rows: int = 10_000, existing: Iterable[Contract] = (), suffix: str = ".csv"
+) -> str:
+    """A contract for files like ``sample``, named ``name``, claiming keys that end with ``suffix`` (the
+    sample file's own, ``key_suffix``) and that no ``existing`` contract claims."""
     problem = table_name_problem(name)
     if problem:
         raise ValueError(f"--name (the contract's table): {problem}")
@@ -205,7 +211,7 @@ def draft_contract(sample: bytes, name: str, rows: int = 10_000, existing: Itera
         )
     sample_rows = [fields for _line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
     columns = draft_columns(header, sample_rows)
-    keys, dropped = draft_keys(name, list(existing))
+    keys, dropped = draft_keys(name, list(existing), suffix)
     lines = [
         f"# Drafted by `ingest contract new` from {len(sample_rows)} rows "
         f"({fmt.encoding}, delimiter {fmt.delimiter!r}).",
@@ -371,9 +377,20 @@ def toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def draft_keys(name: str, existing: list[Contract]) -> tuple[list[str], list[str]]:
-    """The usual key globs for ``name`` minus those that overlap a key an existing contract claims."""
-    wanted = [f"incoming/{name}.csv", f"incoming/{name}_*.csv", f"incoming/{name}/*.csv"]
+def key_suffix(filename: str) -> str:
+    """The extension the keys of files like ``filename`` end with: ``.tsv`` for ``title.basics.tsv.gz`` (a
+    compression suffix is transport: keys match without it), ``.csv`` where the name has no plain one."""
+    stem = filename
+    for compression in COMPRESSION_SUFFIXES:
+        stem = stem.removesuffix(compression)
+    suffix = PurePosixPath(stem).suffix  # as written: object keys, and the globs, are case-sensitive
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ".csv"
+
+
+def draft_keys(name: str, existing: list[Contract], suffix: str = ".csv") -> tuple[list[str], list[str]]:
+    """The usual key globs for ``name`` (ending with ``suffix``) minus those that overlap a key an existing
+    contract claims."""
+    wanted = [f"incoming/{name}{suffix}", f"incoming/{name}_*{suffix}", f"incoming/{name}/*{suffix}"]
     keys, notes = [], []
     for pattern in wanted:
         clash = [(c.name, k) for c in existing for k in c.keys if globs_overlap(pattern, k)]
@@ -383,9 +400,9 @@ def draft_keys(name: str, existing: list[Contract]) -> tuple[list[str], list[str
         else:
             keys.append(pattern)
     if not keys:  # every usual glob is taken: a folder of the contract's own
-        own = f"incoming/{name}/*.csv"
+        own = f"incoming/{name}/*{suffix}"
         n = 2
         while any(globs_overlap(own, k) for c in existing for k in c.keys):
-            own, n = f"incoming/{name}_{n}/*.csv", n + 1
+            own, n = f"incoming/{name}_{n}/*{suffix}", n + 1
         keys.append(own)
     return keys, notes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import tomllib
 import uuid
 from datetime import date, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from psycopg.rows import tuple_row
 
 from ingest.contract import ContractRegistry, parse_contract
-from ingest.drafting import draft_contract
+from ingest.drafting import draft_contract, key_suffix
 from ingest.rejection import FileRejected
 from ingest.service import ingest_object
 from ingest.validation import TRUE_WORDS, build_coercer
@@ -473,3 +474,27 @@ def test_any_file_loads_through_its_own_drafted_contract_with_every_value_intact
     assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
     assert receipt.rows_rejected == 0 and receipt.rows_loaded == len(rows)
     assert_round_trip(pipeline, contract, header, rows)
+
+
+@pytest.mark.parametrize(
+    ("filename", "suffix"),
+    [
+        ("title.basics.tsv.gz", ".tsv"),
+        ("export.csv", ".csv"),
+        ("EXPORT.TXT", ".TXT"),
+        ("dump", ".csv"),
+        ("a.gz", ".csv"),
+    ],
+)
+def test_drafted_keys_end_like_the_sample_file(filename, suffix):
+    # IMDb's title.basics.tsv.gz was drafted with keys ending .csv: uploaded as it came, no contract claimed it.
+    assert key_suffix(filename) == suffix
+    drafted = draft_contract(b"tconst,title\ntt1,Carmencita\n", "title_basics", suffix=key_suffix(filename))
+    keys = tomllib.loads(drafted)["keys"]
+    assert keys == [
+        f"incoming/title_basics{suffix}",
+        f"incoming/title_basics_*{suffix}",
+        f"incoming/title_basics/*{suffix}",
+    ]
+    contract = parse_contract("title_basics", tomllib.loads(drafted))
+    assert contract.claims(f"incoming/title_basics/{filename}") == (filename not in ("dump", "a.gz"))
