@@ -44,6 +44,9 @@ MAX_KEY_LENGTH = 1024
 #: How much output processing may produce before the file's MD5 is known (a multipart upload being hashed
 #: meanwhile); past it, processing waits for the hash. Bounded, so memory stays flat.
 OPEN_WAIT_BYTES = 32 * 1024 * 1024
+#: The share of the time left before the invocation ends that an outcome's own ledger row may take (the rest is
+#: its receipt's): see _ledger_until.
+LEDGER_SHARE = 0.5
 
 
 @dataclass
@@ -67,6 +70,7 @@ class _Attempt:
     contract: Contract | None = None
     outcome: Outcome = field(default_factory=Outcome)
     deadline: float | None = None  # time.monotonic() by which the file must be done (or given up)
+    ends: float | None = None  # the invocation's end, less a margin: the ledger row and receipt wait until then
     ledger_asked: bool = False  # whether the ledger was asked about this content (and had no verdict)
 
     @property
@@ -140,9 +144,9 @@ def ingest_object(
     """Ingest one object and publish its receipt. Raises (after publishing ``failed``) on failures.
 
     ``deadline``: a ``time.monotonic()`` value by which the work must stop (a timeout, recorded as such);
-    ``ends``: when the invocation ends, after the deadline's margin: the receipt's publish is waited for
-    until then at the most (the receipt is then in the log, and the ledger has the outcome)."""
-    attempt = _Attempt(bucket=bucket, key=key, request_id=request_id, deadline=deadline)
+    ``ends``: when the invocation ends, after the deadline's margin: an outcome's own ledger row and the
+    receipt's publish are waited for until then at the most (what could not be written is then in the log)."""
+    attempt = _Attempt(bucket=bucket, key=key, request_id=request_id, deadline=deadline, ends=ends)
     logger.append_keys(bucket=bucket, key=key, md5=None)
     try:
         try:
@@ -154,9 +158,9 @@ def ingest_object(
         if attempt.past_deadline and not isinstance(exc, DeadlineReached):
             exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
         receipt = _failed(attempt, deps, exc)
-        _publish(deps, receipt, ends)
+        _publish(deps, receipt, attempt.ends)
         raise exc from None
-    _publish(deps, receipt, ends)
+    _publish(deps, receipt, attempt.ends)
     return receipt
 
 
@@ -514,7 +518,8 @@ def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, er
             "status": "rejected",
             "reason": rejection.reason,
             "error": rejection.message,
-        }
+        },
+        _ledger_until(attempt),
     )
     return _receipt(
         attempt,
@@ -536,7 +541,8 @@ def _loaded_already(attempt: _Attempt, loaded_bucket: str, loaded_key: str) -> s
 def _skipped(attempt: _Attempt, deps: Dependencies, reason: str, message: str) -> Receipt:
     logger.info("skipped", extra={"detail": message})
     attempt.outcome = Outcome()
-    deps.database.record({**_ledger_entry(attempt, deps), "status": "skipped", "reason": reason, "error": message})
+    entry = {**_ledger_entry(attempt, deps), "status": "skipped", "reason": reason, "error": message}
+    deps.database.record(entry, _ledger_until(attempt))
     return _receipt(attempt, "skipped", reason=reason, message=message)
 
 
@@ -565,11 +571,21 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
                 "status": "failed",
                 "reason": reason,
                 "error": message,
-            }
+            },
+            _ledger_until(attempt),
         )
     except Exception:
         logger.warning("could not record the failure in the ledger", exc_info=True)
     return _receipt(attempt, "failed", reason=reason, message=message)
+
+
+def _ledger_until(attempt: _Attempt) -> float | None:
+    """When an outcome's own ledger row must be written by: half the time left before the invocation ends,
+    so that a write stuck on a lock still leaves its receipt the other half to be published."""
+    if attempt.ends is None:
+        return None
+    now = time.monotonic()
+    return now + max(attempt.ends - now, 0.0) * LEDGER_SHARE
 
 
 def _publish(deps: Dependencies, receipt: Receipt, until: float | None) -> None:

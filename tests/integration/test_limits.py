@@ -299,3 +299,47 @@ def test_a_receipt_publish_without_an_answer_is_given_up_before_the_invocation_e
     assert entry["status"] == "loaded" and entry["rows_total"] == 1_000
     [record] = [r for r in logged if r.getMessage() == "could not publish the receipt"]
     assert "before the invocation's end" in str(record.exc_info[1]) and record.receipt["key"] == key  # type: ignore[attr-defined]
+
+
+def test_an_outcome_whose_ledger_row_waits_on_a_lock_is_given_up_before_the_invocation_ends(pipeline):
+    """A rejection's ledger row waited for a lock on the ledger (a migration, an operator's LOCK) as long as it
+    was held: the runtime killed the function, and neither the row nor the receipt was written. Now the write
+    gives up halfway to the invocation's end; the failure is logged, and its receipt published (or logged)."""
+    pipeline.deps.database.ensure_tables()
+    key = "incoming/nobody/claims.csv"
+    pipeline.upload(key, b"a,b\n1,2\n")
+    outcome: list[Any] = []
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("ingest").addHandler(handler)
+    try:
+        with psycopg.connect(pipeline.database_url) as holder:
+            holder.execute("LOCK TABLE ingest_files IN EXCLUSIVE MODE")  # reads go on, writes wait
+            worker = threading.Thread(
+                target=lambda: outcome.append(_ingest_until(pipeline, key, ends=time.monotonic() + 4.0)), daemon=True
+            )
+            worker.start()
+            worker.join(timeout=60)
+            assert not worker.is_alive(), "the ledger write waited for the lock"
+    finally:
+        logging.getLogger("ingest").removeHandler(handler)
+    [raised] = outcome
+    assert "statement timeout" in str(raised)
+    assert ledger(pipeline, key) == []  # nothing could be written while the lock was held
+    assert [r.getMessage() for r in logged if "ledger" in r.getMessage()] == [
+        "could not record the failure in the ledger"
+    ]
+    published = [r for r in pipeline.receipts() if r["key"] == key]
+    unpublished = [r.receipt for r in logged if r.getMessage() == "could not publish the receipt"]  # type: ignore[attr-defined]
+    assert [(r["status"], r["key"]) for r in published + unpublished] == [("failed", key)]
+    # with the lock gone, the redelivery records the verdict
+    assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "rejected"
+    assert [e["reason"] for e in ledger(pipeline, key)] == ["no_contract"]
+
+
+def _ingest_until(pipeline, key: str, ends: float) -> Any:
+    try:
+        return ingest_object(pipeline.bucket, key, pipeline.deps, ends=ends)
+    except Exception as exc:
+        return exc

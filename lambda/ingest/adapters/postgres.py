@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -228,10 +229,15 @@ class Database:
             ).first()
         return EarlierOutcome(*row) if row else None
 
-    def record(self, entry: Mapping[str, Any]) -> int:
-        """Write one ledger row on its own (outcomes other than a load)."""
+    def record(self, entry: Mapping[str, Any], until: float | None = None) -> int:
+        """Write one ledger row on its own (outcomes other than a load), by ``until`` (a ``time.monotonic()``
+        value: the invocation's end) at the latest: a write still waiting then (for a lock on the ledger) is
+        cancelled, and the caller still has the moment to log the outcome and publish its receipt."""
         self.ensure_tables()
         with self.engine.begin() as conn:
+            if until is not None:
+                left_ms = max(1, int((until - time.monotonic()) * 1000))
+                conn.execute(sa.text(f"SET LOCAL statement_timeout = {left_ms}"))
             return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
 
     def begin_load(
