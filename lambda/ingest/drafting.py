@@ -188,10 +188,10 @@ def draft_contract(
     if problem:
         raise ValueError(f"--name (the contract's table): {problem}")
     source = inspect([sample])
-    head = source.sample.decode(source.codec, errors="ignore")
-    hint = int(source.text_format.delimiter_hint)
-    quoting, quotes_seen = quoting_of(after_lines(head, hint))
-    before_header = lines_before_header(after_lines(head, hint), quoting)
+    # the sample's text after a delimiter hint line: how its quotes read, and where its header is
+    top = after_lines(source.sample.decode(source.codec, errors="ignore"), int(source.text_format.delimiter_hint))
+    quoting, quotes_seen = quoting_of(top)
+    before_header = lines_before_header(top, quoting)
     fmt, text = open_text([sample], before_header, quoting)
     records = read_records(text, fmt)
     _line, header = next(records)
@@ -234,22 +234,7 @@ def draft_contract(
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
     lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
-    if quotes_seen:
-        why = _printable(quotes_seen)
-        lines.append(f'quoting = "none"  # quotes are characters in this file, not CSV quoting ({why})')
-    if before_header:
-        first = _printable(LINE_END.split(after_lines(head, hint), 1)[0])
-        shown = first if len(first) <= 60 else first[:60] + "…"
-        lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
-    elif not header_fits(after_lines(head, hint), quoting) and (widths := _widths(after_lines(head, hint), quoting)):
-        header_width, row_widths = widths
-        most = max(set(row_widths), key=row_widths.count)
-        lines += [
-            f"# The header has {header_width} fields and most rows {most}: rows of another width are rejected "
-            "(field_count).",
-            "# Should the file begin with lines that are no part of the table (a title, a note), set skip_lines "
-            "to their number.",
-        ]
+    lines += _reading_fields(top, quoting, quotes_seen, before_header)
     lines.append("")
     for col in columns:
         lines.append("[[columns]]")
@@ -276,6 +261,29 @@ def draft_contract(
 #: say whether it is the header.
 PREAMBLE_LINES_LOOKED_AT = 50
 RECORDS_LOOKED_AT = 200
+
+
+def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_header: int) -> list[str]:
+    """The draft's ``quoting`` and ``skip_lines`` where the sample needs them, each with what showed it; or,
+    for a header not as wide as most rows, what to look at."""
+    lines = []
+    if quotes_seen:
+        why = _printable(quotes_seen)
+        lines.append(f'quoting = "none"  # quotes are characters in this file, not CSV quoting ({why})')
+    if before_header:
+        first = _printable(LINE_END.split(top, 1)[0])
+        shown = first if len(first) <= 60 else first[:60] + "…"
+        lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
+    elif not header_fits(top, quoting) and (widths := _widths(top, quoting)):
+        header_width, row_widths = widths
+        most = max(set(row_widths), key=row_widths.count)
+        lines += [
+            f"# The header has {header_width} fields and most rows {most}: rows of another width are rejected "
+            "(field_count).",
+            "# Should the file begin with lines that are no part of the table (a title, a note), set skip_lines "
+            "to their number.",
+        ]
+    return lines
 
 
 def _header_cells_read_as_values(columns: list[DraftedColumn]) -> str:
