@@ -2,7 +2,8 @@
 
 Shapes: an S3 notification (direct trigger); an SNS envelope around one; an EventBridge "Object Created"
 event; and an SQS message whose body is any of those. ``s3:TestEvent`` is acknowledged and yields
-nothing. Keys arrive URL-encoded (``quote_plus``) and are decoded here.
+nothing, and so does a folder (a key ending with ``/``, as the S3 console's "Create folder" makes: no
+file). Keys arrive URL-encoded (``quote_plus``) and are decoded here.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def object_refs(event: Any) -> list[ObjectRef]:
         if event["detail-type"] != "Object Created":
             return []
         detail = S3EventBridgeNotificationEvent(event).detail
-        return [ObjectRef(detail.bucket.name, detail.object.key, "Object Created")]
+        return _files([ObjectRef(detail.bucket.name, detail.object.key, "Object Created")])
     records = event.get("Records")
     if isinstance(records, list) and records:
         source = records[0].get("EventSource") or records[0].get("eventSource")
@@ -57,14 +58,21 @@ def object_refs(event: Any) -> list[ObjectRef]:
                 refs += object_refs(_json(record.sns.message, "SNS Message"))
             return refs
         if source == "aws:s3":
-            return [
-                ObjectRef(r.s3.bucket.name, unquote_plus(r.s3.get_object.key), r.event_name)
-                for r in S3Event(event).records
-                if r.event_name.startswith("ObjectCreated:")
-            ]
+            return _files(
+                [
+                    ObjectRef(r.s3.bucket.name, unquote_plus(r.s3.get_object.key), r.event_name)
+                    for r in S3Event(event).records
+                    if r.event_name.startswith("ObjectCreated:")
+                ]
+            )
         if source == "aws:sqs":
             raise UnknownEvent("an SQS batch must go through the batch processor, not object_refs")
     raise UnknownEvent(f"not an S3, SNS, EventBridge or SQS event (keys: {sorted(event)[:10]})")
+
+
+def _files(refs: list[ObjectRef]) -> list[ObjectRef]:
+    """The objects that are files: not a folder (a key ending with "/")."""
+    return [ref for ref in refs if not ref.key.endswith("/")]
 
 
 def _json(text: Any, what: str) -> Any:

@@ -33,7 +33,7 @@ def test_applying_twice_changes_nothing_and_wires_uploads_to_the_queue(aws):
     assert redrive["maxReceiveCount"] == definition["dead_letter_queue"]["max_receive_count"]
     assert int(before["queue"]["VisibilityTimeout"]) > definition["function"]["timeout_seconds"]
 
-    # only incoming/*.csv and *.csv.gz notify the queue
+    # every object under incoming/ notifies the queue (a .tsv, a .txt too: no contract, a verdict all the same)
     for key in ("incoming/users.csv", "incoming/users.csv.gz", "processed/users/x.csv", "incoming/notes.txt"):
         aws.s3.put_object(Bucket=first["bucket"], Key=key, Body=b"id\n1\n")
     bodies = []
@@ -45,4 +45,4 @@ def test_applying_twice_changes_nothing_and_wires_uploads_to_the_queue(aws):
         for m in got:
             aws.sqs.delete_message(QueueUrl=first["queue_url"], ReceiptHandle=m["ReceiptHandle"])
     keys = sorted(r["s3"]["object"]["key"] for b in bodies for r in b.get("Records", []))
-    assert keys == ["incoming%2Fusers.csv", "incoming%2Fusers.csv.gz"]
+    assert keys == ["incoming%2Fnotes.txt", "incoming%2Fusers.csv", "incoming%2Fusers.csv.gz"]

@@ -148,6 +148,18 @@ def test_test_event_and_removals_are_acknowledged_and_ignored(pipeline):
     assert lambda_handler(sqs_event(json.dumps(test_event)), Context()) == {"batchItemFailures": []}
 
 
+def test_every_upload_under_incoming_gets_a_verdict_and_a_folder_none(pipeline):
+    # The notification filtered on .csv: a .tsv upload got no event, no receipt, no ledger row. Every object
+    # under incoming/ now notifies; one that no contract claims is rejected, saying so. A folder the S3
+    # console makes ("incoming/exports/", no bytes) is no file and is acknowledged without a verdict.
+    pipeline.upload("incoming/exports/title.basics.tsv", b"tconst\ttitle\ntt1\tCarmencita\n")
+    pipeline.upload("incoming/exports/", b"")
+    assert lambda_handler(s3_event(pipeline.bucket, "incoming/exports/"), Context()) == {"receipts": []}
+    assert lambda_handler(eventbridge_event(pipeline.bucket, "incoming/exports/"), Context()) == {"receipts": []}
+    [receipt] = lambda_handler(s3_event(pipeline.bucket, "incoming/exports/title.basics.tsv"), Context())["receipts"]
+    assert (receipt["status"], receipt["reason"]) == ("rejected", "no_contract")
+
+
 def test_sqs_batch_reports_only_the_failed_records(pipeline):
     pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
     pipeline.upload("incoming/inventory.csv", (SAMPLES / "inventory.csv").read_bytes())
