@@ -60,10 +60,14 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
     targets = [labels.resolve(h, i) for i, h in enumerate(header)]
     if not any(targets):
         expected = ",".join(contract.column_names)
+        where = (
+            f"the line after the {contract.skip_lines} the contract skips" if contract.skip_lines else "the first line"
+        )
         raise FileRejected(
             "no_header",
-            f"the first line ({_cut(','.join(header), 120)!r}) names no column of contract "
-            f"{contract.name!r}; expected a header line such as {expected!r}",
+            f"{where} ({_cut(','.join(header), 120)!r}) names no column of contract {contract.name!r}; expected "
+            f"a header line such as {expected!r} (lines before the header that are no part of the table, a "
+            "title or a note, are skipped with the contract's skip_lines)",
         )
 
     positions: dict[str, int] = {}

@@ -434,3 +434,14 @@ def test_a_tsv_export_with_quotes_as_characters_reads_them_as_written_in_both_en
         ["3", '"x@y.co"', '"'],
     ]
     assert [e.split(",")[:3] for e in exact.errors.splitlines()[1:]] == [["5", "email", "pattern"]]
+
+
+def test_a_title_block_read_as_the_header_is_rejected_naming_skip_lines(users):
+    data = b'"Data Source","World Development Indicators",\n\nid,email,full_name\n1,a@b.co,Ann\n'
+    reason, message = both(data, users)[0]
+    assert reason == "no_header" and message.startswith("the first line ('Data Source,World Development Indicators,')")
+    assert "skipped with the contract's skip_lines" in message
+    reason, message = both(data, dataclasses.replace(users, skip_lines=3))[0]
+    assert message.startswith("the line after the 3 the contract skips ('1,a@b.co,Ann') names no column")
+    for skipped in (1, 2):  # the blank line between the title and the header is skipped either way
+        assert both(data, dataclasses.replace(users, skip_lines=skipped))[0].outcome.rows_valid == 1
