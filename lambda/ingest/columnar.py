@@ -655,6 +655,20 @@ def _fields(text: str, fmt: TextFormat) -> list[str]:
     return next(csv.reader(io.StringIO(text, newline=""), **fmt.csv_options), [])
 
 
+def _repeated_header(batch: pa.RecordBatch, plan: HeaderPlan) -> np.ndarray:
+    """The rows that are the header again (``HeaderPlan.repeats_header``): the first column looked at first,
+    which in nearly every block rules out every row."""
+    same = np.zeros(batch.num_rows, dtype=bool)
+    if plan.width < 2:
+        return same
+    same = _np(pc.equal(batch.column(0), plan.header[0]))
+    for i in range(1, plan.width):
+        if not same.any():
+            break
+        same &= _np(pc.equal(batch.column(i), plan.header[i]))
+    return same
+
+
 def _validate_batch(
     batch: pa.RecordBatch,
     lines: np.ndarray,
@@ -675,6 +689,7 @@ def _validate_batch(
         values, _is_null, unsure = screen(raw, has_control, ascii)
         columns.append(values)
         needs_exact |= unsure
+    needs_exact |= _repeated_header(batch, plan)  # the exact rules name it
 
     errors: list[RowError] = []
     valid = ~needs_exact

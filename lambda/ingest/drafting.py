@@ -209,7 +209,10 @@ def draft_contract(
             f'lineage columns: a contract may have {MAX_COLUMNS}, and unknown_columns = "ignore" loads a '
             "wider file's columns that it names",
         )
-    sample_rows = [fields for _line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
+    full = [(line, fields) for line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
+    # the header again (files concatenated with theirs) is no row: the loader rejects it as one
+    repeats = [line for line, fields in full if len(header) > 1 and fields == header]
+    sample_rows = [fields for _line, fields in full if len(header) == 1 or fields != header]
     columns = draft_columns(header, sample_rows)
     keys, dropped = draft_keys(name, list(existing), suffix)
     lines = [
@@ -218,6 +221,12 @@ def draft_contract(
         "# Check every column: types, required, patterns, the key and the load mode.",
     ]
     lines += [f"# {d}" for d in dropped]
+    if repeats:
+        shown = ", ".join(map(str, repeats[:5])) + (f", … ({len(repeats)} in all)" if len(repeats) > 5 else "")
+        lines += [
+            f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader rejects",
+            "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
+        ]
     valued = _header_cells_read_as_values(columns)
     if valued:
         lines += [

@@ -53,6 +53,12 @@ class HeaderPlan:
     positions: tuple[int, ...]
     width: int
     ignored: tuple[str, ...]
+    header: tuple[str, ...] = ()  # the header's cells as the file has them
+
+    def repeats_header(self, fields: list[str]) -> bool:
+        """Whether a record is the header again (two files concatenated with their headers), in a file of
+        two columns or more (in one column, a value may be the column's name)."""
+        return self.width > 1 and tuple(fields) == self.header
 
 
 def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
@@ -104,6 +110,7 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
         positions=tuple(positions.get(c.name, -1) for c in contract.columns),
         width=len(header),
         ignored=tuple(unknown),
+        header=tuple(header),
     )
 
 
@@ -133,6 +140,10 @@ class RowValidator:
         """Every rule except uniqueness within the file (which depends on the rows before)."""
         if len(fields) != self.plan.width:
             return None, [field_count_error(line, fields, self.plan.width)]
+        if self.plan.repeats_header(fields):
+            shown = _cut(",".join(fields), MAX_REPORTED_VALUE)
+            message = "the row repeats the header line: files concatenated with their headers?"
+            return None, [RowError(line, "", "repeated_header", shown, message)]
         values: list[str | None] = []
         errors: list[RowError] = []
         for col, pos, required, coerce, nulls, trim in self._cells:

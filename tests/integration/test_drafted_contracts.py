@@ -256,6 +256,16 @@ def test_a_file_wider_than_a_table_gets_no_draft_and_a_file_without_a_header_a_w
     assert "read as values" not in draft_contract(b"id,name,joined\n1,Ada,2024-01-05\n", "people")
 
 
+def test_files_concatenated_with_their_headers_draft_the_types_of_their_rows_and_say_where(pipeline):
+    # The header again in the middle made "id" a text column, and the load took "id,name" for a row.
+    data = b"id,name\n1,Ada\n2,Bob\nid,name\n3,Cy\n"
+    contract, receipt, drafted = draft_and_load(pipeline, data, "people_all")
+    assert [c.type for c in contract.columns] == ["integer", "text"]
+    assert "# Line(s) 4 repeat the header" in drafted
+    assert (receipt.status, receipt.reason) == ("rejected", "too_many_rejected_rows")
+    assert receipt.errors[0]["rule"] == "repeated_header" and receipt.errors[0]["line"] == 4
+
+
 def test_a_header_narrower_than_rows_ending_with_a_delimiter_stays_the_header():
     # Rows with a trailing delimiter are one field wider than the header: no title block, and a data row
     # must never be taken for the header (it would be lost). The draft keeps line 1 and says what it saw.

@@ -445,3 +445,20 @@ def test_a_title_block_read_as_the_header_is_rejected_naming_skip_lines(users):
     assert message.startswith("the line after the 3 the contract skips ('1,a@b.co,Ann') names no column")
     for skipped in (1, 2):  # the blank line between the title and the header is skipped either way
         assert both(data, dataclasses.replace(users, skip_lines=skipped))[0].outcome.rows_valid == 1
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_repeated_header_is_a_row_error_saying_so_in_both_engines(users, newline):
+    # cat a.csv b.csv: the second header was a row. In a text column it loaded as data, elsewhere it was
+    # a type error about "id". Now it is a row error of its own, in both engines.
+    data = b'id,email,full_name\n1,a@b.co,Ann\nid,email,full_name\n2,c@d.co,Bo\n"id",email,full_name\n'
+    exact, fast = both(data.replace(b"\n", newline), dataclasses.replace(users, max_rejected_share=1.0))
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "columnar" and exact.outcome.rows_valid == 2
+    assert [e.split(",")[:3] for e in exact.errors.splitlines()[1:]] == [
+        ["3", "", "repeated_header"],
+        ["5", "", "repeated_header"],
+    ]
+    # one column: a value may be the column's name
+    one = parse_contract("words", {"table": "words", "keys": ["k"], "columns": [{"name": "word"}]})
+    assert both(b"word\nhello\nword\n", one)[0].outcome.rows_valid == 2
