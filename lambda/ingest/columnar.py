@@ -281,10 +281,20 @@ class ColumnScreen:
 
     _bigint = _integer
 
+    def _decimal_comma(self, s: pa.Array, cells: Cells) -> tuple[pa.Array, Cells, np.ndarray]:
+        """For a column that writes a decimal comma: the cells with the comma read as the point, and which
+        cells held a point already (no number of this column: the exact rules say so)."""
+        if self.col.decimal != ",":
+            return s, cells, np.zeros(len(s), dtype=bool)
+        pointed = cells.count(POINT) > 0
+        s = pc.replace_substring(s, ",", ".")
+        return s, Cells(s), pointed
+
     def _numeric(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
         # Canonical decimals only (no "+", no leading zeros, digits on both sides of a point): their
         # normalized text is the text itself. The rest ("+1", ".5", "007.10") goes to the exact rules.
         col = self.col
+        s, cells, pointed = self._decimal_comma(s, cells)
         negative = cells.byte_at(0) == 45
         body = cells.starts + negative
         points = cells.count(POINT)
@@ -309,10 +319,11 @@ class ColumnScreen:
         if col.min is not None or col.max is not None:
             numbers = pc.cast(pc.if_else(pa.array(ok), s, "0"), pa.float64()).to_numpy()
             ok &= _within(col, numbers, exact=False)
-        return s, ok
+        return s, ok & ~pointed
 
     def _double(self, s: pa.Array, cells: Cells, ascii: bool) -> Checked:
-        ok = _matches(s, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+        s, cells, pointed = self._decimal_comma(s, cells)
+        ok = _matches(s, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$") & ~pointed
         numbers = pc.cast(pc.if_else(pa.array(ok), pc.utf8_ltrim(s, characters="+"), "0"), pa.float64()).to_numpy()
         ok &= np.isfinite(numbers) & _within(self.col, numbers, exact=False)
         return s, ok

@@ -73,6 +73,7 @@ class Column:
     description: str = ""
     null_values: tuple[str, ...] | None = None  # cells read as NULL in this column (None: the contract's)
     trim: bool = True  # strip whitespace at the cell's edges (text columns may keep it)
+    decimal: str = "."  # numeric and double: the decimal separator the file writes ("," in European exports)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ _COLUMN_FIELDS = {
     "description",
     "null_values",
     "trim",
+    "decimal",
 }
 _CONTRACT_FIELDS = {
     "table",
@@ -428,6 +430,11 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         raise fail(f"column {name!r}: trim must be true or false")
     if not trim and ctype != "text":
         raise fail(f"column {name!r}: trim = false applies to text columns only")
+    decimal = raw.get("decimal", ".")
+    if decimal not in (".", ","):
+        raise fail(f'column {name!r}: decimal must be "." or "," (the decimal separator), got {decimal!r}')
+    if decimal == "," and ctype not in ("numeric", "double"):
+        raise fail(f'column {name!r}: decimal = "," applies to numeric and double columns only')
     primary_key = bool(raw.get("primary_key", False))
     return Column(
         name=name,
@@ -448,6 +455,7 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         description=str(raw.get("description", "")),
         null_values=tuple(nulls) if nulls is not None else None,
         trim=trim,
+        decimal=decimal,
     )
 
 

@@ -52,6 +52,10 @@ CANDIDATES = (
     Column(name="x", type="timestamptz"),
 )
 _SLASH_ORDERS = {"MM/DD/YYYY": "DD/MM/YYYY", "DD/MM/YYYY": "MM/DD/YYYY"}
+#: Tried last, in a file whose delimiter is not the comma, where some value proves the comma a decimal one:
+#: digits after it other than three ("4,50"; "1,500" alone could group thousands, and stays text).
+DECIMAL_COMMA = Column(name="x", type="numeric", decimal=",")
+_PROVEN_DECIMAL_COMMA = re.compile(r"[+-]?\d+,(\d{1,2}|\d{4,})")
 
 
 @dataclass
@@ -60,6 +64,7 @@ class DraftedColumn:
     header: str
     type: str = "text"
     formats: tuple[str, ...] = ()
+    decimal: str = "."
     null_values: tuple[str, ...] = ()
     required: bool = False
     trim: bool = True
@@ -73,27 +78,29 @@ def _keeps_every_value(candidate: Column, values: list[str]) -> bool:
         for value in values:
             printed = coerce(value)
             # a number must print back as written; anything else ("007", "+5", ".5", "1e3") stays text
-            if candidate.type in NUMBER_TYPES and printed != value:
+            written = value.replace(",", ".") if candidate.decimal == "," else value
+            if candidate.type in NUMBER_TYPES and printed != written:
                 return False
     except CellError:
         return False
     return True
 
 
-def _infer(values: list[str]) -> tuple[Column, tuple[str, ...]]:
-    """(type, null words) for raw sample values; null words only for a number or date column."""
+def _infer(values: list[str], decimal_comma: bool = False) -> tuple[Column, tuple[str, ...]]:
+    """(type, null words) for raw sample values; null words only for a number or date column.
+    ``decimal_comma``: the file's delimiter leaves the comma free to be a decimal one."""
     present = [v.strip() for v in values if v.strip()]
-    typed = _first_type(present)
+    typed = _first_type(present, decimal_comma)
     if typed is not None:
         return typed, ()
     words = tuple(w for w in NULL_WORDS if w in set(present))
-    typed = _first_type([v for v in present if v not in words]) if words else None
+    typed = _first_type([v for v in present if v not in words], decimal_comma) if words else None
     if typed is not None and typed.type != "boolean":
         return typed, words
     return Column(name="x", type="text"), ()
 
 
-def _first_type(values: list[str]) -> Column | None:
+def _first_type(values: list[str], decimal_comma: bool = False) -> Column | None:
     if not values:
         return None
     for candidate in CANDIDATES:
@@ -106,7 +113,8 @@ def _first_type(values: list[str]) -> Column | None:
                 return candidate
             used = tuple(f for f in candidate.formats if any(_keeps_every_value(_dates(f), [v]) for v in values))
             return _dates(*used)
-    return None
+    proven = decimal_comma and any(_PROVEN_DECIMAL_COMMA.fullmatch(v) for v in values)
+    return DECIMAL_COMMA if proven and _keeps_every_value(DECIMAL_COMMA, values) else None
 
 
 def _both_truths(values: list[str]) -> bool:
@@ -151,13 +159,21 @@ def unique_names(header: list[str]) -> list[str]:
     return names
 
 
-def draft_columns(header: list[str], rows: list[list[str]]) -> list[DraftedColumn]:
-    """One drafted column per header cell: names unique, the exact header kept where the name differs."""
+def draft_columns(header: list[str], rows: list[list[str]], decimal_comma: bool = False) -> list[DraftedColumn]:
+    """One drafted column per header cell: names unique, the exact header kept where the name differs.
+    ``decimal_comma``: the file's delimiter is not the comma, which may then be a decimal one."""
     columns = []
     for i, (h, name) in enumerate(zip(header, unique_names(header))):
         values = [r[i] for r in rows]
-        inferred, words = _infer(values)
-        col = DraftedColumn(name=name, header=h, type=inferred.type, formats=inferred.formats, null_values=words)
+        inferred, words = _infer(values, decimal_comma)
+        col = DraftedColumn(
+            name=name,
+            header=h,
+            type=inferred.type,
+            formats=inferred.formats,
+            decimal=inferred.decimal,
+            null_values=words,
+        )
         if col.type == "text" and any(v != v.strip() for v in values):
             col.trim = False
             col.notes.append("values start or end with spaces: kept as they are")
@@ -213,7 +229,7 @@ def draft_contract(
     # the header again (files concatenated with theirs) is no row: the loader rejects it as one
     repeats = [line for line, fields in full if len(header) > 1 and fields == header]
     sample_rows = [fields for _line, fields in full if len(header) == 1 or fields != header]
-    columns = draft_columns(header, sample_rows)
+    columns = draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ",")
     keys, dropped = draft_keys(name, list(existing), suffix)
     lines = [
         f"# Drafted by `ingest contract new` from {len(sample_rows)} rows "
@@ -251,6 +267,8 @@ def draft_contract(
         lines.append(f"type = {json.dumps(col.type)}")
         if col.type == "date":
             lines.append("formats = " + json.dumps(list(col.formats)))
+        if col.decimal != ".":
+            lines.append(f"decimal = {json.dumps(col.decimal)}  # the file writes 4,50 for 4.50")
         if col.null_values:
             lines.append("null_values = [" + ", ".join(toml_string(v) for v in col.null_values) + "]")
         if not col.trim:

@@ -438,6 +438,25 @@ def _double(col: Column) -> Coercer:
     return parse
 
 
+def _decimal_comma(col: Column, parse: Coercer) -> Coercer:
+    """``parse`` for a column whose file writes a decimal comma (``4,50``): the comma read as the point (a
+    value with a point is no number of this column: ``1.234,5`` groups thousands, which it does not read);
+    messages show the value as written."""
+    if col.decimal != ",":
+        return parse
+
+    def read(raw: str) -> str:
+        if "." in raw:
+            raise CellError("type", f"{col.name} {_cut(raw, 60)!r} is not a number with a decimal comma")
+        dotted = raw.replace(",", ".")
+        try:
+            return parse(dotted)
+        except CellError as exc:
+            raise CellError(exc.rule, exc.message.replace(dotted, raw)) from None
+
+    return read
+
+
 def _boolean(col: Column) -> Coercer:
     def parse(raw: str) -> str:
         word = raw.lower()
@@ -528,8 +547,8 @@ _TYPE_PARSERS: dict[str, Callable[[Column], Coercer]] = {
     "text": _text,
     "integer": _integer,
     "bigint": _integer,
-    "numeric": _numeric,
-    "double": _double,
+    "numeric": lambda col: _decimal_comma(col, _numeric(col)),
+    "double": lambda col: _decimal_comma(col, _double(col)),
     "boolean": _boolean,
     "date": _date,
     "timestamp": _timestamp,

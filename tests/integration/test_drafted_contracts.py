@@ -13,6 +13,7 @@ import re
 import tomllib
 import uuid
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -67,7 +68,8 @@ def same_value(contract: Any, col: Any, cell: str, value: Any) -> bool:
     if col.type == "text":
         return value == cell if not col.trim else value == raw
     if col.type in ("integer", "bigint", "numeric"):
-        return str(value) == raw  # a drafted number prints back exactly as written: "007" is no number
+        # a drafted number prints back exactly as written ("007" is no number), its decimal comma a point
+        return str(value) == (raw.replace(",", ".") if col.decimal == "," else raw)
     if col.type == "boolean":
         return value is (raw.lower() in TRUE_WORDS)
     if col.type == "date":
@@ -285,6 +287,27 @@ def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(p
     assert receipt.status == "loaded" and receipt.rows_loaded == 2, (receipt.reason, receipt.message, drafted)
     assert [c.name for c in contract.columns] == ["ref", "libelle", "prix", "date"]
     assert_round_trip(pipeline, contract, ["Réf", "Libellé", "Prix (€)", "Date"], rows)
+
+
+def test_a_european_export_drafts_its_decimal_commas_as_numbers_and_thousands_stay_text(pipeline):
+    # "4,50" stayed text: right, but no number a user could sum. Where the delimiter leaves the comma free and
+    # some value has other than three digits after it, the column is numeric with decimal = ",".
+    text = "Réf;Prix (€);Poids;Milliers\r\nA;4,50;0,25;1,500\r\nB;-0,5;12;2,000\r\nC;12;2,5;3,000\r\n"
+    contract, receipt, drafted = draft_and_load(pipeline, b"\xef\xbb\xbf" + text.encode(), "tarifs")
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    kinds = {c.name: (c.type, c.decimal) for c in contract.columns}
+    assert kinds == {
+        "ref": ("text", "."),
+        "prix": ("numeric", ","),
+        "poids": ("numeric", ","),
+        "milliers": ("text", "."),
+    }
+    assert pipeline.query("SELECT sum(prix) AS total FROM tarifs")[0]["total"] == Decimal("16.00")
+    records = [line.split(";") for line in text.splitlines()]
+    assert_round_trip(pipeline, contract, records[0], records[1:])
+    # in a comma-separated file a quoted "1,5" is no decimal comma the drafter may assume
+    us = draft_contract(b'sku,price\nA,"4,50"\nB,"1,5"\n', "prices_us")
+    assert 'decimal = ","' not in us
 
 
 def test_a_bounding_box_file_loads_and_upserts_though_its_headers_are_system_column_names(pipeline):

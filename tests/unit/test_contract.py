@@ -175,3 +175,15 @@ def test_a_contract_has_at_most_the_columns_a_postgresql_table_holds_beside_the_
     assert len(parse_contract("wide", contract(1598)).columns) == 1598
     with pytest.raises(ContractError, match="1599 columns: a PostgreSQL table holds at most 1600"):
         parse_contract("wide", contract(1599))
+
+
+def test_decimal_is_a_point_or_a_comma_for_numeric_and_double_columns():
+    def contract(column):
+        return {"table": "prices", "keys": ["incoming/prices.csv"], "columns": [{"name": "price", **column}]}
+
+    assert parse_contract("prices", contract({"type": "numeric", "decimal": ","})).columns[0].decimal == ","
+    assert parse_contract("prices", contract({"type": "double"})).columns[0].decimal == "."
+    with pytest.raises(ContractError, match='decimal must be "." or ","'):
+        parse_contract("prices", contract({"type": "numeric", "decimal": "'"}))
+    with pytest.raises(ContractError, match="applies to numeric and double columns only"):
+        parse_contract("prices", contract({"type": "integer", "decimal": ","}))

@@ -462,3 +462,39 @@ def test_a_repeated_header_is_a_row_error_saying_so_in_both_engines(users, newli
     # one column: a value may be the column's name
     one = parse_contract("words", {"table": "words", "keys": ["k"], "columns": [{"name": "word"}]})
     assert both(b"word\nhello\nword\n", one)[0].outcome.rows_valid == 2
+
+
+def test_decimal_comma_columns_read_the_comma_as_the_point_in_both_engines():
+    # A French or German spreadsheet's export: "4,50". Such a column says decimal = ",".
+    contract = parse_contract(
+        "prices",
+        {
+            "table": "prices",
+            "keys": ["incoming/prices.csv"],
+            "max_rejected_share": 1.0,
+            "columns": [
+                {"name": "sku"},
+                {"name": "price", "type": "numeric", "precision": 8, "scale": 2, "decimal": ","},
+                {"name": "weight", "type": "double", "decimal": ","},
+            ],
+        },
+    )
+    data = (
+        b"sku;price;weight\nA;4,50;0,25\nB;-0,5;1e3\nC;12;2,5E-3\nD;1.234,50;1\nE;4.50;1.5\nF;1,234;1,2,3\n"
+        b"G;0,005;x\nH;;\n"
+    )
+    exact, fast = both(data, contract)
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "columnar"
+    assert exact.valid_rows == [["A", "4.50", "0.25"], ["B", "-0.5", "1e3"], ["C", "12", "2.5E-3"], ["H", "", ""]]
+    errors = [e.split(",")[:3] for e in exact.errors.splitlines()[1:]]
+    assert errors == [
+        ["5", "price", "type"],
+        ["6", "price", "type"],
+        ["6", "weight", "type"],
+        ["7", "price", "scale"],
+        ["7", "weight", "type"],
+        ["8", "price", "scale"],
+        ["8", "weight", "type"],
+    ]
+    assert "price 1,234 has more than 2 decimal places" in exact.errors  # the value as the file writes it
