@@ -183,7 +183,7 @@ def test_decimal_is_a_point_or_a_comma_for_numeric_and_double_columns():
 
     assert parse_contract("prices", contract({"type": "numeric", "decimal": ","})).columns[0].decimal == ","
     assert parse_contract("prices", contract({"type": "double"})).columns[0].decimal == "."
-    with pytest.raises(ContractError, match='decimal must be "." or ","'):
+    with pytest.raises(ContractError, match=r'decimal must be "\." or ","'):
         parse_contract("prices", contract({"type": "numeric", "decimal": "'"}))
     with pytest.raises(ContractError, match="applies to numeric and double columns only"):
         parse_contract("prices", contract({"type": "integer", "decimal": ","}))

@@ -200,3 +200,17 @@ def test_a_timestamp_column_keeps_the_time_as_written_and_refuses_an_offset():
     with pytest.raises(CellError) as info:
         coerce_time("2024-01-05T13:45:00.1234567")
     assert info.value.rule == "precision" and "timestamp holds microseconds" in info.value.message
+
+
+def test_a_decimal_comma_column_reads_the_comma_as_the_point_and_its_messages_show_the_value_as_written():
+    from ingest.contract import Column
+    from ingest.validation import CellError
+
+    coerce_price = build_coercer(Column(name="price", type="numeric", precision=8, scale=2, decimal=","))
+    assert coerce_price("4,50") == "4.50" and coerce_price("-0,5") == "-0.5" and coerce_price("12") == "12"
+    with pytest.raises(CellError) as info:
+        coerce_price("1,234")
+    assert info.value.rule == "scale" and info.value.message == "price 1,234 has more than 2 decimal places"
+    with pytest.raises(CellError) as info:
+        coerce_price("1.234,50")
+    assert info.value.rule == "type" and "is not a number with a decimal comma" in info.value.message
