@@ -496,7 +496,7 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
     """(header fields, byte length of the sample up to the header's end, number of lines up to there)."""
     sample = source.sample
     start = 0
-    lines_before = int(source.text_format.delimiter_hint) + source.text_format.skip_lines
+    lines_before = source.text_format.lines_before_header
     for _ in range(lines_before):  # "sep=;", then the lines the contract skips: lines, whatever they hold
         end_of_line = sample.find(b"\n", start)
         if end_of_line < 0:
@@ -505,10 +505,10 @@ def split_header(source: Source) -> tuple[list[str], int, int]:
             raise ExactEngineNeeded("a line before the header that does not end with LF or CRLF")
         start = end_of_line + 1
     quotes = 0
-    quoting = source.text_format.quoting == "csv"
+    quoted = source.text_format.quoted
     end = -1
     for i, byte in enumerate(sample[start : start + (1 << 20)], start):
-        if byte == 34 and quoting:
+        if byte == 34 and quoted:
             quotes += 1
         elif byte == 10 and quotes % 2 == 0:
             end = i + 1
@@ -542,8 +542,8 @@ def process_columnar(
 ) -> None:
     """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
     delimiter = source.text_format.delimiter
-    quoting = source.text_format.quoting == "csv"
-    index = LineIndex(delimiter, first_line=header_lines + 1, quotes=quoting)
+    quoted = source.text_format.quoted
+    index = LineIndex(delimiter, first_line=header_lines + 1, quotes=quoted)
     names = [f"f{i}" for i in range(len(header))]
     read_options = pacsv.ReadOptions(
         column_names=names,
@@ -577,10 +577,10 @@ def process_columnar(
 
             parse_options = pacsv.ParseOptions(
                 delimiter=delimiter,
-                quote_char='"' if quoting else False,
-                double_quote=quoting,
+                quote_char='"' if quoted else False,
+                double_quote=quoted,
                 escape_char=False,
-                newlines_in_values=quoting,
+                newlines_in_values=quoted,
                 ignore_empty_lines=True,
                 invalid_row_handler=on_invalid_row,
             )

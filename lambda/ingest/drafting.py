@@ -29,7 +29,7 @@ from .contract import COMPRESSION_SUFFIXES, MAX_COLUMNS, Column, Contract, globs
 from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .reading import LINE_END, after_lines, csv_options, inspect, open_text, read_records, sniff_delimiter
 from .rejection import FileRejected
-from .validation import CellError, build_coercer
+from .validation import CellError, build_coercer, repeats_header
 
 #: Words that files use for a missing value; proposed as null_values for number and date columns only.
 NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--", "\\N")  # \N: a database dump's
@@ -40,6 +40,7 @@ NUMBER_TYPES = ("integer", "bigint", "numeric")
 BOOLEAN = Column(name="x", type="boolean")
 MONTH_FIRST = Column(name="x", type="date", formats=("YYYY-MM-DD", "MM/DD/YYYY", "DD.MM.YYYY"))
 DAY_FIRST = Column(name="x", type="date", formats=("YYYY-MM-DD", "DD/MM/YYYY", "DD.MM.YYYY"))
+INSTANT = Column(name="x", type="timestamptz")
 CANDIDATES = (
     Column(name="x", type="integer"),
     Column(name="x", type="bigint"),
@@ -49,7 +50,7 @@ CANDIDATES = (
     MONTH_FIRST,
     DAY_FIRST,
     Column(name="x", type="timestamp"),
-    Column(name="x", type="timestamptz"),
+    INSTANT,
 )
 _SLASH_ORDERS = {"MM/DD/YYYY": "DD/MM/YYYY", "DD/MM/YYYY": "MM/DD/YYYY"}
 #: Tried last, in a file whose delimiter is not the comma, where some value proves the comma a decimal one:
@@ -183,7 +184,7 @@ def draft_columns(header: list[str], rows: list[list[str]], decimal_comma: bool 
                 'dates such as "01/02/2024" read both month first and day first: kept as text; to load them '
                 'as dates, set type = "date" and formats = ["DD/MM/YYYY"] or ["MM/DD/YYYY"], as the file means'
             )
-        if col.type == "text" and present and _keeps_every_value(CANDIDATES[-1], present):
+        if col.type == "text" and present and _keeps_every_value(INSTANT, present):
             col.notes.append(
                 "times with a UTC offset and times without one: kept as text; to load them as instants, set "
                 'type = "timestamptz" (a time without an offset is then taken as UTC)'
@@ -227,8 +228,8 @@ def draft_contract(
         )
     full = [(line, fields) for line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
     # the header again (files concatenated with theirs) is no row: the loader rejects it as one
-    repeats = [line for line, fields in full if len(header) > 1 and fields == header]
-    sample_rows = [fields for _line, fields in full if len(header) == 1 or fields != header]
+    repeats = [line for line, fields in full if repeats_header(header, fields)]
+    sample_rows = [fields for _line, fields in full if not repeats_header(header, fields)]
     columns = draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ",")
     keys, dropped = draft_keys(name, list(existing), suffix)
     lines = [
@@ -238,7 +239,7 @@ def draft_contract(
     ]
     lines += [f"# {d}" for d in dropped]
     if repeats:
-        shown = ", ".join(map(str, repeats[:5])) + (f", … ({len(repeats)} in all)" if len(repeats) > 5 else "")
+        shown = _few(map(str, repeats))
         lines += [
             f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader rejects",
             "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
@@ -301,7 +302,7 @@ def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_head
         first = _printable(LINE_END.split(top, 1)[0])
         shown = first if len(first) <= 60 else first[:60] + "…"
         lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
-    elif not header_fits(top, quoting) and (widths := _widths(top, quoting)):
+    elif (widths := _widths(top, quoting)) and not _fits(widths):
         header_width, row_widths = widths
         most = max(set(row_widths), key=row_widths.count)
         lines += [
@@ -323,9 +324,13 @@ def _header_cells_read_as_values(columns: list[DraftedColumn]) -> str:
         if _keeps_every_value(Column(name="x", type=c.type, formats=c.formats), [c.header.strip()])
         and (c.type not in NUMBER_TYPES or c.header.strip() == c.header)
     ]
-    if not typed or len(read) < len(typed):
-        return ""
-    return _printable(", ".join(read[:5]) + (f", … ({len(read)} in all)" if len(read) > 5 else ""))
+    return _printable(_few(read)) if typed and len(read) == len(typed) else ""
+
+
+def _few(items: Iterable[str]) -> str:
+    """The first five of ``items``, and how many there are if more."""
+    shown = list(items)
+    return ", ".join(shown[:5]) + (f", … ({len(shown)} in all)" if len(shown) > 5 else "")
 
 
 def _printable(text: str) -> str:
@@ -372,8 +377,10 @@ def lines_before_header(text: str, quoting: str = "csv") -> int:
 def header_fits(text: str, quoting: str = "csv") -> bool:
     """Whether the first record of ``text`` is as wide as nine in ten of the records after it."""
     widths = _widths(text, quoting)
-    if widths is None:
-        return False
+    return widths is not None and _fits(widths)
+
+
+def _fits(widths: tuple[int, list[int]]) -> bool:
     header, rows = widths
     return sum(width == header for width in rows) >= 0.9 * len(rows)
 

@@ -54,6 +54,16 @@ class TextFormat:
     quoting: str = "csv"  # one of QUOTING_MODES (the contract's quoting)
 
     @property
+    def lines_before_header(self) -> int:
+        """The lines read as lines, no records: the delimiter hint's, then the ones the contract skips."""
+        return int(self.delimiter_hint) + self.skip_lines
+
+    @property
+    def quoted(self) -> bool:
+        """Whether quotes quote (CSV's), rather than being characters like any other."""
+        return self.quoting == "csv"
+
+    @property
     def csv_options(self) -> dict[str, Any]:
         """The options of Python's csv module that read fields this way."""
         return csv_options(self.delimiter, self.quoting)
@@ -292,7 +302,7 @@ def read_records(text: io.TextIOBase, fmt: TextFormat) -> Iterator[tuple[int, li
     breaks) and blank lines before the header are nothing."""
     one_column: bool | None = None  # known at the header
     held: list[tuple[int, list[str]]] = []  # a one-column file's empty lines, rows if a record follows
-    skipped = int(fmt.delimiter_hint) + fmt.skip_lines
+    skipped = fmt.lines_before_header
     for line in range(1, skipped + 1):
         content = text.readline(MAX_FIELD_CHARS + 2)
         if len(content) > MAX_FIELD_CHARS:
@@ -319,7 +329,7 @@ def read_records(text: io.TextIOBase, fmt: TextFormat) -> Iterator[tuple[int, li
 def _all_records(text: io.TextIOBase, fmt: TextFormat, lines_before: int) -> Iterator[tuple[int, list[str]]]:
     """Every record with the line it starts on (the file's, ``lines_before`` read already), blank ones too."""
     reader = csv.reader(text, strict=True, **fmt.csv_options)
-    if_literal = LITERAL_QUOTES_ADVICE if fmt.quoting == "csv" else ""
+    if_literal = LITERAL_QUOTES_ADVICE if fmt.quoted else ""
     previous_line = lines_before
     while True:
         try:

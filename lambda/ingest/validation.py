@@ -56,9 +56,13 @@ class HeaderPlan:
     header: tuple[str, ...] = ()  # the header's cells as the file has them
 
     def repeats_header(self, fields: list[str]) -> bool:
-        """Whether a record is the header again (two files concatenated with their headers), in a file of
-        two columns or more (in one column, a value may be the column's name)."""
-        return self.width > 1 and tuple(fields) == self.header
+        return repeats_header(self.header, fields)
+
+
+def repeats_header(header: tuple[str, ...] | list[str], fields: list[str]) -> bool:
+    """Whether a record is the header again (two files concatenated with their headers), in a file of two
+    columns or more (in one column, a value may be the column's name)."""
+    return len(header) > 1 and tuple(fields) == tuple(header)
 
 
 def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import boto3
 
-from .function import EmbeddedFunction, Invocation, invoke_warm
+from .function import EmbeddedFunction, Invocation, Runtime
 from .processes import port_open
 
 
@@ -48,19 +48,21 @@ class RemoteFunction:
         self._lock = threading.Lock()
         parsed = urlsplit(url)
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        self.warm = False
+        self.runtime = Runtime(url)
+
+    @property
+    def warm(self) -> bool:
+        return self.runtime.warm
 
     def invoke(self, event: Any) -> Invocation:
         with self._lock:
             if not port_open(self._port, self._host):
-                self.warm = False
+                self.runtime.cooled()
                 log_line("the function does not answer; waiting for it", url=self.url)
                 deadline = time.monotonic() + self.ready_timeout_s
                 while time.monotonic() < deadline and not port_open(self._port, self._host):
                     time.sleep(0.2)
-            invocation = invoke_warm(self.url, event, self.timeout_s, self.warm)
-            self.warm = invocation.ok
-            return invocation
+            return self.runtime.invoke(event, self.timeout_s)
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class EmbeddedFunction:
         self.process: subprocess.Popen[bytes] | None = None
         self._fingerprint: tuple[tuple[str, int], ...] = ()
         self._lock = threading.Lock()
-        self.warm = False  # whether the runtime was started and its handler imported (see WARM_UP_EVENT)
+        self.runtime = Runtime(self.url)
 
     @property
     def url(self) -> str:
@@ -148,7 +148,7 @@ class EmbeddedFunction:
             self.handler,
         ]
         env = {**os.environ, **self.environment}
-        self.warm = False
+        self.runtime.cooled()
         self.process = spawn("function", argv, self.log_file, env=env, cwd=REPO / "lambda")
         wait_until(lambda: port_open(self.port), 15, "the Runtime Interface Emulator", self.process, self.log_file)
         if self.pid_file:
@@ -171,27 +171,39 @@ class EmbeddedFunction:
                 self.restart("it was not running")
             elif self.reload and code_fingerprint(self._sources()) != self._fingerprint:
                 self.restart("its code changed")
-            invocation = invoke_warm(self.url, event, self.timeout_s + 10, self.warm)
-            self.warm = invocation.ok
-            return invocation
+            return self.runtime.invoke(event, self.timeout_s + 10)
 
 
-def invoke_warm(url: str, event: Any, timeout: float, warm: bool) -> Invocation:
-    """Invoke the function at ``url``; unless its runtime is ``warm``, send WARM_UP_EVENT first, so that the
-    runtime's init is not counted against ``event``'s timeout.
+class Runtime:
+    """The function's runtime behind an invoke URL, as both ways of invoking it here see it: ``warm`` once
+    it was started and its handler imported. Until then (at first, after ``cooled()``, after an invocation
+    that failed) ``invoke`` sends WARM_UP_EVENT before the event, so that the runtime's init is not counted
+    against the event's timeout.
 
     Right after an invocation that timed out, RIE is still resetting its runtime for a moment and refuses
     invocations (``Sandbox.Failure``); the warm-up is repeated until RIE takes it (for up to
-    RESETTING_SECONDS), so that neither the init nor the refusal falls on ``event``. A warm-up that fails
-    otherwise is no reason not to try ``event``: its own invocation then reports the problem."""
-    if not warm:
-        until = time.monotonic() + RESETTING_SECONDS
-        while not (warm_up := invoke_url(url, WARM_UP_EVENT, timeout)).ok:
-            if not _resetting(warm_up) or time.monotonic() >= until:
-                _log(f"the warm-up invocation failed: {warm_up.payload}")
-                break
-            time.sleep(0.1)
-    return invoke_url(url, event, timeout)
+    RESETTING_SECONDS), so that neither the init nor the refusal falls on the event. A warm-up that fails
+    otherwise is no reason not to try the event: its own invocation then reports the problem."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.warm = False
+
+    def cooled(self) -> None:
+        """The runtime may have started again (its process was restarted, or it did not answer)."""
+        self.warm = False
+
+    def invoke(self, event: Any, timeout: float) -> Invocation:
+        if not self.warm:
+            until = time.monotonic() + RESETTING_SECONDS
+            while not (warm_up := invoke_url(self.url, WARM_UP_EVENT, timeout)).ok:
+                if not _resetting(warm_up) or time.monotonic() >= until:
+                    _log(f"the warm-up invocation failed: {warm_up.payload}")
+                    break
+                time.sleep(0.1)
+        invocation = invoke_url(self.url, event, timeout)
+        self.warm = invocation.ok
+        return invocation
 
 
 def _resetting(invocation: Invocation) -> bool:
