@@ -465,8 +465,13 @@ def _exact_column(col: Column, s: pa.Array) -> Checked:
 # --- output -----------------------------------------------------------------------------------------
 
 
-def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
-    """Rows as CSV (NULL as an empty field, quoting exactly as ``processing.csv_field``), one buffer."""
+NO_LINE = pa.scalar(None, pa.string())
+
+
+def csv_lines(columns: list[pa.Array], maybe_special: list[bool], keep: np.ndarray | None = None) -> bytes:
+    """Rows as CSV (NULL as an empty field, quoting exactly as ``processing.csv_field``), one buffer; only the
+    rows ``keep`` marks, if given (the others are never joined: a null separator makes their line null)."""
+    rows = len(columns[0]) if columns else 0
     parts = []
     for column, special in zip(columns, maybe_special):
         if special:
@@ -477,15 +482,17 @@ def csv_lines(columns: list[pa.Array], maybe_special: list[bool]) -> bytes:
                 quoted = pc.binary_join_element_wise('"', pc.replace_substring(subset, '"', '""'), '"', "")
                 column = pc.replace_with_mask(column, mask, quoted)
         parts.append(column)
-    parts.append(pa.nulls(len(columns[0]) if columns else 0, pa.string()))
+    parts.append(pa.nulls(rows, pa.string()))
+    separator = "," if keep is None else pc.if_else(pa.array(keep), ",", NO_LINE)
     joined = pc.binary_join_element_wise(
-        *parts, ",", null_handling="replace", null_replacement=""
+        *parts, separator, null_handling="replace", null_replacement=""
     )  # a trailing "" column gives every line a final ","; it is swapped for the newline below
-    if not len(joined):
+    if not len(joined) or joined.null_count == len(joined):
         return b""
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
+    ends = offsets[1:] if keep is None else offsets[1:][keep]
     block = bytearray(memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]])  # the one copy
-    np.frombuffer(block, dtype=np.uint8)[offsets[1:] - offsets[0] - 1] = 10  # each line's last "," becomes "\n"
+    np.frombuffer(block, dtype=np.uint8)[ends - offsets[0] - 1] = 10  # each line's last "," becomes "\n"
     return block  # type: ignore[return-value]  # a bytearray: every sink takes any buffer
 
 
@@ -756,6 +763,5 @@ def _validate_batch(
         valid[candidates[repeated]] = False
         valid_rows = np.flatnonzero(valid)
 
-    keep = pa.array(valid)
-    block = csv_lines([c.filter(keep) for c in columns], special)
+    block = csv_lines(columns, special, keep=valid)
     return block, errors, int(valid.sum())

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -363,6 +364,19 @@ def test_cells_read_the_bytes_of_each_cell_also_in_slices_and_empty_cells():
     assert columnar.Cells(whole.slice(4, 1)).at_an_edge(columnar.TRIMMED)  # "d  ": at its end only
     assert not columnar.Cells(whole.slice(6, 1)).at_an_edge(columnar.TRIMMED)  # "": no edge at all
     assert not columnar.Cells(pa.array(["a", " b"], pa.string()).slice(0, 1)).at_an_edge(columnar.TRIMMED)
+
+
+def test_csv_lines_writes_only_the_kept_rows_quoted_like_the_exact_engine():
+    ids = pa.array(["0", "1", "2", "3", "4"], pa.string()).slice(1, 4)  # offsets that do not start at 0
+    names = pa.array(["x", 'Ada "A", L', None, "b\nc", "y"], pa.string()).slice(1, 4)
+    keep = np.array([True, False, True, True])
+    block = columnar.csv_lines([ids, names], [False, True], keep=keep)
+    assert bytes(block) == b'1,"Ada ""A"", L"\n3,"b\nc"\n4,y\n'
+    assert bytes(columnar.csv_lines([ids, names], [False, True])) == b'1,"Ada ""A"", L"\n2,\n3,"b\nc"\n4,y\n'
+    assert columnar.csv_lines([ids, names], [False, True], keep=np.zeros(4, dtype=bool)) == b""
+    assert bytes(columnar.csv_lines([ids, names], [False, True], keep=np.array([False, False, False, True]))) == (
+        b"4,y\n"
+    )
 
 
 def columnar_and_exact(table: str, columns: list[dict], data: bytes) -> tuple[list[list[str]], list[list[str]]]:
