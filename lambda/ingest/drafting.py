@@ -214,10 +214,15 @@ def draft_contract(
     _line, header = next(records)
     repeated = _repeated_headers(header)
     if repeated:
+        headless = (
+            " The first line is a row of numbers: should the file have no header line, add one naming its columns."
+            if _all_numbers(header)
+            else ""
+        )
         raise FileRejected(
             "duplicate_header",
             f"the header names {repeated}: the loader cannot tell which column is which; rename one of "
-            "each in the file, then draft again",
+            f"each in the file, then draft again.{headless}",
         )
     if len(header) > MAX_COLUMNS:
         raise FileRejected(
@@ -401,17 +406,31 @@ def _widths(text: str, quoting: str = "csv") -> tuple[int, list[int]] | None:
 
 
 def _repeated_headers(header: list[str]) -> str:
-    """The header cells written twice (as the loader reads them), e.g. "'Value' (columns 2 and 3)"."""
+    """The header cells written twice (as the loader reads them), e.g. "'Value' (columns 2 and 3)": at most
+    five names, each with at most five columns, and how many there are beyond."""
     where: dict[str, list[int]] = {}
     for i, cell in enumerate(header):
         label = cell.lstrip("\ufeff")
         if label.strip():
             where.setdefault(label, []).append(i + 1)
-    return "; ".join(
-        f"{label!r} (columns {', '.join(map(str, places[:-1]))} and {places[-1]})"
-        for label, places in where.items()
-        if len(places) > 1
-    )
+    repeated = [(label, places) for label, places in where.items() if len(places) > 1]
+    shown = "; ".join(f"{label!r} (columns {_columns(places)})" for label, places in repeated[:5])
+    return shown + (f"; … ({len(repeated):,} names in all)" if len(repeated) > 5 else "")
+
+
+def _columns(places: list[int]) -> str:
+    if len(places) > 5:
+        return ", ".join(map(str, places[:5])) + f", … ({len(places):,} in all)"
+    return f"{', '.join(map(str, places[:-1]))} and {places[-1]}"
+
+
+def _all_numbers(cells: list[str]) -> bool:
+    """Whether every non-empty cell reads as a number (``1``, ``-2.5e3``, ``NaN``): a row of values."""
+    filled = [c for c in cells if c.strip()]
+    try:
+        return bool(filled) and all(float(c) is not None for c in filled)
+    except ValueError:
+        return False
 
 
 def toml_string(value: str) -> str:

@@ -94,7 +94,8 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
         else:
             positions[target] = index
     if duplicates:
-        raise FileRejected("duplicate_header", "duplicate header names: " + "; ".join(duplicates))
+        more = f"; … ({len(duplicates):,} in all)" if len(duplicates) > 5 else ""
+        raise FileRejected("duplicate_header", "duplicate header names: " + "; ".join(duplicates[:5]) + more)
     missing = [c.name for c in contract.columns if c.required and c.name not in positions]
     if missing:
         raise FileRejected(

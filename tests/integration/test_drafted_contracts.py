@@ -69,7 +69,8 @@ def same_value(contract: Any, col: Any, cell: str, value: Any) -> bool:
         return value == cell if not col.trim else value == raw
     if col.type in ("integer", "bigint", "numeric"):
         # a drafted number prints back exactly as written ("007" is no number), its decimal comma a point
-        return str(value) == (raw.replace(",", ".") if col.decimal == "," else raw)
+        shown = format(value, "f") if isinstance(value, Decimal) else str(value)  # PostgreSQL's text: 0.0000000000
+        return shown == (raw.replace(",", ".") if col.decimal == "," else raw)
     if col.type == "boolean":
         return value is (raw.lower() in TRUE_WORDS)
     if col.type == "date":
@@ -379,6 +380,22 @@ def test_a_header_written_twice_is_refused_with_the_reason():
 
     cases = parse_contract("cases", tomllib.loads(draft_contract(b"Value,value, Value\n1,2,3\n", "cases")))
     assert plan_header(cases, ["Value", "value", " Value"]).positions == (0, 1, 2)  # these it tells apart
+
+
+def test_a_file_of_numbers_without_a_header_is_refused_briefly_saying_so():
+    # statsmodels' result files have no header: their first row (residuals) repeated the same numbers in
+    # hundreds of columns, and the refusal listed every one of them (140,000 characters).
+    row = ",".join(["0.00", "1.00"] * 500)
+    with pytest.raises(FileRejected) as refused:
+        draft_contract(f"{row}\n{row}\n".encode(), "residuals")
+    message = refused.value.message
+    assert refused.value.reason == "duplicate_header" and len(message) < 600
+    assert "'0.00' (columns 1, 3, 5, 7, 9, … (500 in all))" in message
+    assert "a row of numbers" in message and "add one naming its columns" in message
+    names = ",".join(f"c{i},c{i}" for i in range(8))
+    with pytest.raises(FileRejected, match=r"'c4' \(columns 9 and 10\); … \(8 names in all\)") as refused:
+        draft_contract(f"{names}\n".encode(), "pairs")
+    assert "row of numbers" not in refused.value.message
 
 
 def test_codes_stay_text_and_na_stays_namibia(pipeline):

@@ -343,3 +343,20 @@ def _ingest_until(pipeline, key: str, ends: float) -> Any:
         return ingest_object(pipeline.bucket, key, pipeline.deps, ends=ends)
     except Exception as exc:
         return exc
+
+
+def test_a_rejection_with_a_long_story_still_reaches_its_subscribers(pipeline):
+    """A header naming the id column 30,000 times made a duplicate_header message of 1.3 MB: SNS takes at most
+    256 KB, so the receipt was never published. Every rejection's message is bounded."""
+    key = "incoming/users/ids.csv"
+    header = ",".join(["id"] * 30_000)
+    pipeline.upload(key, f"{header},email,full_name\n".encode())
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
+    assert receipt.status == "rejected" and receipt.reason == "duplicate_header"
+    [published] = pipeline.receipts()
+    assert (
+        published["reason"] == "duplicate_header" and "'id' (column 2) repeats 'id' (column 1)" in published["message"]
+    )
+    assert len(published["message"]) <= 4_000 and "29,999 in all" in published["message"]
+    [entry] = ledger(pipeline, key)
+    assert entry["reason"] == "duplicate_header" and len(entry["error"]) <= 4_000

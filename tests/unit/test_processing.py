@@ -70,3 +70,12 @@ def test_measurements_sample(measurements, engine):
     result = run((SAMPLES / "test.csv").read_bytes(), measurements, engine)
     assert result.outcome.rows_valid == 4
     assert result.outcome.text_format.delimiter == ";"
+
+
+def test_a_rejection_message_is_bounded_and_says_how_long_it_was():
+    from ingest.rejection import MAX_MESSAGE_CHARS
+
+    rejection = FileRejected("duplicate_header", "x" * 10_000)
+    assert len(rejection.message) <= MAX_MESSAGE_CHARS and str(rejection) == rejection.message
+    assert rejection.message.endswith("… (cut: 10,000 characters in all)")
+    assert FileRejected("r", "short").message == "short"
