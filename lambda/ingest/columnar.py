@@ -140,6 +140,10 @@ def _not_digit(data: np.ndarray) -> np.ndarray:
     return (data < 48) | (data > 57)
 
 
+def _nonzero_digit(data: np.ndarray) -> np.ndarray:
+    return (data >= 49) & (data <= 57)
+
+
 def _not_digit_or_point(data: np.ndarray) -> np.ndarray:
     return ((data < 48) | (data > 57)) & (data != 46)
 
@@ -312,6 +316,9 @@ class ColumnScreen:
             & ((whole_digits == 1) | ~whole_zero)
             & ((points == 0) | (fraction_digits >= 1))
         )
+        minus = np.flatnonzero(negative & ok)
+        if len(minus):  # a negative zero ("-0.00") prints without its sign: the exact rules write it
+            ok[minus[Cells(s.take(pa.array(minus))).count(_nonzero_digit) == 0]] = False
         if col.precision is not None:
             ok &= np.where(whole_zero, 0, whole_digits) <= col.precision - (col.scale or 0)
         if col.scale is not None:
@@ -609,6 +616,8 @@ def process_columnar(
                 if len(fields) == 1 and not fields[0].strip():
                     blank += 1  # a line of whitespace only: blank to the exact engine too, not a row
                     continue
+                if len(fields) < plan.width and contract.null_padding:
+                    raise ExactEngineNeeded("a row with fewer fields than the header, padded by the exact rules")
                 errors.append(field_count_error(int(lines[number - 1]), fields, plan.width))
             row_lines = lines[is_row]
             counts.rows_total += records - blank

@@ -93,6 +93,7 @@ class Contract:
     max_inflation: float = DEFAULT_MAX_INFLATION
     skip_lines: int = 0  # lines before the header that are no part of the table (a title, a source note)
     quoting: str = "csv"  # "none": quotes are characters like any other (reading.QUOTING_MODES)
+    null_padding: bool = False  # a row with fewer fields than the header: the missing ones at its end are empty
     fingerprint: str = ""  # sha256 of the contract's content: a changed contract judges old files again
     _key_patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
@@ -239,6 +240,7 @@ _CONTRACT_FIELDS = {
     "max_inflation",
     "skip_lines",
     "quoting",
+    "null_padding",
 }
 
 
@@ -320,6 +322,12 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         raise fail(
             f'quoting must be one of {QUOTING_MODES} ("none": quotes are characters like any other), got {quoting!r}'
         )
+    null_padding = data.get("null_padding", False)
+    if not isinstance(null_padding, bool):
+        raise fail(
+            "null_padding must be true or false (true: a row with fewer fields than the header reads the "
+            f"missing ones at its end as empty), got {null_padding!r}"
+        )
     nulls = data.get("null_values", list(DEFAULT_NULL_VALUES))
     if not _strings(nulls):
         raise fail("null_values must be a list of strings")
@@ -341,6 +349,7 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
         max_inflation=float(inflation),
         skip_lines=skip_lines,
         quoting=quoting,
+        null_padding=null_padding,
         fingerprint=hashlib.sha256(json.dumps(dict(data), sort_keys=True, default=str).encode()).hexdigest(),
         _key_patterns=tuple(glob_to_regex(k) for k in keys),
     )

@@ -231,7 +231,13 @@ def draft_contract(
             f'lineage columns: a contract may have {MAX_COLUMNS}, and unknown_columns = "ignore" loads a '
             "wider file's columns that it names",
         )
-    full = [(line, fields) for line, fields in itertools.islice(records, rows) if len(fields) == len(header)]
+    padding = padding_fits(after_lines(top, before_header), quoting)
+    width = len(header)
+    read = list(itertools.islice(records, rows))
+    padded = sum(len(fields) < width for _line, fields in read) if padding else 0
+    if padding:  # as the loader reads them under null_padding
+        read = [(line, fields + [""] * (width - len(fields))) for line, fields in read]
+    full = [(line, fields) for line, fields in read if len(fields) == width]
     # the header again (files concatenated with theirs) is no row: the loader rejects it as one
     repeats = [line for line, fields in full if repeats_header(header, fields)]
     sample_rows = [fields for _line, fields in full if not repeats_header(header, fields)]
@@ -243,13 +249,16 @@ def draft_contract(
         "# Check every column: types, required, patterns, the key and the load mode.",
     ]
     lines += [f"# {d}" for d in dropped]
+    numbers = _all_numbers(header)  # the "header" is a row of values: the file has no header line
     if repeats:
         shown = _few(map(str, repeats))
         lines += [
-            f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader rejects",
+            f"# Line(s) {shown} repeat the first line, a row of numbers: the loader rejects"
+            if numbers
+            else f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader rejects",
             "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
         ]
-    valued = _header_cells_read_as_values(columns)
+    valued = _header_cells_read_as_values(columns) or (_printable(_few(header)) if numbers else "")
     if valued:
         lines += [
             f"# The header's cells {valued} read as values of their columns:",
@@ -265,7 +274,7 @@ def draft_contract(
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
     lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
-    lines += _reading_fields(top, quoting, quotes_seen, before_header)
+    lines += _reading_fields(top, quoting, quotes_seen, before_header, padded)
     lines.append("")
     for col in columns:
         lines.append("[[columns]]")
@@ -296,9 +305,9 @@ PREAMBLE_LINES_LOOKED_AT = 50
 RECORDS_LOOKED_AT = 200
 
 
-def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_header: int) -> list[str]:
-    """The draft's ``quoting`` and ``skip_lines`` where the sample needs them, each with what showed it; or,
-    for a header not as wide as most rows, what to look at."""
+def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_header: int, padded: int) -> list[str]:
+    """The draft's ``quoting``, ``skip_lines`` and ``null_padding`` where the sample needs them, each with what
+    showed it; or, for a header not as wide as most rows, what to look at."""
     lines = []
     if quotes_seen:
         why = _printable(quotes_seen)
@@ -307,15 +316,31 @@ def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_head
         first = _printable(LINE_END.split(top, 1)[0])
         shown = first if len(first) <= 60 else first[:60] + "…"
         lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
-    elif (widths := _widths(top, quoting)) and not _fits(widths):
-        header_width, row_widths = widths
-        most = max(set(row_widths), key=row_widths.count)
-        lines += [
-            f"# The header has {header_width} fields and most rows {most}: rows of another width are rejected "
-            "(field_count).",
-            "# Should the file begin with lines that are no part of the table (a title, a note), set skip_lines "
-            "to their number.",
-        ]
+    if padded:
+        lines.append(
+            f"null_padding = true  # {padded} of the sample's rows have fewer fields than the header: "
+            "the missing ones at their end are empty"
+        )
+    elif not before_header and (table := _table_top(top, quoting)) and not _fits(table):
+        header, rows = table
+        widths = [len(row) for row in rows]
+        most = max(set(widths), key=widths.count)
+        lines.append(
+            f"# The header has {len(header)} fields and most rows {most}: rows of another width are rejected "
+            "(field_count)."
+        )
+        if most == len(header) + 1 and all(row[-1] == "" for row in rows if len(row) == most):
+            lines.append("# Those rows end with a delimiter the header does not: remove it from the rows.")
+        elif most == len(header) + 1:
+            lines.append(
+                "# The rows' first field has no name (row names, as R's write.table writes them?): add a name "
+                "for it at the start of the header line."
+            )
+        else:
+            lines.append(
+                "# Should the file begin with lines that are no part of the table (a title, a note), set "
+                "skip_lines to their number."
+            )
     return lines
 
 
@@ -368,31 +393,50 @@ def lines_before_header(text: str, quoting: str = "csv") -> int:
     of ``#`` comments (a World Bank download, an analytics export). A first line narrower than rows that
     merely end with a delimiter is no title: the drafter never takes a data row for the header. The loader
     reads the file the same way once the contract says ``skip_lines``."""
-    if header_fits(text, quoting):
+    if header_fits(text, quoting) or padding_fits(text, quoting):
         return 0
     lines = LINE_END.split(text, PREAMBLE_LINES_LOOKED_AT)
     for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):
         above = [line for line in lines[:skipped] if line.strip()]
         title_block = not lines[skipped - 1].strip() or all(line.startswith("#") for line in above)
-        if lines[skipped].strip() and title_block and header_fits(after_lines(text, skipped), quoting):
+        below = after_lines(text, skipped)
+        if lines[skipped].strip() and title_block and (header_fits(below, quoting) or padding_fits(below, quoting)):
             return skipped
     return 0
 
 
 def header_fits(text: str, quoting: str = "csv") -> bool:
     """Whether the first record of ``text`` is as wide as nine in ten of the records after it."""
-    widths = _widths(text, quoting)
-    return widths is not None and _fits(widths)
+    top = _table_top(text, quoting)
+    return top is not None and _fits(top)
 
 
-def _fits(widths: tuple[int, list[int]]) -> bool:
-    header, rows = widths
-    return sum(width == header for width in rows) >= 0.9 * len(rows)
+def _fits(top: tuple[list[str], list[list[str]]]) -> bool:
+    header, rows = top
+    return sum(len(row) == len(header) for row in rows) >= 0.9 * len(rows)
 
 
-def _widths(text: str, quoting: str = "csv") -> tuple[int, list[int]] | None:
-    """(fields of the first record, fields of each record after it) for the non-blank records of a sample,
-    its last (perhaps cut short) left out; None if there is no record or it is no CSV."""
+def padding_fits(text: str, quoting: str = "csv") -> bool:
+    """Whether the first record of ``text`` is the header of rows that leave out fields at their end (a
+    ragged export): no row is wider than it, some is narrower, and some is as wide as it or the header's
+    cells past the widest row are empty (``Series id,Year,Period,Value,`` over rows of four). The loader
+    reads such rows whole once the contract says ``null_padding``."""
+    top = _table_top(text, quoting)
+    if top is None or _fits(top):
+        return False
+    header, rows = top
+    widest = max((len(row) for row in rows), default=0)
+    return (
+        bool(rows)
+        and widest <= len(header)
+        and min(len(row) for row in rows) < len(header)
+        and (widest == len(header) or not any(cell.strip() for cell in header[widest:]))
+    )
+
+
+def _table_top(text: str, quoting: str = "csv") -> tuple[list[str], list[list[str]]] | None:
+    """(the first record, the records after it) among the non-blank records of a sample, its last (perhaps
+    cut short) left out; None if there is no record or it is no CSV."""
     try:
         options = csv_options(sniff_delimiter(text, quoting), quoting)
         reader = csv.reader(io.StringIO(text, newline=""), strict=True, **options)
@@ -401,8 +445,7 @@ def _widths(text: str, quoting: str = "csv") -> tuple[int, list[int]] | None:
         return None
     if not records:
         return None
-    rows = records[1:-1] if len(records) > 2 else records[1:]
-    return len(records[0]), [len(r) for r in rows]
+    return records[0], records[1:-1] if len(records) > 2 else records[1:]
 
 
 def _repeated_headers(header: list[str]) -> str:

@@ -143,6 +143,8 @@ class RowValidator:
 
     def validate_cells(self, line: int, fields: list[str]) -> tuple[list[str | None] | None, list[RowError]]:
         """Every rule except uniqueness within the file (which depends on the rows before)."""
+        if len(fields) < self.plan.width and self.contract.null_padding:
+            fields = fields + [""] * (self.plan.width - len(fields))  # the missing fields at its end: empty
         if len(fields) != self.plan.width:
             return None, [field_count_error(line, fields, self.plan.width)]
         if self.plan.repeats_header(fields):
@@ -421,7 +423,8 @@ def _numeric(col: Column) -> Coercer:
         if scale is not None and len(fraction.rstrip("0")) > scale:
             raise CellError("scale", f"{col.name} {raw} has more than {scale} decimal places")
         in_range(Decimal(raw), raw)
-        text = (sign if sign == "-" else "") + (whole or "0")
+        # a negative zero ("-0.00") is zero: PostgreSQL's numeric has no sign for it, nor does the output
+        text = ("-" if sign == "-" and (whole or fraction.strip("0")) else "") + (whole or "0")
         return text + "." + fraction if fraction else text
 
     return parse

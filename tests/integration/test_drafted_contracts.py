@@ -228,6 +228,48 @@ def test_a_download_with_a_title_block_loads_its_table_intact(pipeline, text, sk
     assert_round_trip(pipeline, contract, header, rows)
 
 
+RAGGED = (  # statsmodels' arima212_forecast.csv: rows leave out their empty fields at the end
+    "dates, cpi, predict, stderr, conf1, conf2\n"
+    "1950:1, 28.980,,,,\n"
+    "1950:2, 29.150, 29.848,,\n"
+    "1950:3, 29.350, 29.751\n"
+    "2009:3, 214.6, 215.1, 0.87, 213.4, 216.8\n"
+)
+BLS = (  # a Bureau of Labor Statistics download: a title block, and a header that ends with a delimiter
+    "Series Id:           LNS14000000Q\n"
+    "\n"
+    "Seasonally Adjusted\n"
+    "Series title:        (Seas) Unemployment Rate\n"
+    "\n"
+    "\n"
+    "Series id,Year,Period,Value,\n"
+    "LNS14000000Q,1959,Q01,5.8\n"
+    "LNS14000000Q,1959,Q02,5.1\n"
+    "LNS14000000Q,1959,Q03,5.3\n"
+)
+
+
+@pytest.mark.parametrize(("text", "skipped"), [(RAGGED, 0), (BLS, 6)], ids=["ragged", "bls"])
+def test_rows_that_leave_out_their_last_fields_draft_null_padding_and_load_intact(pipeline, text, skipped):
+    # Every row narrower than the header was a field_count error: the drafted contract rejected its own file.
+    contract, receipt, drafted = draft_and_load(pipeline, text.encode(), f"ragged_{skipped}")
+    assert contract.null_padding and contract.skip_lines == skipped, drafted
+    assert receipt.status == "loaded" and receipt.rows_rejected == 0, (receipt.message, drafted)
+    records = list(csv.reader(io.StringIO(text.split("\n", skipped)[-1], newline="")))
+    header, rows = records[0], [r + [""] * (len(records[0]) - len(r)) for r in records[1:] if r]
+    assert receipt.rows_loaded == len(rows)
+    assert_round_trip(pipeline, contract, header, rows)
+
+
+def test_rows_wider_than_their_header_by_one_field_draft_a_note_saying_why():
+    r_export = draft_contract(b'"Weight","Feed"\n"1",26.5,NA\n"2",27.6,5.2\n', "dietox")  # R's row names
+    assert "first field has no name (row names" in r_export and "null_padding" not in r_export
+    trailing = draft_contract(b"a,b\n1,x,\n2,y,\n", "trailing")
+    assert "end with a delimiter the header does not" in trailing
+    note = draft_contract(b"Source: a survey, 2020, all rights\n1,2\n3,4\n", "note")  # no row as wide
+    assert "null_padding" not in note
+
+
 def test_a_tsv_whose_quotes_are_characters_loads_every_title_as_written(pipeline):
     # IMDb's title.basics.tsv: quotes are characters, \\N is NULL. Read as CSV, "Weird Al" Yankovic was
     # malformed and the draft was refused; the draft now says quoting = "none", and \\N is a NULL in the
@@ -548,3 +590,25 @@ def test_drafted_keys_end_like_the_sample_file(filename, suffix):
     ]
     contract = parse_contract("title_basics", tomllib.loads(drafted))
     assert contract.claims(f"incoming/title_basics/{filename}") == (filename not in ("dump", "a.gz"))
+
+
+def test_a_file_of_numbers_without_a_header_line_is_drafted_with_a_warning_not_as_concatenated_files():
+    # statsmodels' medparlogresids.csv: no header line, and its first row recurs. The draft said "files
+    # concatenated with their headers?" and nothing of the missing header (its columns were text).
+    row = "5.185370000000000257e-02,4.861850000000000199e-02\n"
+    drafted = draft_contract((row + "1.2e-01,3.4e-01\n" + row).encode(), "residuals")
+    assert "Line(s) 3 repeat the first line, a row of numbers" in drafted and "concatenated" not in drafted
+    assert "should the file have no header line" in drafted
+    assert "row of numbers" not in draft_contract(b"id,name\n1,a\nid,name\n", "words")
+
+
+def test_a_column_with_negative_zeros_stays_text_and_keeps_their_sign(pipeline):
+    # A rounded table's -0.00 ("a small negative") came back as 0.00 from a drafted numeric column.
+    text = "term,estimate\nx1,-0.00\nx2,1.25\nx3,-0.5\n"
+    contract, receipt, drafted = draft_and_load(pipeline, text.encode(), "estimates")
+    assert contract.columns[1].type == "text" and receipt.status == "loaded", drafted
+    rows = list(csv.reader(io.StringIO(text)))
+    assert_round_trip(pipeline, contract, rows[0], rows[1:])
+    assert (
+        draft_and_load(pipeline, b"term,estimate\nx1,-0.01\nx2,1.25\n", "estimates_2")[0].columns[1].type == "numeric"
+    )

@@ -166,6 +166,14 @@ def test_quoting_is_csv_or_none():
         parse_contract("titles", {**base, "quoting": "'"})
 
 
+def test_null_padding_is_true_or_false():
+    base = {"table": "forecasts", "keys": ["incoming/f.csv"], "columns": [{"name": "dates"}]}
+    assert parse_contract("forecasts", base).null_padding is False
+    assert parse_contract("forecasts", {**base, "null_padding": True}).null_padding is True
+    with pytest.raises(ContractError, match="null_padding must be true or false"):
+        parse_contract("forecasts", {**base, "null_padding": "yes"})
+
+
 def test_a_contract_has_at_most_the_columns_a_postgresql_table_holds_beside_the_lineage_columns():
     # 2,000 columns drafted into a contract made CREATE TABLE fail at the first file, again at each retry.
     def contract(width):

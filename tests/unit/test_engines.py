@@ -502,3 +502,57 @@ def test_decimal_comma_columns_read_the_comma_as_the_point_in_both_engines():
         ["8", "price", "scale"],
         ["8", "weight", "type"],
     ]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_null_padding_reads_the_missing_fields_at_a_rows_end_as_empty_in_both_engines(newline, small_blocks):
+    # statsmodels' arima212_forecast.csv: "1950:2, 29.150, 29.848,," under a header of six. Every such row
+    # was a field_count error; under null_padding the fields it lacks are empty, and only those.
+    columns = [
+        {"name": "dates", "required": True},
+        {"name": "cpi", "type": "numeric"},
+        {"name": "predict"},
+        {"name": "note"},
+    ]
+    data = b"dates,cpi,predict,note\n1950:1,28.980,,\n1950:2,29.150,29.848\n1950:3\n1950:4,x\n,29.370\n"
+    data += b"1951:1,1,2,3,4\n" + b"1951:2,1,2,3\n" * 3000
+    padded = [{"table": "t", "keys": ["k"], "max_rejected_share": 1.0, "columns": columns, "null_padding": True}]
+    contract = parse_contract("t", padded[0])
+    exact, fast = both(data.replace(b"\n", newline), contract)
+    assert_same(exact, fast)
+    assert exact.valid_rows[:3] == [
+        ["1950:1", "28.980", "", ""],
+        ["1950:2", "29.150", "29.848", ""],
+        ["1950:3", "", "", ""],
+    ]
+    assert [e.split(",")[:3] for e in exact.errors.splitlines()[1:]] == [
+        ["5", "cpi", "type"],  # padded, then judged like any row
+        ["6", "dates", "required"],
+        ["7", "", "field_count"],  # a row with more fields than the header is still one
+    ]
+    assert fast.outcome.engine == "exact"  # the columnar engine hands such a file over
+    strict = parse_contract("t", {**padded[0], "null_padding": False})
+    assert (
+        both(b"dates,cpi,predict,note\n1950:3\n1950:4,1,2,3\n", strict)[0]
+        .errors.splitlines()[1]
+        .startswith("2,,field_count")
+    )
+    assert both(b"dates,cpi,predict,note\n1950:4,1,2,3\n" * 3, contract)[1].outcome.engine == "columnar"
+
+
+def test_negative_zeros_are_written_as_zero_in_both_engines():
+    # statsmodels' tables print -0.00 for a small negative rounded: numeric stored 0.00 while processed/ said
+    # -0.00. Both engines now write it as PostgreSQL stores it; other negatives keep their sign.
+    valid, errors = columnar_and_exact(
+        "rounded",
+        [{"name": "label"}, {"name": "estimate", "type": "numeric"}, {"name": "ratio", "type": "double"}],
+        b"label,estimate,ratio\na,-0.00,-0.0\nb,-0,-0\nc,-0.01,1\nd,-10.50,2\ne,0.00,3\n",
+    )
+    assert valid == [
+        ["a", "0.00", "-0.0"],
+        ["b", "0", "-0"],
+        ["c", "-0.01", "1"],
+        ["d", "-10.50", "2"],
+        ["e", "0.00", "3"],
+    ]
+    assert errors == []

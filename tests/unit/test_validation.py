@@ -24,6 +24,9 @@ def coerce(contract, column, raw):
         ("age", "+42", "42"),
         ("balance", "0012.50", "12.50"),
         ("balance", "-.5", "-0.5"),
+        ("balance", "-0.00", "0.00"),  # PostgreSQL's numeric has no negative zero: the output neither
+        ("balance", "-00.0", "0.0"),
+        ("balance", "-0.01", "-0.01"),
         ("balance", "9999999999.99", "9999999999.99"),
         ("is_active", "YES", "true"),
         ("is_active", "f", "false"),
