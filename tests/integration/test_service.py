@@ -229,6 +229,19 @@ def test_multipart_upload_is_hashed_by_content_and_deduplicated_with_a_plain_upl
     assert ingest_object(pipeline.bucket, "incoming/users/same.csv", pipeline.deps).status == "skipped"
 
 
+def test_the_spools_hash_thread_gives_the_md5_of_every_chunk_and_stops_when_abandoned():
+    chunks = [bytes([i]) * (i * 4099 + 1) for i in range(40)]  # more than the queue holds, of odd sizes
+    hasher = s3_adapter._Hasher()
+    for chunk in chunks:
+        hasher.update(chunk)
+    assert hasher.hexdigest() == md5(b"".join(chunks))
+    abandoned = s3_adapter._Hasher()
+    abandoned.update(b"x" * 10)
+    abandoned.stop()  # a download that failed: the thread ends, nobody asks for the digest
+    abandoned._thread.join(5)
+    assert not abandoned._thread.is_alive()
+
+
 def hold_download(monkeypatch, after_bytes: int) -> threading.Event:
     """Make every S3 download stop after ``after_bytes`` until the returned event is set (or fail after 30 s)."""
     release = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from ..deadlines import awaited, bounded, call_at, in_thread
 T = TypeVar("T")
 
 CHUNK_BYTES = 1024 * 1024
+HASH_QUEUE_CHUNKS = 8  # chunks of a download waiting for their MD5 (_Hasher)
 SPOOL_MARGIN_BYTES = 64 * 1024 * 1024  # left free in the temporary folder (Lambda: /tmp)
 PART_BYTES = 5 * 1024 * 1024  # the smallest part S3 accepts (but the last): least memory
 #: Each part of a multipart output carries its CRC32, and the object a composite of them. Without an
@@ -172,22 +174,23 @@ class Spool:
         self._filler.start()
 
     def _fill(self) -> None:
-        digest = hashlib.md5(usedforsecurity=False)
+        hasher = _Hasher()
         source = iter(self._download)
         try:
             for chunk in source:
                 if self._closing:
                     break
-                digest.update(chunk)
+                hasher.update(chunk)
                 os.pwrite(self.file.fileno(), chunk, self._written)
                 with self._changed:
                     self._written += len(chunk)
                     self._changed.notify_all()
             else:
-                self._md5 = digest.hexdigest()
+                self._md5 = hasher.hexdigest()
         except BaseException as exc:  # handed to the reader, in its own thread
             self._error = exc
         finally:
+            hasher.stop()
             if isinstance(source, Generator):
                 source.close()  # the response body, now rather than at garbage collection
             with self._changed:
@@ -229,6 +232,37 @@ class Spool:
             self._download.cut()  # a download still going (processing stopped early) ends now, even if stalled
         self._filler.join()
         self.file.close()
+
+
+class _Hasher:
+    """An MD5 computed in a thread of its own from the chunks handed to it (at most HASH_QUEUE_CHUNKS waiting,
+    so memory stays flat): hashing a download no longer takes turns with receiving and spooling it, and the
+    file's MD5, which the outputs wait for, is known sooner (hashlib releases the GIL for big chunks)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.md5(usedforsecurity=False)
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=HASH_QUEUE_CHUNKS)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="s3-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._chunks.put(chunk)
+
+    def hexdigest(self) -> str:
+        """The MD5 of every chunk handed over, once the thread has hashed them."""
+        self.stop()
+        self._thread.join()
+        return self._digest.hexdigest()
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._chunks.put(None)
 
 
 class StreamingWriter:
