@@ -231,7 +231,7 @@ def draft_contract(
             f'lineage columns: a contract may have {MAX_COLUMNS}, and unknown_columns = "ignore" loads a '
             "wider file's columns that it names",
         )
-    padding = padding_fits(after_lines(top, before_header), quoting)
+    padding = (table := _table_top(after_lines(top, before_header), quoting)) is not None and _pads(table)
     width = len(header)
     read = list(itertools.islice(records, rows))
     padded = sum(len(fields) < width for _line, fields in read) if padding else 0
@@ -393,16 +393,21 @@ def lines_before_header(text: str, quoting: str = "csv") -> int:
     of ``#`` comments (a World Bank download, an analytics export). A first line narrower than rows that
     merely end with a delimiter is no title: the drafter never takes a data row for the header. The loader
     reads the file the same way once the contract says ``skip_lines``."""
-    if header_fits(text, quoting) or padding_fits(text, quoting):
+    if _heads_a_table(text, quoting):
         return 0
     lines = LINE_END.split(text, PREAMBLE_LINES_LOOKED_AT)
     for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):
         above = [line for line in lines[:skipped] if line.strip()]
         title_block = not lines[skipped - 1].strip() or all(line.startswith("#") for line in above)
-        below = after_lines(text, skipped)
-        if lines[skipped].strip() and title_block and (header_fits(below, quoting) or padding_fits(below, quoting)):
+        if lines[skipped].strip() and title_block and _heads_a_table(after_lines(text, skipped), quoting):
             return skipped
     return 0
+
+
+def _heads_a_table(text: str, quoting: str) -> bool:
+    """Whether the first record of ``text`` is the header of the records after it, whole or ragged."""
+    top = _table_top(text, quoting)
+    return top is not None and (_fits(top) or _pads(top))
 
 
 def header_fits(text: str, quoting: str = "csv") -> bool:
@@ -416,19 +421,17 @@ def _fits(top: tuple[list[str], list[list[str]]]) -> bool:
     return sum(len(row) == len(header) for row in rows) >= 0.9 * len(rows)
 
 
-def padding_fits(text: str, quoting: str = "csv") -> bool:
-    """Whether the first record of ``text`` is the header of rows that leave out fields at their end (a
-    ragged export): no row is wider than it, some is narrower, and some is as wide as it or the header's
-    cells past the widest row are empty (``Series id,Year,Period,Value,`` over rows of four). The loader
-    reads such rows whole once the contract says ``null_padding``."""
-    top = _table_top(text, quoting)
-    if top is None or _fits(top):
-        return False
+def _pads(top: tuple[list[str], list[list[str]]]) -> bool:
+    """Whether the first record is the header of rows that leave out fields at their end (a ragged export):
+    not a header that fits, no row wider than it, some narrower, and some as wide as it or the header's cells
+    past the widest row empty (``Series id,Year,Period,Value,`` over rows of four). The loader reads such
+    rows whole once the contract says ``null_padding``."""
     header, rows = top
-    widest = max((len(row) for row in rows), default=0)
+    if not rows or _fits(top):
+        return False
+    widest = max(len(row) for row in rows)
     return (
-        bool(rows)
-        and widest <= len(header)
+        widest <= len(header)
         and min(len(row) for row in rows) < len(header)
         and (widest == len(header) or not any(cell.strip() for cell in header[widest:]))
     )
