@@ -216,20 +216,6 @@ ANALYTICS = (
 )
 
 
-@pytest.mark.parametrize(("text", "skipped"), [(WORLD_BANK, 4), (ANALYTICS, 6)], ids=["world_bank", "analytics"])
-def test_a_download_with_a_title_block_loads_its_table_intact(pipeline, text, skipped):
-    # The title block was read as the header: the draft named columns after "Data Source", and the load
-    # rejected every row (field_count). The draft now says skip_lines, and the loader skips those lines.
-    data = text.encode()
-    contract, receipt, drafted = draft_and_load(pipeline, data, f"downloads_{skipped}")
-    assert contract.skip_lines == skipped
-    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
-    records = list(csv.reader(io.StringIO(text.split("\n", skipped)[-1], newline="")))
-    header, rows = records[0], [r for r in records[1:] if r]
-    assert receipt.rows_loaded == len(rows)
-    assert_round_trip(pipeline, contract, header, rows)
-
-
 RAGGED = (  # statsmodels' arima212_forecast.csv: rows leave out their empty fields at the end
     "dates, cpi, predict, stderr, conf1, conf2\n"
     "1950:1, 28.980,,,,\n"
@@ -251,12 +237,18 @@ BLS = (  # a Bureau of Labor Statistics download: a title block, and a header th
 )
 
 
-@pytest.mark.parametrize(("text", "skipped"), [(RAGGED, 0), (BLS, 6)], ids=["ragged", "bls"])
-def test_rows_that_leave_out_their_last_fields_draft_null_padding_and_load_intact(pipeline, text, skipped):
-    # Every row narrower than the header was a field_count error: the drafted contract rejected its own file.
-    contract, receipt, drafted = draft_and_load(pipeline, text.encode(), f"ragged_{skipped}")
-    assert contract.null_padding and contract.skip_lines == skipped, drafted
-    assert receipt.status == "loaded" and receipt.rows_rejected == 0, (receipt.message, drafted)
+@pytest.mark.parametrize(
+    ("text", "skipped", "padded"),
+    [(WORLD_BANK, 4, False), (ANALYTICS, 6, False), (RAGGED, 0, True), (BLS, 6, True)],
+    ids=["world_bank", "analytics", "ragged", "bls"],
+)
+def test_a_download_with_a_title_block_or_ragged_rows_loads_its_table_intact(pipeline, text, skipped, padded):
+    # The title block was read as the header: the draft named columns after "Data Source", and the load
+    # rejected every row (field_count). The draft now says skip_lines, and the loader skips those lines.
+    # Rows narrower than the header were field_count errors too: the draft now says null_padding.
+    contract, receipt, drafted = draft_and_load(pipeline, text.encode(), f"downloads_{skipped}_{int(padded)}")
+    assert (contract.skip_lines, contract.null_padding) == (skipped, padded), drafted
+    assert receipt.status == "loaded" and receipt.rows_rejected == 0, (receipt.reason, receipt.message, drafted)
     records = list(csv.reader(io.StringIO(text.split("\n", skipped)[-1], newline="")))
     header, rows = records[0], [r + [""] * (len(records[0]) - len(r)) for r in records[1:] if r]
     assert receipt.rows_loaded == len(rows)
