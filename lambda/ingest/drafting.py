@@ -212,11 +212,12 @@ def draft_contract(
     fmt, text = open_text([sample], before_header, quoting)
     records = read_records(text, fmt)
     _line, header = next(records)
+    numbers = _all_numbers(header)  # the "header" is a row of values: the file has no header line
     repeated = _repeated_headers(header)
     if repeated:
         headless = (
             " The first line is a row of numbers: should the file have no header line, add one naming its columns."
-            if _all_numbers(header)
+            if numbers
             else ""
         )
         raise FileRejected(
@@ -231,7 +232,8 @@ def draft_contract(
             f'lineage columns: a contract may have {MAX_COLUMNS}, and unknown_columns = "ignore" loads a '
             "wider file's columns that it names",
         )
-    padding = (table := _table_top(after_lines(top, before_header), quoting)) is not None and _pads(table)
+    table = _table_top(after_lines(top, before_header), quoting)  # the header and the records after it
+    padding = table is not None and _pads(table)
     width = len(header)
     read = list(itertools.islice(records, rows))
     padded = sum(len(fields) < width for _line, fields in read) if padding else 0
@@ -249,7 +251,6 @@ def draft_contract(
         "# Check every column: types, required, patterns, the key and the load mode.",
     ]
     lines += [f"# {d}" for d in dropped]
-    numbers = _all_numbers(header)  # the "header" is a row of values: the file has no header line
     if repeats:
         shown = _few(map(str, repeats))
         lines += [
@@ -274,7 +275,7 @@ def draft_contract(
     else:
         lines.append('load = { mode = "append" }  # no column is unique and always present')
     lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
-    lines += _reading_fields(top, quoting, quotes_seen, before_header, padded)
+    lines += _reading_fields(top, table, quotes_seen, before_header, padded)
     lines.append("")
     for col in columns:
         lines.append("[[columns]]")
@@ -305,9 +306,16 @@ PREAMBLE_LINES_LOOKED_AT = 50
 RECORDS_LOOKED_AT = 200
 
 
-def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_header: int, padded: int) -> list[str]:
+def _reading_fields(
+    top: str,
+    table: tuple[list[str], list[list[str]]] | None,
+    quotes_seen: str | None,
+    before_header: int,
+    padded: int,
+) -> list[str]:
     """The draft's ``quoting``, ``skip_lines`` and ``null_padding`` where the sample needs them, each with what
-    showed it; or, for a header not as wide as most rows, what to look at."""
+    showed it; or, for a header not as wide as most rows (``table``: the header and the records after it),
+    what to look at."""
     lines = []
     if quotes_seen:
         why = _printable(quotes_seen)
@@ -321,7 +329,7 @@ def _reading_fields(top: str, quoting: str, quotes_seen: str | None, before_head
             f"null_padding = true  # {padded} of the sample's rows have fewer fields than the header: "
             "the missing ones at their end are empty"
         )
-    elif not before_header and (table := _table_top(top, quoting)) and not _fits(table):
+    elif not before_header and table is not None and not _fits(table):
         header, rows = table
         widths = [len(row) for row in rows]
         most = max(set(widths), key=widths.count)
