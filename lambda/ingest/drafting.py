@@ -321,9 +321,12 @@ def _reading_fields(
         why = _printable(quotes_seen)
         lines.append(f'quoting = "none"  # quotes are characters in this file, not CSV quoting ({why})')
     if before_header:
-        first = _printable(LINE_END.split(top, 1)[0])
-        shown = first if len(first) <= 60 else first[:60] + "…"
-        lines.append(f"skip_lines = {before_header}  # the lines before the header, the first: {shown}")
+        skipped = LINE_END.split(top, before_header)[:before_header]
+        # the first with text (a spreadsheet's empty rows are delimiters only)
+        which, first = next(((i, line) for i, line in enumerate(skipped) if line.strip(' \t,;|"')), (0, skipped[0]))
+        shown = _printable(first) if len(_printable(first)) <= 60 else _printable(first)[:60] + "…"
+        label = "the first" if which == 0 else "the first with text"
+        lines.append(f"skip_lines = {before_header}  # the lines before the header, {label}: {shown}")
     if padded:
         lines.append(
             f"null_padding = true  # {padded} of the sample's rows have fewer fields than the header: "
@@ -397,25 +400,51 @@ def quoting_of(text: str) -> tuple[str, str | None]:
 
 def lines_before_header(text: str, quoting: str = "csv") -> int:
     """How many lines come before the header: 0 when the first line is as wide as the records after it (nine
-    in ten of them); else a later line that is, below a title block that ends with a blank line or is made
-    of ``#`` comments (a World Bank download, an analytics export). A first line narrower than rows that
-    merely end with a delimiter is no title: the drafter never takes a data row for the header. The loader
-    reads the file the same way once the contract says ``skip_lines``."""
+    in ten of them); else a later line that is, below a title block that ends with a blank line, is made of
+    ``#`` comments (a World Bank download, an analytics export) or of a spreadsheet's title rows (at most
+    their first cell filled: ``Number of Students by State,,,,``, ``,,,,``). A first line narrower than rows
+    that merely end with a delimiter is no title: the drafter never takes a data row for the header. The
+    loader reads the file the same way once the contract says ``skip_lines``."""
     if _heads_a_table(text, quoting):
         return 0
     lines = LINE_END.split(text, PREAMBLE_LINES_LOOKED_AT)
     for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):
+        if not lines[skipped].strip():
+            continue
         above = [line for line in lines[:skipped] if line.strip()]
-        title_block = not lines[skipped - 1].strip() or all(line.startswith("#") for line in above)
-        if lines[skipped].strip() and title_block and _heads_a_table(after_lines(text, skipped), quoting):
+        rest = after_lines(text, skipped)
+        title_block = (
+            not lines[skipped - 1].strip()
+            or all(line.startswith("#") for line in above)
+            or _title_rows(above, rest, quoting)
+        )
+        if title_block and _heads_a_table(rest, quoting):
             return skipped
     return 0
+
+
+def _title_rows(lines: list[str], below: str, quoting: str) -> bool:
+    """Whether every line is a spreadsheet's title row (``_is_title``), read with the delimiter of the text
+    ``below`` them."""
+    try:
+        rows = list(csv.reader(lines, **csv_options(sniff_delimiter(below, quoting), quoting)))
+    except csv.Error:
+        return False
+    return bool(rows) and all(_is_title(row) for row in rows)
+
+
+def _is_title(fields: list[str]) -> bool:
+    """A spreadsheet's title row, or an empty one: no cell filled but (perhaps) the first, with words, the row
+    padded to the sheet's width by the export (``Number of Students by State,,,,``, ``,,,,``). No header:
+    it names at most one of its columns (a header that names only its first, ``id,,``, is one)."""
+    first = fields[0].strip() if fields else ""
+    return len(fields) > 1 and not any(cell.strip() for cell in fields[1:]) and (not first or " " in first)
 
 
 def _heads_a_table(text: str, quoting: str) -> bool:
     """Whether the first record of ``text`` is the header of the records after it, whole or ragged."""
     top = _table_top(text, quoting)
-    return top is not None and (_fits(top) or _pads(top))
+    return top is not None and not _is_title(top[0]) and (_fits(top) or _pads(top))
 
 
 def header_fits(text: str, quoting: str = "csv") -> bool:
@@ -451,12 +480,16 @@ def _table_top(text: str, quoting: str = "csv") -> tuple[list[str], list[list[st
     try:
         options = csv_options(sniff_delimiter(text, quoting), quoting)
         reader = csv.reader(io.StringIO(text, newline=""), strict=True, **options)
-        records = [r for r in itertools.islice(reader, RECORDS_LOOKED_AT + 1) if any(f.strip() for f in r)]
+        read = list(itertools.islice(reader, RECORDS_LOOKED_AT + 1))
     except csv.Error:
         return None
+    records = [r for r in read if len(r) > 1 or (r and r[0].strip())]  # blank lines are no records (the loader's rule)
     if not records:
         return None
-    return records[0], records[1:-1] if len(records) > 2 else records[1:]
+    # a sample ends anywhere: its last record may be cut short, unless the text ends with its line (a small
+    # file's whole text, where the last row counts as much as the others: ``a,b,c`` / ``1`` / ``4,5,6``)
+    whole = len(read) <= RECORDS_LOOKED_AT and text.endswith(("\n", "\r"))
+    return records[0], records[1:] if whole or len(records) <= 2 else records[1:-1]
 
 
 def _repeated_headers(header: list[str]) -> str:

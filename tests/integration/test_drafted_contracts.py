@@ -223,6 +223,15 @@ RAGGED = (  # statsmodels' arima212_forecast.csv: rows leave out their empty fie
     "1950:3, 29.350, 29.751\n"
     "2009:3, 214.6, 215.1, 0.87, 213.4, 216.8\n"
 )
+SHEET = (  # a spreadsheet's export (data.gov, csvkit's examples): an empty row, a title row, both padded
+    ",,,,\r\n"
+    "Number of Beneficiaries Who Received VA Education Benefits By State During FY 2010,,,,\r\n"
+    "State Name,State Abbreviation,Post-9/11 GI Bill,Montgomery GI Bill,Total\r\n"
+    'ALABAMA,AL,"6,211",1320,"7,531"\r\n'
+    "ALASKA,AK,825,176,1001\r\n"
+    "ARIZONA,AZ,,,\r\n"
+)
+TINY_RAGGED = "a,b,c\n1\n4,5,6\n"  # astropy's simple_csv_missing.csv: its only whole row is its last
 BLS = (  # a Bureau of Labor Statistics download: a title block, and a header that ends with a delimiter
     "Series Id:           LNS14000000Q\n"
     "\n"
@@ -239,13 +248,24 @@ BLS = (  # a Bureau of Labor Statistics download: a title block, and a header th
 
 @pytest.mark.parametrize(
     ("text", "skipped", "padded"),
-    [(WORLD_BANK, 4, False), (ANALYTICS, 6, False), (RAGGED, 0, True), (BLS, 6, True)],
-    ids=["world_bank", "analytics", "ragged", "bls"],
+    [
+        (WORLD_BANK, 4, False),
+        (ANALYTICS, 6, False),
+        (SHEET, 2, False),
+        (RAGGED, 0, True),
+        (TINY_RAGGED, 0, True),
+        (BLS, 6, True),
+    ],
+    ids=["world_bank", "analytics", "sheet", "ragged", "tiny_ragged", "bls"],
 )
 def test_a_download_with_a_title_block_or_ragged_rows_loads_its_table_intact(pipeline, text, skipped, padded):
     # The title block was read as the header: the draft named columns after "Data Source", and the load
     # rejected every row (field_count). The draft now says skip_lines, and the loader skips those lines.
-    # Rows narrower than the header were field_count errors too: the draft now says null_padding.
+    # A spreadsheet's empty row (",,,,") was taken for the header: columns column_1 to column_5, every
+    # one text, the title and the header loaded as rows. Its title rows are a title block too.
+    # Rows narrower than the header were field_count errors too: the draft now says null_padding. The drafter
+    # left the sample's last record out (a sample may end mid-row) even where the text ends with its line, so
+    # a small file whose only whole row was its last got no null_padding and rejected half its rows.
     contract, receipt, drafted = draft_and_load(pipeline, text.encode(), f"downloads_{skipped}_{int(padded)}")
     assert (contract.skip_lines, contract.null_padding) == (skipped, padded), drafted
     assert receipt.status == "loaded" and receipt.rows_rejected == 0, (receipt.reason, receipt.message, drafted)
@@ -312,6 +332,9 @@ def test_a_header_narrower_than_rows_ending_with_a_delimiter_stays_the_header():
     assert "skip_lines =" not in drafted
     assert "# The header has 2 fields and most rows 3" in drafted
     assert 'name = "id"' in drafted and 'name = "name"' in drafted
+    # nor is a header that names only its first column a spreadsheet's title row (those are words)
+    only_first = draft_contract(b"id,,\n1,a,b\n2,c,d\n3,e,f\n", "only_first")
+    assert "skip_lines =" not in only_first and 'name = "id"' in only_first
 
 
 def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(pipeline):
