@@ -39,7 +39,7 @@ MAX_COLUMNS = 1600 - 2
 #: Most lines a contract may skip before the header: a title block, not a document.
 MAX_SKIP_LINES = 1000
 #: Compression suffixes that are transport, not part of the name a contract claims.
-COMPRESSION_SUFFIXES = (".gz",)
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
 
 # PostgreSQL folds unquoted identifiers to lower case and truncates at 63 bytes; we accept only names
 # that need no quoting at all, so that what the contract says is exactly what lands in the database.

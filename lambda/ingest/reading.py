@@ -1,6 +1,6 @@
 """From a stream of bytes to CSV records, in bounded memory and without I/O of its own.
 
-The object arrives as an iterable of byte chunks. This module undoes gzip, recognises a BOM, decides the
+The object arrives as an iterable of byte chunks. This module undoes gzip, bzip2 or xz, recognises a BOM, decides the
 text encoding from a sample (UTF-8, else cp1252, else latin-1), refuses what is not text, sniffs the
 delimiter, and yields ``(line_number, fields)`` for every non-blank record, the line number being the
 physical source line where the record starts (quoted fields may span lines).
@@ -8,9 +8,12 @@ physical source line where the record starts (quoted fields may span lines).
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import io
+import itertools
+import lzma
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +40,20 @@ LINE_END = re.compile(r"\r\n|\r|\n")
 #: The largest single field accepted, in characters. A larger one rejects the file (csv cannot resume).
 MAX_FIELD_CHARS = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
+#: Streams other than gzip that are undone, by their first bytes: bzip2 and xz (public data sets ship as
+#: .csv.bz2 and .csv.xz), each a stream of Python's standard library (and concatenated streams, as pbzip2 writes).
+#: bzip2's magic is "BZh", a block size digit and a block's (or the empty stream's end) magic: a text that
+#: begins with "BZh" is text.
+STREAM_MAGIC = {
+    re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)", re.DOTALL): "bzip2",
+    re.compile(rb"\xfd7zXZ\x00"): "xz",
+}
+HEAD_BYTES = 10  # the longest magic
+#: Compressed formats recognised but not read, by their first bytes: a clear refusal rather than "not text".
+UNREAD_MAGIC = {
+    b"PK\x03\x04": "a zip archive (unzip it and upload the CSV inside, or gzip it)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed (recompress it with gzip, bzip2 or xz)",
+}
 
 csv.field_size_limit(MAX_FIELD_CHARS)
 
@@ -47,7 +64,7 @@ class TextFormat:
 
     encoding: str  # utf-8, utf-16, cp1252 or latin-1
     bom: bool
-    compression: str | None  # "gzip" or None
+    compression: str | None  # "gzip", "bzip2", "xz" or None
     delimiter: str
     delimiter_hint: bool = False  # the first line was a spreadsheet's "sep=;" hint, no record of the file
     skip_lines: int = 0  # lines before the header that are no part of the table (the contract's skip_lines)
@@ -145,6 +162,52 @@ class _GunzipStream(io.RawIOBase):
         return n
 
 
+class _StreamDecompressor(io.RawIOBase):
+    """Streams bzip2 or xz out of a raw stream (concatenated streams too); a truncated or corrupt one becomes
+    a rejection, as for gzip. Both of Python's decompressors keep what they were given until it is read out
+    (``max_length``), so the compressed bytes taken in are counted as they are handed over."""
+
+    def __init__(self, raw: io.BufferedIOBase, kind: str):
+        self._raw, self.kind = raw, kind
+        self._new: Callable[[], Any] = bz2.BZ2Decompressor if kind == "bzip2" else lzma.LZMADecompressor
+        self._decompressor = self._new()
+        self._fed = False  # has the current stream's decompressor seen any input?
+        self._left = b""  # bytes after a finished stream: the next one's
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        while True:
+            if self._decompressor.eof:  # concatenated streams are legal; zero bytes after one are padding
+                self._left = self._decompressor.unused_data.lstrip(b"\x00")
+                self._decompressor, self._fed = self._new(), False
+            data = b""
+            if self._decompressor.needs_input:
+                if self._left:
+                    data, self._left = self._left, b""
+                else:
+                    data = self._raw.read(READ_BYTES)
+                    self.consumed += len(data)
+                if not data:
+                    if self._fed:
+                        raise FileRejected(
+                            f"truncated_{self.kind}",
+                            f"the {self.kind} stream ends before its end marker (after {self.consumed} compressed "
+                            "bytes): the upload is truncated",
+                        )
+                    return 0
+            try:
+                out = self._decompressor.decompress(data, len(buffer))
+            except (OSError, EOFError, lzma.LZMAError) as exc:
+                raise FileRejected(f"corrupt_{self.kind}", f"the {self.kind} stream is corrupt: {exc}") from None
+            self._fed = True
+            if out:
+                buffer[: len(out)] = out
+                return len(out)
+
+
 def _drain(stream: io.BufferedIOBase) -> Iterator[bytes]:
     return iter(lambda: stream.read(READ_BYTES), b"")
 
@@ -157,7 +220,7 @@ class Source:
     codec: str  # the Python codec to decode the bytes with (utf-8-sig strips the BOM)
     sample: bytes
     rest: Iterator[bytes]
-    compressed_consumed: Callable[[], int] | None = None  # compressed bytes taken in so far (gzip only)
+    compressed_consumed: Callable[[], int] | None = None  # compressed bytes taken in so far (compressed only)
 
     def chunks(self) -> Iterator[bytes]:
         yield self.sample
@@ -165,19 +228,26 @@ class Source:
 
 
 def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") -> Source:
-    """Undo gzip and decide encoding and delimiter from a sample; refuse what is not text. ``skip_lines``:
+    """Undo gzip, bzip2 or xz and decide encoding and delimiter from a sample; refuse what is not text. ``skip_lines``:
     lines before the header (after a delimiter hint line, if any) that are no part of the table, such as
     a title or a source note; the delimiter is judged from the lines after them, read with ``quoting``."""
-    raw: io.RawIOBase = _ChunkStream(chunks)
-    buffered = io.BufferedReader(raw, READ_BYTES)
-    head = buffered.peek(2)[:2]
+    head, chunks = _first_bytes(chunks, HEAD_BYTES)
+    buffered = io.BufferedReader(_ChunkStream(chunks), READ_BYTES)
     compression = None
     consumed = None
-    if head == GZIP_MAGIC:
+    unread = next((what for magic, what in UNREAD_MAGIC.items() if head.startswith(magic)), None)
+    if unread:
+        raise FileRejected("unsupported_compression", f"the object is {unread}: the loader reads gzip, bzip2 and xz")
+    if head.startswith(GZIP_MAGIC):
         compression = "gzip"
         gunzip = _GunzipStream(buffered)  # type: ignore[arg-type]
         consumed = lambda: gunzip.consumed  # noqa: E731
         buffered = io.BufferedReader(gunzip, READ_BYTES)  # type: ignore[arg-type]
+    elif kind := next((kind for magic, kind in STREAM_MAGIC.items() if magic.match(head)), None):
+        compression = kind
+        stream = _StreamDecompressor(buffered, kind)
+        consumed = lambda: stream.consumed  # noqa: E731
+        buffered = io.BufferedReader(stream, READ_BYTES)  # type: ignore[arg-type]
     sample = buffered.read(SAMPLE_BYTES)
     if not sample:
         what = "decompresses to nothing" if compression else "is empty (0 bytes)"
@@ -203,6 +273,17 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
         quoting=quoting,
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
+
+
+def _first_bytes(chunks: Iterable[bytes], n: int) -> tuple[bytes, Iterator[bytes]]:
+    """The first ``n`` bytes of the chunks (fewer if there are not as many), and the chunks, all of them."""
+    rest = iter(chunks)
+    first = b""
+    for chunk in rest:
+        first += chunk
+        if len(first) >= n:
+            break
+    return first[:n], itertools.chain([first], rest)
 
 
 def open_text(

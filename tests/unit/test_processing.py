@@ -1,5 +1,9 @@
+import bz2
+import lzma
+
 import pytest
 
+from ingest.contract import parse_contract
 from ingest.processing import neutralize_formula, summary_document
 from ingest.rejection import FileRejected
 from tests.unit.conftest import SAMPLES, run
@@ -79,3 +83,14 @@ def test_a_rejection_message_is_bounded_and_says_how_long_it_was():
     assert len(rejection.message) <= MAX_MESSAGE_CHARS and str(rejection) == rejection.message
     assert rejection.message.endswith("… (cut: 10,000 characters in all)")
     assert FileRejected("r", "short").message == "short"
+
+
+@pytest.mark.parametrize("compress", [bz2.compress, lzma.compress], ids=["bzip2", "xz"])
+def test_a_bzip2_or_xz_bomb_is_refused_by_its_inflation(compress):
+    # concatenated streams are legal: 100 copies of a 1 MB block of rows, a few hundred bytes each
+    data = compress(b"word\n") + compress((b"x" * 999 + b"\n") * 1000) * 100
+    words = parse_contract("words", {"table": "words", "keys": ["incoming/words.csv"], "columns": [{"name": "word"}]})
+    with pytest.raises(FileRejected) as info:
+        run(data, words)
+    assert info.value.reason == "decompression_bomb" and "max_inflation" in info.value.message
+    assert f"{len(data):,} compressed bytes" in info.value.message  # every one taken in, each counted once

@@ -1,5 +1,9 @@
+import bz2
 import codecs
 import gzip
+import io
+import lzma
+import zipfile
 
 import pytest
 
@@ -51,6 +55,13 @@ def test_utf16_with_bom():
     assert fmt.encoding == "utf-16" and rows == [(1, ["a", "b"]), (2, ["1", "ü"])]
 
 
+def _zipped(data: bytes) -> bytes:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.csv", data)
+    return archive.getvalue()
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -61,6 +72,13 @@ def test_utf16_with_bom():
         ("naïve,b\n1,\xff\n".encode("latin-1").replace(b"na\xefve", "naïve".encode()), "invalid_encoding"),
         (gzip.compress(b"a,b\n1,2\n" * 1000)[:-30], "truncated_gzip"),
         (gzip.compress(b""), "empty_object"),
+        (bz2.compress(b"a,b\n1,2\n" * 1000)[:-30], "truncated_bzip2"),
+        (bz2.compress(b"a,b\n1,2\n" * 1000)[:40] + b"not bzip2" * 10, "corrupt_bzip2"),
+        (lzma.compress(b"a,b\n1,2\n" * 1000)[:-30], "truncated_xz"),
+        (lzma.compress(b"a,b\n1,2\n" * 1000)[:40] + b"not xz" * 10, "corrupt_xz"),
+        (bz2.compress(b""), "empty_object"),
+        (_zipped(b"a,b\n1,2\n"), "unsupported_compression"),
+        (b"\x28\xb5\x2f\xfd" + b"a,b\n1,2\n", "unsupported_compression"),  # zstd's magic
     ],
 )
 def test_what_is_not_a_csv_is_rejected_with_a_reason(data, reason):
@@ -76,11 +94,24 @@ def test_invalid_utf8_after_the_sample_is_rejected_with_its_line():
     assert info.value.reason == "invalid_encoding"
 
 
-def test_gzip_is_streamed_and_concatenated_members_work():
-    data = gzip.compress(b"a,b\n1,2\n") + gzip.compress(b"3,4\n")
+@pytest.mark.parametrize(
+    ("compress", "name"), [(gzip.compress, "gzip"), (bz2.compress, "bzip2"), (lzma.compress, "xz")]
+)
+def test_compressed_files_are_streamed_and_concatenated_members_work(compress, name):
+    # bzip2 and xz were refused as "not text" (public data sets ship as .csv.bz2 and .csv.xz)
+    data = compress(b"a,b\n1,2\n") + compress(b"3,4\n") + b"\x00" * 4  # padding after the last stream
     fmt, rows = records(data, 5)
-    assert fmt.compression == "gzip"
+    assert fmt.compression == name
     assert rows == [(1, ["a", "b"]), (2, ["1", "2"]), (3, ["3", "4"])]
+    # a stream far larger than a read, in chunks of any size
+    body = b"".join(b"%d,x\n" % i for i in range(200_000))
+    fmt, rows = records(compress(b"a,b\n" + body), 4096)
+    assert len(rows) == 200_001 and rows[-1] == (200_001, ["199999", "x"])
+
+
+def test_a_text_that_begins_like_a_compressed_stream_is_text():
+    fmt, rows = records(b"BZh,value\n1,2\n")  # bzip2's magic is longer than its "BZh"
+    assert fmt.compression is None and rows == [(1, ["BZh", "value"]), (2, ["1", "2"])]
 
 
 def test_unbalanced_quote_rejects_the_file():
