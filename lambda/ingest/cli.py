@@ -205,6 +205,28 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
     sys.exit(REJECTED if problems else OK)
 
 
+#: How much of a file (its text, decompressed) ``contract new`` reads: its sample, and the rows its draft is
+#: checked against.
+DRAFT_BYTES = 64 * READ_BYTES
+
+
+def _text_head(file: Path, limit: int) -> bytes:
+    """The file's first ``limit`` bytes of text (decompressed, if it is compressed), ending with a whole line
+    when there is more: the drafter checks its draft against every row it is given, and a row cut short
+    would fail it."""
+    from .reading import inspect
+
+    with file.open("rb") as handle:
+        source = inspect(iter(lambda: handle.read(READ_BYTES), b""))
+        head = bytearray()
+        for chunk in source.chunks():
+            head += chunk
+            if len(head) > limit:
+                del head[limit:]
+                return bytes(head[: head.rfind(b"\n") + 1] or head)
+    return bytes(head)
+
+
 @contract.command("new")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="contract (and table) name: a lower-case SQL identifier")
@@ -230,7 +252,7 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     for note in draft_keys(name, existing, suffix)[1]:
         click.echo(note, err=True)
     try:
-        click.echo(draft_contract(file.read_bytes()[: 64 * READ_BYTES], name, rows, existing, suffix))
+        click.echo(draft_contract(_text_head(file, DRAFT_BYTES), name, rows, existing, suffix))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except FileRejected as rejection:  # the loader would reject the file too: no draft could load it

@@ -20,19 +20,31 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import PurePosixPath
 
-from .contract import COMPRESSION_SUFFIXES, MAX_COLUMNS, Column, Contract, globs_overlap, table_name_problem
+from .columnar import ExactEngineNeeded
+from .contract import (
+    COMPRESSION_SUFFIXES,
+    MAX_COLUMNS,
+    Column,
+    Contract,
+    globs_overlap,
+    parse_contract,
+    table_name_problem,
+)
 from .headers import MAX_IDENTIFIER_BYTES, column_name
+from .processing import FORMULA_PREFIXES, process
 from .reading import LINE_END, after_lines, csv_options, inspect, open_text, read_records, sniff_delimiter
 from .rejection import FileRejected
 from .validation import CellError, build_coercer, repeats_header
 
 #: Words that files use for a missing value; proposed as null_values for number and date columns only.
-NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--", "\\N")  # \N: a database dump's
+#: \N: a database dump's; ".": Stata's and SAS's missing number (Wooldridge's data sets).
+NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--", "\\N", ".")
 NUMBER_TYPES = ("integer", "bigint", "numeric")
 #: Tried in order; the first whose rules accept every present value (and print it back) wins. A date
 #: column keeps only the formats its values use; a slash order (month or day first) only when the sample
@@ -245,59 +257,179 @@ def draft_contract(
     sample_rows = [fields for _line, fields in full if not repeats_header(header, fields)]
     columns = draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ",")
     keys, dropped = draft_keys(name, list(existing), suffix)
-    lines = [
-        f"# Drafted by `ingest contract new` from {len(sample_rows)} rows "
-        f"({fmt.encoding}, delimiter {fmt.delimiter!r}).",
-        "# Check every column: types, required, patterns, the key and the load mode.",
-    ]
-    lines += [f"# {d}" for d in dropped]
-    if repeats:
-        shown = _few(map(str, repeats))
-        lines += [
-            f"# Line(s) {shown} repeat the first line, a row of numbers: the loader rejects"
-            if numbers
-            else f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader rejects",
-            "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
+
+    def text_of(beyond: list[str]) -> str:
+        lines = [
+            f"# Drafted by `ingest contract new` from {len(sample_rows)} rows "
+            f"({fmt.encoding}, delimiter {fmt.delimiter!r}).",
+            "# Check every column: types, required, patterns, the key and the load mode.",
         ]
-    valued = _header_cells_read_as_values(columns) or (_printable(_few(header)) if numbers else "")
-    if valued:
-        lines += [
-            f"# The header's cells {valued} read as values of their columns:",
-            "# should the file have no header line, its first row was taken for one (add a header line to the file).",
-        ]
-    lines += ['description = ""', f'table = "{name}"', "keys = " + json.dumps(keys)]
-    key_candidates = [c.name for c in columns if c.unique and c.type in ("integer", "bigint", "text")]
-    if key_candidates:
-        lines.append(
-            f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
-            + ", ".join(key_candidates)
-        )
-    else:
-        lines.append('load = { mode = "append" }  # no column is unique and always present')
-    lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
-    lines += _reading_fields(top, table, quotes_seen, before_header, padded)
-    lines.append("")
-    for col in columns:
-        lines.append("[[columns]]")
-        lines.append(f"name = {json.dumps(col.name)}")
-        lines.append(f"type = {json.dumps(col.type)}")
-        if col.type == "date":
-            lines.append("formats = " + json.dumps(list(col.formats)))
-        if col.decimal != ".":
-            lines.append(f"decimal = {json.dumps(col.decimal)}  # the file writes 4,50 for 4.50")
-        if col.null_values:
-            lines.append("null_values = [" + ", ".join(toml_string(v) for v in col.null_values) + "]")
-        if not col.trim:
-            lines.append("trim = false")
-        if col.required:
-            lines.append("required = true")
-        if key_candidates and col.name == key_candidates[0]:
-            lines.append("primary_key = true")
-        if col.header != col.name and col.header.strip():
-            lines.append(f"aliases = [{toml_string(col.header)}]  # the header as written")
-        lines += [f"# {note}" for note in col.notes]
+        lines += [f"# {d}" for d in dropped] + [f"# {b}" for b in beyond]
+        if repeats:
+            shown = _few(map(str, repeats))
+            lines += [
+                f"# Line(s) {shown} repeat the first line, a row of numbers: the loader rejects"
+                if numbers
+                else f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader "
+                "rejects",
+                "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
+            ]
+        valued = _header_cells_read_as_values(columns) or (_printable(_few(header)) if numbers else "")
+        if valued:
+            lines += [
+                f"# The header's cells {valued} read as values of their columns:",
+                "# should the file have no header line, its first row was taken for one (add a header line to the "
+                "file).",
+            ]
+        lines += ['description = ""', f'table = "{name}"', "keys = " + json.dumps(keys)]
+        key_candidates = [c.name for c in columns if c.unique and c.type in ("integer", "bigint", "text")]
+        if key_candidates:
+            lines.append(
+                f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
+                + ", ".join(key_candidates)
+            )
+        else:
+            lines.append('load = { mode = "append" }  # no column is unique and always present')
+        lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
+        lines += _reading_fields(top, table, quotes_seen, before_header, padded)
         lines.append("")
-    return "\n".join(lines)
+        for col in columns:
+            lines.append("[[columns]]")
+            lines.append(f"name = {json.dumps(col.name)}")
+            lines.append(f"type = {json.dumps(col.type)}")
+            if col.type == "date":
+                lines.append("formats = " + json.dumps(list(col.formats)))
+            if col.decimal != ".":
+                lines.append(f"decimal = {json.dumps(col.decimal)}  # the file writes 4,50 for 4.50")
+            if col.null_values:
+                lines.append("null_values = [" + ", ".join(toml_string(v) for v in col.null_values) + "]")
+            if not col.trim:
+                lines.append("trim = false")
+            if col.required:
+                lines.append("required = true")
+            if key_candidates and col.name == key_candidates[0]:
+                lines.append("primary_key = true")
+            if col.header != col.name and col.header.strip():
+                lines.append(f"aliases = [{toml_string(col.header)}]  # the header as written")
+            lines += [f"# {note}" for note in col.notes]
+            lines.append("")
+        return "\n".join(lines)
+
+    if len(read) < rows:  # the sample is every row given: nothing past it
+        return text_of([])
+    return text_of(_fit_to_every_row(sample, name, sample_rows, columns, text_of, fmt.delimiter != ","))
+
+
+#: Rounds of checking a draft against every row it was given and mending the columns that rows past the
+#: sample fail (a round may show what the one before hid: a key repeated only among rows it rejected).
+FIT_ROUNDS = 4
+#: What rows past the sample may show that no column's draft can mend (each is reported, not mended).
+UNMENDABLE_RULES = ("field_count", "repeated_header")
+
+
+def _fit_to_every_row(
+    data: bytes,
+    name: str,
+    sample_rows: list[list[str]],
+    columns: list[DraftedColumn],
+    text_of: Callable[[list[str]], str],
+    decimal_comma: bool,
+) -> list[str]:
+    """Check the draft against every row given, as the loader will (the sample types it; a later row may hold
+    a NULL word, a value of another type, an empty cell or a repeated key, and reject the very file the draft
+    was made from); mend the columns such rows fail, and return notes saying what changed and why."""
+    notes: list[str] = []
+    for _round in range(FIT_ROUNDS):
+        contract = parse_contract(name, tomllib.loads(text_of(notes)))
+        try:
+            problems = _problems(data, replace(contract, max_rejected_share=1.0))
+        except FileRejected as rejection:
+            return [
+                *notes,
+                f"The rows past the sample were not checked ({rejection.reason}): {_cut(rejection.message)}",
+            ]
+        if not problems:
+            return notes
+        mended, unmendable = _mend(problems, sample_rows, columns, decimal_comma)
+        notes += mended
+        if unmendable or not mended:
+            return notes + unmendable
+    return [*notes, "Rows past the sample still fail this draft: load the file once and read its errors report."]
+
+
+def _problems(data: bytes, contract: Contract) -> list[tuple[int, str, str, str]]:
+    """(line, column, rule, value) of every problem the loader finds in ``data`` under ``contract`` (its
+    errors report: the first ERRORS_CSV_MAX_LINES of them)."""
+    for engine in ("auto", "exact"):
+        report: list[bytes] = []
+        try:
+            process([data], contract, lambda _block: None, report.append, engine=engine)
+        except ExactEngineNeeded:
+            continue
+        break
+    lines = list(csv.reader(io.StringIO(b"".join(report).decode("utf-8"), newline="")))[1:]
+    # the report's values are neutralized for spreadsheets ('=1); the value itself is what the row held
+    return [
+        (int(line), column, rule, value[1:] if value.startswith("'") and value[1:2] in FORMULA_PREFIXES else value)
+        for line, column, rule, value, _message in lines
+    ]
+
+
+def _mend(
+    problems: list[tuple[int, str, str, str]],
+    sample_rows: list[list[str]],
+    columns: list[DraftedColumn],
+    decimal_comma: bool,
+) -> tuple[list[str], list[str]]:
+    """Mend the columns the problems name: a repeated key is no key, an empty cell makes a column optional,
+    a value of another type drafts the column again from the sample's values and the failing ones (a NULL
+    word joins its null_values; a larger integer makes it bigint; anything else, text). Notes of what was
+    mended, and of what cannot be."""
+    mended: list[str] = []
+    unmendable = [
+        f"Past the sample, line {line} breaks the rule {rule} ({_cut(value)}): the loader rejects such rows."
+        for line, _column, rule, value in _firsts(p for p in problems if p[2] in UNMENDABLE_RULES)
+    ]
+    index = {col.name: i for i, col in enumerate(columns)}
+    by_column: dict[str, list[tuple[int, str, str]]] = {}
+    for line, column, rule, value in problems:
+        if column in index and rule not in UNMENDABLE_RULES:
+            by_column.setdefault(column, []).append((line, rule, value))
+    for column, found in by_column.items():
+        col = columns[index[column]]
+        rules = {rule for _line, rule, _value in found}
+        first = min(line for line, _rule, _value in found)
+        if "duplicate_key" in rules and col.unique:
+            col.unique = False
+            mended.append(f"Past the sample, line {first} repeats a {column} of an earlier row: {column} is no key.")
+        if "required" in rules and col.required:
+            col.required = col.unique = False
+            mended.append(f"Past the sample, line {first} leaves {column} empty: {column} is not required.")
+        failing = [(line, value) for line, rule, value in found if rule not in ("duplicate_key", "required")]
+        if failing:
+            was = col.type
+            values = [row[index[column]] for row in sample_rows] + [value for _line, value in failing]
+            again = draft_columns([col.header], [[value] for value in values], decimal_comma)[0]
+            col.type, col.formats, col.decimal = again.type, again.formats, again.decimal
+            col.null_values, col.trim = again.null_values, again.trim
+            col.required, col.unique = col.required and again.required, col.unique and again.unique
+            col.notes += [note for note in again.notes if note not in col.notes]
+            line, value = failing[0]
+            became = f"drafted as {col.type}" if col.type != was else "read as NULL (null_values)"
+            mended.append(f"Past the sample, line {line} holds {_cut(value)!r} in {column}, no {was}: {became}.")
+    return mended, unmendable
+
+
+def _firsts(problems: Iterable[tuple[int, str, str, str]]) -> list[tuple[int, str, str, str]]:
+    """The first problem of each rule."""
+    first: dict[str, tuple[int, str, str, str]] = {}
+    for problem in problems:
+        first.setdefault(problem[2], problem)
+    return list(first.values())
+
+
+def _cut(text: str, most: int = 80) -> str:
+    return text if len(text) <= most else text[:most] + "…"
 
 
 #: How far down the drafter looks for a header below a title block, and how many records after a line
@@ -442,9 +574,10 @@ def _is_title(fields: list[str]) -> bool:
 
 
 def _heads_a_table(text: str, quoting: str) -> bool:
-    """Whether the first record of ``text`` is the header of the records after it, whole or ragged."""
+    """Whether the first record of ``text`` is the header of the records after it, whole or ragged (a last
+    line with nothing after it heads no table: the lines above it are no title block)."""
     top = _table_top(text, quoting)
-    return top is not None and not _is_title(top[0]) and (_fits(top) or _pads(top))
+    return top is not None and bool(top[1]) and not _is_title(top[0]) and (_fits(top) or _pads(top))
 
 
 def header_fits(text: str, quoting: str = "csv") -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import json
 import os
 import subprocess
@@ -108,6 +109,22 @@ def test_contract_new_on_a_file_no_contract_could_load_says_why_without_a_traceb
     assert result.returncode == 1 and result.stdout == ""
     assert f"cannot draft a contract ({reason})" in result.stderr and detail in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_contract_new_reads_a_compressed_file_as_text_and_cuts_its_head_at_a_line(tmp_path):
+    # the drafter checks its draft against every row it is given: it is given text, and whole lines only
+    # (it was given the first 64 MiB of the compressed bytes, which no reader can finish)
+    from ingest.cli import _text_head
+
+    text = b"id,word\n" + b"".join(b"%d,w%d\n" % (i, i) for i in range(20_000))
+    packed = tmp_path / "words.csv.bz2"
+    packed.write_bytes(bz2.compress(text))
+    assert _text_head(packed, 10**9) == text
+    head = _text_head(packed, 50_000)
+    assert text.startswith(head) and head.endswith(b"\n") and 49_000 < len(head) <= 50_000
+    result = ingest("contract", "new", str(packed), "--name", "words")
+    assert result.returncode == 0, result.stderr
+    assert 'keys = ["incoming/words.csv", ' in result.stdout and 'name = "id"' in result.stdout
 
 
 def test_contract_new_refuses_a_table_name_the_pipeline_uses_itself():

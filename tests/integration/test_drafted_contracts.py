@@ -337,6 +337,14 @@ def test_a_header_narrower_than_rows_ending_with_a_delimiter_stays_the_header():
     assert "skip_lines =" not in only_first and 'name = "id"' in only_first
 
 
+def test_a_last_line_below_a_blank_line_is_no_header_of_nothing():
+    # frictionless' capital-invalid.csv: rows of uneven width, a blank line, one more line. That line "headed"
+    # a table of no rows, so the draft skipped every line above it (skip_lines = 11) and loaded nothing.
+    text = b"id,name,country\n" + b"".join(b"%d,City %d,Country\n" % (i, i) for i in range(7))
+    drafted = draft_contract(text + b"8,Warsaw\n9,Rome,Italy,EU\n\nx,Tokio,Japan,review\n", "capitals")
+    assert "skip_lines =" not in drafted and 'name = "country"' in drafted
+
+
 def test_an_export_with_a_delimiter_hint_line_loads_its_header_and_rows_intact(pipeline):
     # Some exports begin with "sep=;" for spreadsheets; read as a header, it named one odd column and the
     # real header was loaded as a row.
@@ -629,3 +637,36 @@ def test_a_column_with_negative_zeros_stays_text_and_keeps_their_sign(pipeline):
     assert (
         draft_and_load(pipeline, b"term,estimate\nx1,-0.01\nx2,1.25\n", "estimates_2")[0].columns[1].type == "numeric"
     )
+
+
+def test_rows_past_the_sample_mend_the_draft_so_that_it_loads_its_whole_file(pipeline):
+    # The draft was typed from the first rows only: a NULL word, a larger integer, a word in a number
+    # column, an empty cell or a repeated key further down rejected the very file it was drafted from
+    # (countymurders.csv: Stata's "." at line 30,034; frictionless' table-10MB.csv: a key repeated at 37,868).
+    header = ["id", "code", "count", "rate", "big", "when"]
+    rows = [[str(i), f"c{i}", str(i % 7), f"{i}.5", str(i), "2024-01-05"] for i in range(1, 41)]
+    rows += [
+        ["41", "c41", "NA", "1.5", "5", "2024-01-06"],  # a NULL word: null_values
+        ["42", "c42", "3", ".", "6", "2024-01-07"],  # Stata's missing number: null_values
+        ["43", "c43", "4", "2.5", "3000000000", "2024-01-08"],  # past a PostgreSQL integer: bigint
+        ["44", "", "5", "3.5", "7", "soon"],  # an empty code: optional; a word among dates: text
+        ["1", "c45", "6", "4.5", "8", "2024-01-09"],  # id repeats line 2's: no key (code is the next)
+    ]
+    data = render(header, rows)
+    text = draft_contract(data, "past_the_sample", rows=30)
+    for said in (
+        "line 42 holds 'NA' in count, no integer: read as NULL",
+        "line 43 holds '.' in rate, no numeric: read as NULL",
+        "line 44 holds '3000000000' in big, no integer: drafted as bigint",
+        "line 45 leaves code empty: code is not required",
+        "line 45 holds 'soon' in when, no date: drafted as text",
+        "line 46 repeats a id of an earlier row: id is no key",
+    ):
+        assert f"# Past the sample, {said}" in text, text
+    contract = parse_contract("past_the_sample", tomllib.loads(text))
+    assert contract.load_mode == "append" and not contract.primary_key, text  # code is optional now: no key
+    pipeline.deps.contracts = ContractRegistry([contract])
+    pipeline.upload("incoming/past_the_sample.csv", data)
+    receipt = ingest_object(pipeline.bucket, "incoming/past_the_sample.csv", pipeline.deps)
+    assert receipt.status == "loaded" and receipt.rows_rejected == 0, (receipt.reason, receipt.message, text)
+    assert_round_trip(pipeline, contract, header, rows)
