@@ -26,6 +26,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import PurePosixPath
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
 from .columnar import ExactEngineNeeded
 from .contract import (
     COMPRESSION_SUFFIXES,
@@ -337,12 +341,15 @@ def _fit_to_every_row(
 ) -> list[str]:
     """Check the draft against every row given, as the loader will (the sample types it; a later row may hold
     a NULL word, a value of another type, an empty cell or a repeated key, and reject the very file the draft
-    was made from); mend the columns such rows fail, and return notes saying what changed and why."""
+    was made from; or a number not written as it prints back, ``007`` in a column of ZIP codes, which would
+    load as 7); mend the columns such rows fail, and return notes saying what changed and why."""
     notes: list[str] = []
+    written: dict[str, list[str]] | None = None  # each column's distinct values as written
     for _round in range(FIT_ROUNDS):
-        contract = parse_contract(name, tomllib.loads(text_of(notes)))
+        contract = replace(parse_contract(name, tomllib.loads(text_of(notes))), max_rejected_share=1.0)
         try:
-            problems = _problems(data, replace(contract, max_rejected_share=1.0))
+            written = written if written is not None else _distinct_values(data, contract)
+            problems = _problems(data, contract) + _not_as_written(columns, written)
         except FileRejected as rejection:
             return [
                 *notes,
@@ -357,22 +364,63 @@ def _fit_to_every_row(
     return [*notes, "Rows past the sample still fail this draft: load the file once and read its errors report."]
 
 
-def _problems(data: bytes, contract: Contract) -> list[tuple[int, str, str, str]]:
-    """(line, column, rule, value) of every problem the loader finds in ``data`` under ``contract`` (its
-    errors report: the first ERRORS_CSV_MAX_LINES of them)."""
+def _loaded(data: bytes, contract: Contract) -> tuple[bytes, bytes]:
+    """(the valid rows' CSV, the errors report) of ``data`` under ``contract``, as the loader makes them."""
     for engine in ("auto", "exact"):
+        valid: list[bytes] = []
         report: list[bytes] = []
         try:
-            process([data], contract, lambda _block: None, report.append, engine=engine)
+            process([data], contract, valid.append, report.append, engine=engine)
         except ExactEngineNeeded:
             continue
         break
-    lines = list(csv.reader(io.StringIO(b"".join(report).decode("utf-8"), newline="")))[1:]
+    return b"".join(valid), b"".join(report)
+
+
+def _problems(data: bytes, contract: Contract) -> list[tuple[int, str, str, str]]:
+    """(line, column, rule, value) of every problem the loader finds in ``data`` under ``contract`` (its
+    errors report: the first ERRORS_CSV_MAX_LINES of them)."""
+    lines = list(csv.reader(io.StringIO(_loaded(data, contract)[1].decode("utf-8"), newline="")))[1:]
     # the report's values are neutralized for spreadsheets ('=1); the value itself is what the row held
     return [
         (int(line), column, rule, value[1:] if value.startswith("'") and value[1:2] in FORMULA_PREFIXES else value)
         for line, column, rule, value, _message in lines
     ]
+
+
+def _distinct_values(data: bytes, contract: Contract) -> dict[str, list[str]]:
+    """Each column's distinct values in ``data`` as the loader reads them before it types them (trimmed as
+    the column says): the valid rows of a twin of ``contract`` whose columns are all text and optional."""
+    columns = tuple(
+        replace(
+            c, type="text", required=False, primary_key=False, unique=False, null_values=(), formats=(), decimal="."
+        )
+        for c in contract.columns
+    )
+    text = replace(contract, columns=columns, load_mode="append", upsert_key=(), null_values=())
+    valid, _report = _loaded(data, text)
+    names = list(contract.column_names)
+    options = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, quoted_strings_can_be_null=False
+    )  # the valid rows' CSV writes NULL as an empty unquoted field, an empty text as ""
+    table = pacsv.read_csv(
+        pa.py_buffer(valid), parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=options
+    )
+    return {n: pc.unique(table.column(n)).drop_null().to_pylist() for n in names}
+
+
+def _not_as_written(columns: list[DraftedColumn], written: dict[str, list[str]]) -> list[tuple[int, str, str, str]]:
+    """A problem (line 0: not known) for each value of a number column that would not print back as written
+    (``007``, ``+5``, ``1.5e3``): the drafter types a column as a number only where every value does."""
+    problems = []
+    for col in columns:
+        if col.type not in NUMBER_TYPES:
+            continue
+        candidate = Column(name="x", type=col.type, decimal=col.decimal)
+        values = [v for v in written.get(col.name, []) if v not in ("", *col.null_values)]
+        if not _keeps_every_value(candidate, values):
+            problems += [(0, col.name, "as_written", v) for v in values if not _keeps_every_value(candidate, [v])]
+    return problems
 
 
 def _mend(
@@ -416,7 +464,13 @@ def _mend(
             col.notes += [note for note in again.notes if note not in col.notes]
             line, value = failing[0]
             became = f"drafted as {col.type}" if col.type != was else "read as NULL (null_values)"
-            mended.append(f"Past the sample, line {line} holds {_cut(value)!r} in {column}, no {was}: {became}.")
+            if line:
+                mended.append(f"Past the sample, line {line} holds {_cut(value)!r} in {column}, no {was}: {became}.")
+            else:  # a number not written as it prints back: loaded, but changed
+                mended.append(
+                    f"Past the sample, {column} holds {_cut(value)!r}, which as {was} would not load as written: "
+                    f"{became}."
+                )
     return mended, unmendable
 
 

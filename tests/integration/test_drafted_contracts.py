@@ -642,15 +642,17 @@ def test_a_column_with_negative_zeros_stays_text_and_keeps_their_sign(pipeline):
 def test_rows_past_the_sample_mend_the_draft_so_that_it_loads_its_whole_file(pipeline):
     # The draft was typed from the first rows only: a NULL word, a larger integer, a word in a number
     # column, an empty cell or a repeated key further down rejected the very file it was drafted from
-    # (countymurders.csv: Stata's "." at line 30,034; frictionless' table-10MB.csv: a key repeated at 37,868).
-    header = ["id", "code", "count", "rate", "big", "when"]
-    rows = [[str(i), f"c{i}", str(i % 7), f"{i}.5", str(i), "2024-01-05"] for i in range(1, 41)]
+    # (countymurders.csv: Stata's "." at line 30,034; frictionless' table-10MB.csv: a key repeated at 37,868),
+    # and a ZIP code with its leading zero (a file sorted by state) loaded silently without it.
+    header = ["id", "code", "count", "rate", "big", "when", "zip"]
+    rows = [[str(i), f"c{i}", str(i % 7), f"{i}.5", str(i), "2024-01-05", str(35001 + i % 5)] for i in range(1, 41)]
     rows += [
-        ["41", "c41", "NA", "1.5", "5", "2024-01-06"],  # a NULL word: null_values
-        ["42", "c42", "3", ".", "6", "2024-01-07"],  # Stata's missing number: null_values
-        ["43", "c43", "4", "2.5", "3000000000", "2024-01-08"],  # past a PostgreSQL integer: bigint
-        ["44", "", "5", "3.5", "7", "soon"],  # an empty code: optional; a word among dates: text
-        ["1", "c45", "6", "4.5", "8", "2024-01-09"],  # id repeats line 2's: no key (code is the next)
+        ["41", "c41", "NA", "1.5", "5", "2024-01-06", "35001"],  # a NULL word: null_values
+        ["42", "c42", "3", ".", "6", "2024-01-07", "35001"],  # Stata's missing number: null_values
+        ["43", "c43", "4", "2.5", "3000000000", "2024-01-08", "35001"],  # past a PostgreSQL integer: bigint
+        ["44", "", "5", "3.5", "7", "soon", "35001"],  # an empty code: optional; a word among dates: text
+        ["1", "c45", "6", "4.5", "8", "2024-01-09", "35001"],  # id repeats line 2's: no key (code is the next)
+        ["46", "c46", "6", "4.5", "8", "2024-01-09", "06103"],  # a ZIP code the loader would keep as 6103: text
     ]
     data = render(header, rows)
     text = draft_contract(data, "past_the_sample", rows=30)
@@ -661,6 +663,7 @@ def test_rows_past_the_sample_mend_the_draft_so_that_it_loads_its_whole_file(pip
         "line 45 leaves code empty: code is not required",
         "line 45 holds 'soon' in when, no date: drafted as text",
         "line 46 repeats a id of an earlier row: id is no key",
+        "zip holds '06103', which as integer would not load as written: drafted as text",
     ):
         assert f"# Past the sample, {said}" in text, text
     contract = parse_contract("past_the_sample", tomllib.loads(text))
