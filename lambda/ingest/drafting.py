@@ -50,6 +50,7 @@ from .validation import CellError, build_coercer, repeats_header
 #: \N: a database dump's; ".": Stata's and SAS's missing number (Wooldridge's data sets).
 NULL_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", "--", "\\N", ".")
 NUMBER_TYPES = ("integer", "bigint", "numeric")
+KEY_TYPES = ("integer", "bigint", "text")  # the types a drafted key may have
 #: Tried in order; the first whose rules accept every present value (and print it back) wins. A date
 #: column keeps only the formats its values use; a slash order (month or day first) only when the sample
 #: proves it: "01/02/2024" is a date either way, and a guess would load the wrong one.
@@ -286,7 +287,7 @@ def draft_contract(
                 "file).",
             ]
         lines += ['description = ""', f'table = "{name}"', "keys = " + json.dumps(keys)]
-        key_candidates = [c.name for c in columns if c.unique and c.type in ("integer", "bigint", "text")]
+        key_candidates = [c.name for c in columns if c.unique and c.type in KEY_TYPES]
         if key_candidates:
             lines.append(
                 f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
@@ -348,7 +349,14 @@ def _fit_to_every_row(
     for _round in range(FIT_ROUNDS):
         contract = replace(parse_contract(name, tomllib.loads(text_of(notes))), max_rejected_share=1.0)
         try:
-            written = written if written is not None else _distinct_values(data, contract)
+            if written is None:
+                written, repeating = _distinct_values(data, contract)
+                for col in columns:  # every key candidate at once, not one a round
+                    if col.unique and col.name in repeating:
+                        col.unique = False
+                        if col.type in KEY_TYPES:
+                            notes.append(f"Past the sample, {col.name} {repeating[col.name]}: {col.name} is no key.")
+                contract = replace(parse_contract(name, tomllib.loads(text_of(notes))), max_rejected_share=1.0)
             problems = _problems(data, contract) + _not_as_written(columns, written)
         except FileRejected as rejection:
             return [
@@ -388,9 +396,10 @@ def _problems(data: bytes, contract: Contract) -> list[tuple[int, str, str, str]
     ]
 
 
-def _distinct_values(data: bytes, contract: Contract) -> dict[str, list[str]]:
+def _distinct_values(data: bytes, contract: Contract) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Each column's distinct values in ``data`` as the loader reads them before it types them (trimmed as
-    the column says): the valid rows of a twin of ``contract`` whose columns are all text and optional."""
+    the column says), and what makes a column no key where some row repeats a value or leaves it empty: the
+    valid rows of a twin of ``contract`` whose columns are all text and optional."""
     columns = tuple(
         replace(
             c, type="text", required=False, primary_key=False, unique=False, null_values=(), formats=(), decimal="."
@@ -406,21 +415,38 @@ def _distinct_values(data: bytes, contract: Contract) -> dict[str, list[str]]:
     table = pacsv.read_csv(
         pa.py_buffer(valid), parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=options
     )
-    return {n: pc.unique(table.column(n)).drop_null().to_pylist() for n in names}
+    distinct = {n: pc.unique(table.column(n)) for n in names}
+    repeating = {}
+    for n in names:
+        if table.column(n).null_count:
+            repeating[n] = "is empty in some row"
+        elif len(distinct[n]) < table.num_rows:
+            repeating[n] = "repeats a value"
+    return {n: values.drop_null().to_pylist() for n, values in distinct.items()}, repeating
 
 
 def _not_as_written(columns: list[DraftedColumn], written: dict[str, list[str]]) -> list[tuple[int, str, str, str]]:
-    """A problem (line 0: not known) for each value of a number column that would not print back as written
-    (``007``, ``+5``, ``1.5e3``): the drafter types a column as a number only where every value does."""
+    """A problem (line 0: not known) for each value that its column would load, but not as written: a number
+    that does not print back as written (``007``, ``+5``, ``1.5e3``), a time without an offset in a
+    ``timestamptz`` column (taken as UTC, whatever zone it was written in). The drafter types a column so
+    only where every value of its sample is written as it loads."""
     problems = []
     for col in columns:
-        if col.type not in NUMBER_TYPES:
+        if col.type not in (*NUMBER_TYPES, "timestamptz"):
             continue
-        candidate = Column(name="x", type=col.type, decimal=col.decimal)
         values = [v for v in written.get(col.name, []) if v not in ("", *col.null_values)]
-        if not _keeps_every_value(candidate, values):
-            problems += [(0, col.name, "as_written", v) for v in values if not _keeps_every_value(candidate, [v])]
+        if not _as_written(col, values):
+            problems += [(0, col.name, "as_written", v) for v in values if not _as_written(col, [v])]
     return problems
+
+
+def _as_written(col: DraftedColumn, values: list[str]) -> bool:
+    if col.type == "timestamptz":
+        try:
+            return _every_offset(values)
+        except ValueError:
+            return False
+    return _keeps_every_value(Column(name="x", type=col.type, decimal=col.decimal), values)
 
 
 def _mend(

@@ -37,10 +37,8 @@ def render(header: list[str], rows: list[list[str]]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def draft_and_load(pipeline: Any, data: bytes, name: str, existing: list[Any] | None = None):
-    import tomllib
-
-    text = draft_contract(data, name, existing=existing or [])
+def draft_and_load(pipeline: Any, data: bytes, name: str, existing: list[Any] | None = None, rows: int = 10_000):
+    text = draft_contract(data, name, rows=rows, existing=existing or [])
     contract = parse_contract(name, tomllib.loads(text))
     pipeline.deps.contracts = ContractRegistry([contract])
     key = f"incoming/{name}.csv"
@@ -582,12 +580,13 @@ def files(draw: Any) -> tuple[list[str], list[list[str]]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(file=files())
-def test_any_file_loads_through_its_own_drafted_contract_with_every_value_intact(pipeline, file):
+@given(file=files(), sample=st.integers(1, 6))
+def test_any_file_loads_through_its_own_drafted_contract_with_every_value_intact(pipeline, file, sample):
+    # typed from its first ``sample`` rows (all of them, or fewer: then checked and mended against the rest)
     header, rows = file
     data = render(header, rows)
     name = f"t_{uuid.uuid4().hex[:10]}"
-    contract, receipt, drafted = draft_and_load(pipeline, data, name)
+    contract, receipt, drafted = draft_and_load(pipeline, data, name, rows=sample)
     assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
     assert receipt.rows_rejected == 0 and receipt.rows_loaded == len(rows)
     assert_round_trip(pipeline, contract, header, rows)
@@ -643,16 +642,25 @@ def test_rows_past_the_sample_mend_the_draft_so_that_it_loads_its_whole_file(pip
     # The draft was typed from the first rows only: a NULL word, a larger integer, a word in a number
     # column, an empty cell or a repeated key further down rejected the very file it was drafted from
     # (countymurders.csv: Stata's "." at line 30,034; frictionless' table-10MB.csv: a key repeated at 37,868),
-    # and a ZIP code with its leading zero (a file sorted by state) loaded silently without it.
-    header = ["id", "code", "count", "rate", "big", "when", "zip"]
-    rows = [[str(i), f"c{i}", str(i % 7), f"{i}.5", str(i), "2024-01-05", str(35001 + i % 5)] for i in range(1, 41)]
+    # and a ZIP code with its leading zero (a file sorted by state) loaded silently without it, a local time
+    # among instants as UTC.
+    header = ["id", "code", "count", "rate", "big", "when", "zip", "at"]
+    rows = [
+        [str(i), f"c{i}", str(i % 7), f"{i}.5", str(i), "2024-01-05", str(35001 + i % 5), f"2024-01-05T10:{i:02d}Z"]
+        for i in range(1, 41)
+    ]
     rows += [
-        ["41", "c41", "NA", "1.5", "5", "2024-01-06", "35001"],  # a NULL word: null_values
-        ["42", "c42", "3", ".", "6", "2024-01-07", "35001"],  # Stata's missing number: null_values
-        ["43", "c43", "4", "2.5", "3000000000", "2024-01-08", "35001"],  # past a PostgreSQL integer: bigint
-        ["44", "", "5", "3.5", "7", "soon", "35001"],  # an empty code: optional; a word among dates: text
-        ["1", "c45", "6", "4.5", "8", "2024-01-09", "35001"],  # id repeats line 2's: no key (code is the next)
-        ["46", "c46", "6", "4.5", "8", "2024-01-09", "06103"],  # a ZIP code the loader would keep as 6103: text
+        # a NULL word, and Stata's missing number: null_values
+        ["41", "c41", "NA", "1.5", "5", "2024-01-06", "35001", "2024-01-05T10:59Z"],
+        ["42", "c42", "3", ".", "6", "2024-01-07", "35001", "2024-01-05T10:59Z"],
+        # past a PostgreSQL integer: bigint
+        ["43", "c43", "4", "2.5", "3000000000", "2024-01-08", "35001", "2024-01-05T10:59Z"],
+        # an empty code: optional, and no key; a word among dates: text
+        ["44", "", "5", "3.5", "7", "soon", "35001", "2024-01-05T10:59Z"],
+        # id repeats line 2's: no key
+        ["1", "c45", "6", "4.5", "8", "2024-01-09", "35001", "2024-01-05T10:59Z"],
+        # a ZIP code an integer would keep as 6103, a local time a timestamptz would take as UTC: text
+        ["46", "c46", "6", "4.5", "8", "2024-01-09", "06103", "2024-01-05T11:00"],
     ]
     data = render(header, rows)
     text = draft_contract(data, "past_the_sample", rows=30)
@@ -662,8 +670,10 @@ def test_rows_past_the_sample_mend_the_draft_so_that_it_loads_its_whole_file(pip
         "line 44 holds '3000000000' in big, no integer: drafted as bigint",
         "line 45 leaves code empty: code is not required",
         "line 45 holds 'soon' in when, no date: drafted as text",
-        "line 46 repeats a id of an earlier row: id is no key",
+        "id repeats a value: id is no key",  # every key candidate at once: code is no key either
+        "code is empty in some row: code is no key",
         "zip holds '06103', which as integer would not load as written: drafted as text",
+        "at holds '2024-01-05T11:00', which as timestamptz would not load as written: drafted as text",
     ):
         assert f"# Past the sample, {said}" in text, text
     contract = parse_contract("past_the_sample", tomllib.loads(text))
