@@ -21,7 +21,7 @@ import itertools
 import json
 import re
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -42,7 +42,16 @@ from .contract import (
 )
 from .headers import MAX_IDENTIFIER_BYTES, column_name
 from .processing import FORMULA_PREFIXES, process
-from .reading import LINE_END, after_lines, csv_options, inspect, open_text, read_records, sniff_delimiter
+from .reading import (
+    LINE_END,
+    TextFormat,
+    after_lines,
+    csv_options,
+    inspect,
+    open_text,
+    read_records,
+    sniff_delimiter,
+)
 from .rejection import FileRejected
 from .validation import CellError, build_coercer, repeats_header
 
@@ -260,34 +269,62 @@ def draft_contract(
     # the header again (files concatenated with theirs) is no row: the loader rejects it as one
     repeats = [line for line, fields in full if repeats_header(header, fields)]
     sample_rows = [fields for _line, fields in full if not repeats_header(header, fields)]
-    columns = draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ",")
-    keys, dropped = draft_keys(name, list(existing), suffix)
+    draft = _Draft(
+        name=name,
+        header=header,
+        sample_rows=sample_rows,
+        columns=draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ","),
+        fmt=fmt,
+        keys=draft_keys(name, list(existing), suffix),
+        repeats=repeats,
+        numbers=numbers,
+        reading_fields=_reading_fields(top, table, quotes_seen, before_header, padded),
+    )
+    if len(read) < rows:  # the sample is every row given: nothing past it
+        return draft.text()
+    return draft.text(_fit_to_every_row(sample, draft))
 
-    def text_of(beyond: list[str]) -> str:
+
+@dataclass
+class _Draft:
+    """What the drafter found, and the contract's text for it (with notes of what rows past the sample
+    changed, ``_fit_to_every_row``)."""
+
+    name: str
+    header: list[str]
+    sample_rows: list[list[str]]
+    columns: list[DraftedColumn]
+    fmt: TextFormat
+    keys: tuple[list[str], list[str]]  # the keys claimed, and notes of those left out (draft_keys)
+    repeats: list[int]  # lines that repeat the header
+    numbers: bool  # the header is a row of numbers
+    reading_fields: list[str]  # quoting, skip_lines, null_padding, or a note on the header's width
+
+    def text(self, beyond: Iterable[str] = ()) -> str:
         lines = [
-            f"# Drafted by `ingest contract new` from {len(sample_rows)} rows "
-            f"({fmt.encoding}, delimiter {fmt.delimiter!r}).",
+            f"# Drafted by `ingest contract new` from {len(self.sample_rows)} rows "
+            f"({self.fmt.encoding}, delimiter {self.fmt.delimiter!r}).",
             "# Check every column: types, required, patterns, the key and the load mode.",
         ]
-        lines += [f"# {d}" for d in dropped] + [f"# {b}" for b in beyond]
-        if repeats:
-            shown = _few(map(str, repeats))
+        lines += [f"# {d}" for d in self.keys[1]] + [f"# {b}" for b in beyond]
+        if self.repeats:
+            shown = _few(map(str, self.repeats))
             lines += [
                 f"# Line(s) {shown} repeat the first line, a row of numbers: the loader rejects"
-                if numbers
+                if self.numbers
                 else f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader "
                 "rejects",
                 "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
             ]
-        valued = _header_cells_read_as_values(columns) or (_printable(_few(header)) if numbers else "")
+        valued = _header_cells_read_as_values(self.columns) or (_printable(_few(self.header)) if self.numbers else "")
         if valued:
             lines += [
                 f"# The header's cells {valued} read as values of their columns:",
                 "# should the file have no header line, its first row was taken for one (add a header line to the "
                 "file).",
             ]
-        lines += ['description = ""', f'table = "{name}"', "keys = " + json.dumps(keys)]
-        key_candidates = [c.name for c in columns if c.unique and c.type in KEY_TYPES]
+        lines += ['description = ""', f'table = "{self.name}"', "keys = " + json.dumps(self.keys[0])]
+        key_candidates = [c.name for c in self.columns if c.unique and c.type in KEY_TYPES]
         if key_candidates:
             lines.append(
                 f'load = {{ mode = "upsert", key = ["{key_candidates[0]}"] }}  # key candidates: '
@@ -296,9 +333,9 @@ def draft_contract(
         else:
             lines.append('load = { mode = "append" }  # no column is unique and always present')
         lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
-        lines += _reading_fields(top, table, quotes_seen, before_header, padded)
+        lines += self.reading_fields
         lines.append("")
-        for col in columns:
+        for col in self.columns:
             lines.append("[[columns]]")
             lines.append(f"name = {json.dumps(col.name)}")
             lines.append(f"type = {json.dumps(col.type)}")
@@ -320,10 +357,6 @@ def draft_contract(
             lines.append("")
         return "\n".join(lines)
 
-    if len(read) < rows:  # the sample is every row given: nothing past it
-        return text_of([])
-    return text_of(_fit_to_every_row(sample, name, sample_rows, columns, text_of, fmt.delimiter != ","))
-
 
 #: Rounds of checking a draft against every row it was given and mending the columns that rows past the
 #: sample fail (a round may show what the one before hid: a key repeated only among rows it rejected).
@@ -332,43 +365,33 @@ FIT_ROUNDS = 4
 UNMENDABLE_RULES = ("field_count", "repeated_header")
 
 
-def _fit_to_every_row(
-    data: bytes,
-    name: str,
-    sample_rows: list[list[str]],
-    columns: list[DraftedColumn],
-    text_of: Callable[[list[str]], str],
-    decimal_comma: bool,
-) -> list[str]:
-    """Check the draft against every row given, as the loader will (the sample types it; a later row may hold
-    a NULL word, a value of another type, an empty cell or a repeated key, and reject the very file the draft
-    was made from; or a number not written as it prints back, ``007`` in a column of ZIP codes, which would
-    load as 7); mend the columns such rows fail, and return notes saying what changed and why."""
+def _fit_to_every_row(data: bytes, draft: _Draft) -> list[str]:
+    """Check the draft against every row of ``data``, as the loader will (the sample types it; a later row may
+    hold a NULL word, a value of another type, an empty cell or a repeated key, and reject the very file the
+    draft was made from; or a number not written as it prints back, ``007`` in a column of ZIP codes, which
+    would load as 7); mend the columns such rows fail, and return notes saying what changed and why."""
     notes: list[str] = []
-    written: dict[str, list[str]] | None = None  # each column's distinct values as written
-    for _round in range(FIT_ROUNDS):
-        contract = replace(parse_contract(name, tomllib.loads(text_of(notes))), max_rejected_share=1.0)
-        try:
-            if written is None:
-                written, repeating = _distinct_values(data, contract)
-                for col in columns:  # every key candidate at once, not one a round
-                    if col.unique and col.name in repeating:
-                        col.unique = False
-                        if col.type in KEY_TYPES:
-                            notes.append(f"Past the sample, {col.name} {repeating[col.name]}: {col.name} is no key.")
-                contract = replace(parse_contract(name, tomllib.loads(text_of(notes))), max_rejected_share=1.0)
-            problems = _problems(data, contract) + _not_as_written(columns, written)
-        except FileRejected as rejection:
-            return [
-                *notes,
-                f"The rows past the sample were not checked ({rejection.reason}): {_cut(rejection.message)}",
-            ]
-        if not problems:
-            return notes
-        mended, unmendable = _mend(problems, sample_rows, columns, decimal_comma)
-        notes += mended
-        if unmendable or not mended:
-            return notes + unmendable
+
+    def contract() -> Contract:
+        return replace(parse_contract(draft.name, tomllib.loads(draft.text(notes))), max_rejected_share=1.0)
+
+    try:
+        written, repeating = _distinct_values(data, contract())  # each column's distinct values as written
+        for col in draft.columns:  # every key candidate at once, not one a round
+            if col.unique and col.name in repeating:
+                col.unique = False
+                if col.type in KEY_TYPES:
+                    notes.append(f"Past the sample, {col.name} {repeating[col.name]}: {col.name} is no key.")
+        for _round in range(FIT_ROUNDS):
+            problems = _problems(data, contract()) + _not_as_written(draft.columns, written)
+            if not problems:
+                return notes
+            mended, unmendable = _mend(problems, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
+            notes += mended
+            if unmendable or not mended:
+                return notes + unmendable
+    except FileRejected as rejection:
+        return [*notes, f"The rows past the sample were not checked ({rejection.reason}): {_cut(rejection.message)}"]
     return [*notes, "Rows past the sample still fail this draft: load the file once and read its errors report."]
 
 
