@@ -236,7 +236,9 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     """Draft a contract from a sample CSV (types, required columns, key candidates), to edit by hand.
 
     The draft loads its sample unchanged (codes with leading zeros stay text, only empty cells are NULL,
-    headers map to columns as the loader maps them) and claims no key an existing contract claims.
+    headers map to columns as the loader maps them) and claims no key an existing contract claims. Typed
+    from the first --rows rows, it is then checked against every row of the file's first 64 MiB and mended
+    where a later row would be rejected or changed (each change is a comment at its top).
 
     \b
     Example:

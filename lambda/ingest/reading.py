@@ -1,7 +1,7 @@
 """From a stream of bytes to CSV records, in bounded memory and without I/O of its own.
 
-The object arrives as an iterable of byte chunks. This module undoes gzip, bzip2 or xz, recognises a BOM, decides the
-text encoding from a sample (UTF-8, else cp1252, else latin-1), refuses what is not text, sniffs the
+The object arrives as an iterable of byte chunks. This module undoes gzip, bzip2 or xz, recognises a BOM,
+decides the text encoding from a sample (UTF-8, else cp1252, else latin-1), refuses what is not text, sniffs the
 delimiter, and yields ``(line_number, fields)`` for every non-blank record, the line number being the
 physical source line where the record starts (quoted fields may span lines).
 """
@@ -40,10 +40,9 @@ LINE_END = re.compile(r"\r\n|\r|\n")
 #: The largest single field accepted, in characters. A larger one rejects the file (csv cannot resume).
 MAX_FIELD_CHARS = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
-#: Streams other than gzip that are undone, by their first bytes: bzip2 and xz (public data sets ship as
-#: .csv.bz2 and .csv.xz), each a stream of Python's standard library (and concatenated streams, as pbzip2 writes).
-#: bzip2's magic is "BZh", a block size digit and a block's (or the empty stream's end) magic: a text that
-#: begins with "BZh" is text.
+#: Streams other than gzip that are undone, by their first bytes: bzip2 and xz, as public data sets ship
+#: them (.csv.bz2, .csv.xz), concatenated streams too (pbzip2 writes them). bzip2's magic is "BZh", a block
+#: size digit and the magic of a block (or of the empty stream's end): a text that begins "BZh" is text.
 STREAM_MAGIC = {
     re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)", re.DOTALL): "bzip2",
     re.compile(rb"\xfd7zXZ\x00"): "xz",
@@ -228,9 +227,10 @@ class Source:
 
 
 def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") -> Source:
-    """Undo gzip, bzip2 or xz and decide encoding and delimiter from a sample; refuse what is not text. ``skip_lines``:
-    lines before the header (after a delimiter hint line, if any) that are no part of the table, such as
-    a title or a source note; the delimiter is judged from the lines after them, read with ``quoting``."""
+    """Undo gzip, bzip2 or xz and decide encoding and delimiter from a sample; refuse what is not text.
+    ``skip_lines``: lines before the header (after a delimiter hint line, if any) that are no part of the
+    table, such as a title or a source note; the delimiter is judged from the lines after them, read with
+    ``quoting``."""
     head, chunks = _first_bytes(chunks, HEAD_BYTES)
     buffered = io.BufferedReader(_ChunkStream(chunks), READ_BYTES)
     compression = None
