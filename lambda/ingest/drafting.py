@@ -10,7 +10,10 @@ What the drafter guarantees (the property tests hold it to this):
   stands in for a missing number or date (never in a text column, where ``NA`` may be Namibia);
 - every header maps to a column through the loader's own ``headers.column_name``, and the exact header is
   recorded as an alias wherever the two differ;
-- the drafted keys claim no object key that an existing contract claims.
+- the drafted keys claim no object key that an existing contract claims;
+- rows past the sample (``rows``) are held to the same promises: the draft is checked against every row
+  given, as the loader reads them, and mended where one would be rejected or not load as written, each
+  change said in a comment (``_fit_to_every_row``).
 """
 
 from __future__ import annotations
