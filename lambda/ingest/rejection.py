@@ -14,11 +14,17 @@ class FileRejected(Exception):
     """
 
     def __init__(self, reason: str, message: str):
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[: MAX_MESSAGE_CHARS - 40] + f"… (cut: {len(message):,} characters in all)"
+        message = bounded(message)
         super().__init__(message)
         self.reason = reason
         self.message = message
 
     def __repr__(self) -> str:
         return f"FileRejected({self.reason!r}, {self.message!r})"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` if it has at most ``limit`` characters, else its beginning and how long it was."""
+    if len(message) <= limit:
+        return message
+    return message[: limit - 40] + f"… (cut: {len(message):,} characters in all)"

@@ -37,13 +37,16 @@ from .evolution import ContractTableMismatch
 from .log import logger
 from .processing import Outcome, error_dict, process, summary_document
 from .receipt import ERRORS_IN_RECEIPT, Receipt
-from .rejection import FileRejected
+from .rejection import FileRejected, bounded
 
 UNMATCHED_PREFIX = "_unmatched"
 MAX_KEY_LENGTH = 1024
 #: How much output processing may produce before the file's MD5 is known (a multipart upload being hashed
 #: meanwhile); past it, processing waits for the hash. Bounded, so memory stays flat.
 OPEN_WAIT_BYTES = 32 * 1024 * 1024
+#: A failure's message (its exception's text, and what was done) is cut at this many characters, saying so; a
+#: contract that no longer matches its table says what differs, at up to the rejections' MAX_MESSAGE_CHARS.
+FAILURE_MESSAGE_CHARS = 2000
 #: The share of the time left before the invocation ends that an outcome's own ledger row may take (the rest is
 #: its receipt's): see _ledger_until.
 LEDGER_SHARE = 0.5
@@ -549,19 +552,20 @@ def _skipped(attempt: _Attempt, deps: Dependencies, reason: str, message: str) -
 def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receipt:
     if isinstance(exc, DeadlineReached):
         reason, o = "timeout", attempt.outcome
-        message = (
+        message = bounded(
             f"stopped at the function's own deadline after {attempt.duration_ms / 1000:.1f} s, having read "
             f"{o.rows_total:,} rows and {o.bytes_read:,} of {attempt.size or 0:,} bytes; nothing was loaded "
-            f"and the delivery will be retried ({exc})"
-        )[:2000]
+            f"and the delivery will be retried ({exc})",
+            FAILURE_MESSAGE_CHARS,
+        )
     elif isinstance(exc, DatabaseUnreachable):
         reason = "database_unreachable"
-        message = f"{exc}; nothing was loaded and the delivery will be retried"[:2000]
+        message = bounded(f"{exc}; nothing was loaded and the delivery will be retried", FAILURE_MESSAGE_CHARS)
     elif isinstance(exc, ContractTableMismatch):
         reason = "contract_table_mismatch"
-        message = f"{exc}: ingest replay s3://{attempt.bucket}/{attempt.key}"[:4000]
+        message = bounded(f"{exc}: ingest replay s3://{attempt.bucket}/{attempt.key}")
     else:
-        reason, message = "error", f"{type(exc).__name__}: {exc}"[:2000]
+        reason, message = "error", bounded(f"{type(exc).__name__}: {exc}", FAILURE_MESSAGE_CHARS)
     logger.exception("failed", extra={"detail": message, "reason": reason})
     try:
         deps.database.record(

@@ -384,6 +384,23 @@ def test_concurrent_upserts_of_overlapping_keys_into_one_table_all_load(pipeline
     assert pipeline.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM users")[0] == {"n": 4999, "d": 4999}
 
 
+def test_a_failure_with_a_long_message_records_its_beginning_and_says_how_long_it_was(pipeline, monkeypatch):
+    # a failure's message was cut at 2,000 characters without a word, as if it ended there
+    pipeline.upload("incoming/users/long.csv", (SAMPLES / "users.csv").read_bytes())
+
+    def refusing(*_args, **_kwargs):
+        raise RuntimeError("the server said: " + "no " * 3_000)
+
+    monkeypatch.setattr(pipeline.deps.store, "head", refusing)
+    with pytest.raises(RuntimeError):
+        ingest_object(pipeline.bucket, "incoming/users/long.csv", pipeline.deps)
+    [entry] = pipeline.query("SELECT status, reason, error FROM ingest_files")
+    assert (entry["status"], entry["reason"]) == ("failed", "error") and len(entry["error"]) <= 2_000
+    assert entry["error"].startswith("RuntimeError: the server said: no no")
+    assert entry["error"].endswith("… (cut: 9,031 characters in all)")
+    assert pipeline.receipts()[0]["message"] == entry["error"]
+
+
 def test_a_multipart_download_that_breaks_midway_fails_the_file_and_leaves_nothing(pipeline, monkeypatch):
     data = big_users_file(200_000)
     upload_multipart(pipeline, "incoming/users/broken.csv", data)
