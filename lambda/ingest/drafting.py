@@ -282,6 +282,7 @@ def draft_contract(
         repeats=repeats,
         numbers=numbers,
         reading_fields=_reading_fields(top, table, quotes_seen, before_header, padded),
+        sample_end=read[-1][0] if read else 0,
     )
     if len(read) < rows:  # the sample is every row given: nothing past it
         return draft.text()
@@ -302,6 +303,7 @@ class _Draft:
     repeats: list[int]  # lines that repeat the header
     numbers: bool  # the header is a row of numbers
     reading_fields: list[str]  # quoting, skip_lines, null_padding, or a note on the header's width
+    sample_end: int  # the line of the sample's last record
 
     def text(self, beyond: Iterable[str] = ()) -> str:
         lines = [
@@ -389,7 +391,8 @@ def _fit_to_every_row(data: bytes, draft: _Draft) -> list[str]:
             problems = _problems(data, contract()) + _not_as_written(draft.columns, written)
             if not problems:
                 return notes
-            mended, unmendable = _mend(problems, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
+            past = [p for p in problems if p[2] not in UNMENDABLE_RULES or p[0] > draft.sample_end]  # the rest: noted
+            mended, unmendable = _mend(past, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
             notes += mended
             if unmendable or not mended:
                 return notes + unmendable
