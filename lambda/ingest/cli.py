@@ -210,10 +210,10 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
 DRAFT_BYTES = 64 * READ_BYTES
 
 
-def _text_head(file: Path, limit: int) -> bytes:
+def _text_head(file: Path, limit: int) -> tuple[bytes, bool]:
     """The file's first ``limit`` bytes of text (decompressed, if it is compressed), ending with a whole line
-    when there is more: the drafter checks its draft against every row it is given, and a row cut short
-    would fail it."""
+    when there is more (the drafter checks its draft against every row it is given, and a row cut short
+    would fail it), and whether that is the whole file."""
     from .reading import inspect
 
     with file.open("rb") as handle:
@@ -223,8 +223,8 @@ def _text_head(file: Path, limit: int) -> bytes:
             head += chunk
             if len(head) > limit:
                 del head[limit:]
-                return bytes(head[: head.rfind(b"\n") + 1] or head)
-    return bytes(head)
+                return bytes(head[: head.rfind(b"\n") + 1] or head), False
+    return bytes(head), True
 
 
 @contract.command("new")
@@ -254,7 +254,14 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     for note in draft_keys(name, existing, suffix)[1]:
         click.echo(note, err=True)
     try:
-        click.echo(draft_contract(_text_head(file, DRAFT_BYTES), name, rows, existing, suffix))
+        head, whole = _text_head(file, DRAFT_BYTES)
+        click.echo(draft_contract(head, name, rows, existing, suffix))
+        if not whole:
+            click.echo(
+                f"{file}: the draft was checked against the first {DRAFT_BYTES // READ_BYTES} MiB of the file's text; "
+                f"save it, then `ingest check {file} --contract {name}` checks every row",
+                err=True,
+            )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except FileRejected as rejection:  # the loader would reject the file too: no draft could load it

@@ -387,18 +387,22 @@ def _fit_to_every_row(data: bytes, draft: _Draft) -> list[str]:
                 col.unique = False
                 if col.type in KEY_TYPES:
                     notes.append(f"Past the sample, {col.name} {repeating[col.name]}: {col.name} is no key.")
+        unmendable: list[str] = []  # said once, after what was mended
         for _round in range(FIT_ROUNDS):
             problems = _problems(data, contract()) + _not_as_written(draft.columns, written)
-            if not problems:
-                return notes
             past = [p for p in problems if p[2] not in UNMENDABLE_RULES or p[0] > draft.sample_end]  # the rest: noted
-            mended, unmendable = _mend(past, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
+            mended, cannot = _mend(past, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
             notes += mended
-            if unmendable or not mended:
+            unmendable += [note for note in cannot if note not in unmendable]
+            if not mended:  # nothing more to mend: what is left, if anything, cannot be
                 return notes + unmendable
     except FileRejected as rejection:
         return [*notes, f"The rows past the sample were not checked ({rejection.reason}): {_cut(rejection.message)}"]
-    return [*notes, "Rows past the sample still fail this draft: load the file once and read its errors report."]
+    return [
+        *notes,
+        *unmendable,
+        "Rows past the sample may still fail this draft: load the file once and read its errors report.",
+    ]
 
 
 def _loaded(data: bytes, contract: Contract) -> tuple[bytes, bytes]:
@@ -510,7 +514,7 @@ def _mend(
             mended.append(f"Past the sample, line {first} leaves {column} empty: {column} is not required.")
         failing = [(line, value) for line, rule, value in found if rule not in ("duplicate_key", "required")]
         if failing:
-            was = col.type
+            was, col_decimal = col.type, col.decimal
             values = [row[index[column]] for row in sample_rows] + [value for _line, value in failing]
             again = draft_columns([col.header], [[value] for value in values], decimal_comma)[0]
             col.type, col.formats, col.decimal = again.type, again.formats, again.decimal
@@ -521,12 +525,23 @@ def _mend(
             became = f"drafted as {col.type}" if col.type != was else "read as NULL (null_values)"
             if line:
                 mended.append(f"Past the sample, line {line} holds {_cut(value)!r} in {column}, no {was}: {became}.")
-            else:  # a number not written as it prints back: loaded, but changed
+            elif not _loads(was, col_decimal, value):  # seen among the values, not in the loader's full report
+                mended.append(f"Past the sample, {column} holds {_cut(value)!r}, no {was}: {became}.")
+            else:  # a number not written as it prints back, or a time without an offset: loaded, but changed
                 mended.append(
                     f"Past the sample, {column} holds {_cut(value)!r}, which as {was} would not load as written: "
                     f"{became}."
                 )
     return mended, unmendable
+
+
+def _loads(type_: str, decimal: str, value: str) -> bool:
+    """Whether a column of ``type_`` loads ``value`` at all (as written or not)."""
+    try:
+        build_coercer(Column(name="x", type=type_, decimal=decimal))(value)
+    except CellError:
+        return False
+    return True
 
 
 def _firsts(problems: Iterable[tuple[int, str, str, str]]) -> list[tuple[int, str, str, str]]:
