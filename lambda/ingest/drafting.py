@@ -55,7 +55,7 @@ from .reading import (
     read_records,
     sniff_delimiter,
 )
-from .rejection import FileRejected
+from .rejection import FileRejected, listing
 from .validation import CellError, build_coercer, repeats_header
 
 #: Words that files use for a missing value; proposed as null_values for number and date columns only.
@@ -313,7 +313,7 @@ class _Draft:
         ]
         lines += [f"# {d}" for d in self.keys[1]] + [f"# {b}" for b in beyond]
         if self.repeats:
-            shown = _few(map(str, self.repeats))
+            shown = listing(map(str, self.repeats))
             lines += [
                 f"# Line(s) {shown} repeat the first line, a row of numbers: the loader rejects"
                 if self.numbers
@@ -321,7 +321,9 @@ class _Draft:
                 "rejects",
                 "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
             ]
-        valued = _header_cells_read_as_values(self.columns) or (_printable(_few(self.header)) if self.numbers else "")
+        valued = _header_cells_read_as_values(self.columns) or (
+            _printable(listing(self.header)) if self.numbers else ""
+        )
         if valued:
             lines += [
                 f"# The header's cells {valued} read as values of their columns:",
@@ -621,13 +623,7 @@ def _header_cells_read_as_values(columns: list[DraftedColumn]) -> str:
         if _keeps_every_value(Column(name="x", type=c.type, formats=c.formats), [c.header.strip()])
         and (c.type not in NUMBER_TYPES or c.header.strip() == c.header)
     ]
-    return _printable(_few(read)) if typed and len(read) == len(typed) else ""
-
-
-def _few(items: Iterable[str]) -> str:
-    """The first five of ``items``, and how many there are if more."""
-    shown = list(items)
-    return ", ".join(shown[:5]) + (f", … ({len(shown)} in all)" if len(shown) > 5 else "")
+    return _printable(listing(read)) if typed and len(read) == len(typed) else ""
 
 
 def _printable(text: str) -> str:
@@ -758,13 +754,14 @@ def _repeated_headers(header: list[str]) -> str:
         if label.strip():
             where.setdefault(label, []).append(i + 1)
     repeated = [(label, places) for label, places in where.items() if len(places) > 1]
-    shown = "; ".join(f"{label!r} (columns {_columns(places)})" for label, places in repeated[:5])
-    return shown + (f"; … ({len(repeated):,} names in all)" if len(repeated) > 5 else "")
+    return listing(
+        (f"{label!r} (columns {_columns(places)})" for label, places in repeated), separator="; ", noun="names"
+    )
 
 
 def _columns(places: list[int]) -> str:
     if len(places) > 5:
-        return ", ".join(map(str, places[:5])) + f", … ({len(places):,} in all)"
+        return listing(map(str, places))
     return f"{', '.join(map(str, places[:-1]))} and {places[-1]}"
 
 

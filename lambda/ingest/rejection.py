@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: A rejection's message goes into the receipt (SNS takes at most 256 KB), the ledger row and the summary; a
 #: header may name tens of thousands of columns, so a longer message keeps its beginning and says its length.
 MAX_MESSAGE_CHARS = 4000
@@ -28,3 +30,11 @@ def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     if len(message) <= limit:
         return message
     return message[: limit - 40] + f"… (cut: {len(message):,} characters in all)"
+
+
+def listing(items: Iterable[str], most: int = 5, separator: str = ", ", noun: str = "") -> str:
+    """The first ``most`` items, and how many there are in all when there are more: "a, b, … (12 in all)"."""
+    shown = list(items)
+    if len(shown) <= most:
+        return separator.join(shown)
+    return separator.join(shown[:most]) + f"{separator}… ({len(shown):,}{' ' + noun if noun else ''} in all)"

@@ -18,7 +18,7 @@ import numpy as np
 
 from .contract import Column, Contract
 from .headers import ColumnLabels
-from .rejection import FileRejected
+from .rejection import FileRejected, listing
 
 #: Offending values are cut to this many characters in error reports.
 MAX_REPORTED_VALUE = 200
@@ -94,8 +94,7 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
         else:
             positions[target] = index
     if duplicates:
-        more = f"; … ({len(duplicates):,} in all)" if len(duplicates) > 5 else ""
-        raise FileRejected("duplicate_header", "duplicate header names: " + "; ".join(duplicates[:5]) + more)
+        raise FileRejected("duplicate_header", "duplicate header names: " + listing(duplicates, separator="; "))
     missing = [c.name for c in contract.columns if c.required and c.name not in positions]
     if missing:
         raise FileRejected(
@@ -104,11 +103,10 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
             f"(header has: {', '.join(repr(h.strip()) for h in header if h.strip())})",
         )
     if unknown and contract.unknown_columns == "reject":
-        shown = ", ".join(repr(_cut(u, 40)) for u in unknown[:20])
-        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        shown = listing((repr(_cut(u, 40)) for u in unknown), most=20)
         raise FileRejected(
             "unknown_columns",
-            f"column(s) not in contract {contract.name!r}: {shown}{more} "
+            f"column(s) not in contract {contract.name!r}: {shown} "
             f"(the contract rejects unknown columns; known: {', '.join(contract.column_names)})",
         )
     return HeaderPlan(

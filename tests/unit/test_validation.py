@@ -1,7 +1,7 @@
 import pytest
 
 from ingest.contract import parse_contract
-from ingest.rejection import FileRejected
+from ingest.rejection import FileRejected, listing
 from ingest.validation import RowValidator, build_coercer, plan_header
 
 USERS_HEADER = ["id", "email", "full_name", "signup_date", "country", "age", "balance", "is_active"]
@@ -142,6 +142,18 @@ def test_schema_problems_reject_the_file(users, header, reason):
     with pytest.raises(FileRejected) as info:
         plan_header(users, header)
     assert info.value.reason == reason
+
+
+def test_long_lists_in_schema_rejections_show_their_first_items_and_how_many_there_are(users):
+    # one helper (rejection.listing) for every list of the kind: "and 5 more" here, "(N in all)" elsewhere
+    with pytest.raises(FileRejected) as info:
+        plan_header(users, [*USERS_HEADER, *(f"extra_{i}" for i in range(25))])
+    assert "'extra_0', 'extra_1'" in info.value.message and "'extra_19', … (25 in all)" in info.value.message
+    assert "extra_20" not in info.value.message
+    assert (
+        listing(["a", "b"]) == "a, b"
+        and listing(map(str, range(1200)), 2, "; ", "names") == "0; 1; … (1,200 names in all)"
+    )
 
 
 def test_unknown_columns_can_be_ignored_by_policy():
