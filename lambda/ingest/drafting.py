@@ -766,10 +766,11 @@ def _columns(places: list[int]) -> str:
 
 
 def _all_numbers(cells: list[str]) -> bool:
-    """Whether every non-empty cell reads as a number (``1``, ``-2.5e3``, ``NaN``): a row of values."""
+    """Whether every non-empty cell reads as a number (``1``, ``-2.5e3``, ``NaN``): a row of values. Not
+    Python's own spelling with underscores: ``2019_2020`` is a header (a fiscal year), not 20192020."""
     filled = [c for c in cells if c.strip()]
     try:
-        return bool(filled) and all(float(c) is not None for c in filled)
+        return bool(filled) and all("_" not in c and float(c) is not None for c in filled)
     except ValueError:
         return False
 

@@ -697,3 +697,9 @@ def test_a_row_past_the_sample_that_cannot_be_mended_does_not_stop_the_others_be
     assert "# Past the sample, line 12008 holds 'soon' in d, no date: drafted as text." in text, text
     assert "# Past the sample, n holds 'many', no integer: drafted as text." in text, text
     assert [c.type for c in parse_contract("mixed", tomllib.loads(text)).columns] == ["integer", "text", "text", "text"]
+
+
+def test_a_header_of_fiscal_years_is_a_header_not_a_row_of_numbers():
+    # float() reads "2019_2020" as 20192020 (Python's underscores): the draft warned of a missing header line
+    drafted = draft_contract(b"2019_2020,2020_2021\n5,6\n7,8\n", "fiscal")
+    assert "no header line" not in drafted and 'aliases = ["2019_2020"]' in drafted
