@@ -32,6 +32,12 @@ LITERAL_QUOTES_ADVICE = (
     '; should the quotes of this file be characters, not CSV quoting (as in many TSV exports), set quoting = "none" '
     "in its contract"
 )
+#: The advice instead, for a file whose sample quotes some field as CSV does: there a stray quote is a mistake
+#: in one line, and quoting = "none" would keep every quoted field's quotes as characters.
+STRAY_QUOTE_ADVICE = (
+    '; the file quotes other fields as CSV does ("…"), so a quote here is most likely unbalanced: mend that '
+    'line (quoting = "none" would keep the quotes of every quoted field as characters)'
+)
 #: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter. The
 #: file's header is the line after it.
 DELIMITER_HINT = re.compile(r"\ufeff?sep=(.)(?:\r\n|\r|\n)")
@@ -68,6 +74,7 @@ class TextFormat:
     delimiter_hint: bool = False  # the first line was a spreadsheet's "sep=;" hint, no record of the file
     skip_lines: int = 0  # lines before the header that are no part of the table (the contract's skip_lines)
     quoting: str = "csv"  # one of QUOTING_MODES (the contract's quoting)
+    csv_quotes_seen: bool = False  # the sample quotes some field as CSV does: "…" from delimiter to delimiter
 
     @property
     def lines_before_header(self) -> int:
@@ -263,16 +270,25 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
             f"the first line names the delimiter {hint[1]!r} (sep={hint[1]}), which the loader does not read; "
             f"it reads {', '.join(repr(d) for d in DELIMITERS)}",
         )
+    delimiter = hint[1] if hint else sniff_delimiter(after_lines(text_sample, skip_lines), quoting)
     text_format = TextFormat(
         encoding=codec.removesuffix("-sig"),
         bom=bom,
         compression=compression,
-        delimiter=hint[1] if hint else sniff_delimiter(after_lines(text_sample, skip_lines), quoting),
+        delimiter=delimiter,
         delimiter_hint=hint is not None,
         skip_lines=skip_lines,
         quoting=quoting,
+        csv_quotes_seen=_csv_quotes_seen(text_sample, delimiter),
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
+
+
+def _csv_quotes_seen(text: str, delimiter: str) -> bool:
+    """Whether some field of ``text`` is quoted as CSV quotes: a quote after a delimiter (or at a line's
+    start), doubled quotes or none inside, and a quote before a delimiter (or at the line's end)."""
+    d = re.escape(delimiter)
+    return re.search(rf'(?:^|{d})"(?:[^"\r\n]|"")*"(?={d}|\r?$)', text, re.MULTILINE) is not None
 
 
 def _first_bytes(chunks: Iterable[bytes], n: int) -> tuple[bytes, Iterator[bytes]]:
@@ -410,7 +426,7 @@ def read_records(text: io.TextIOBase, fmt: TextFormat) -> Iterator[tuple[int, li
 def _all_records(text: io.TextIOBase, fmt: TextFormat, lines_before: int) -> Iterator[tuple[int, list[str]]]:
     """Every record with the line it starts on (the file's, ``lines_before`` read already), blank ones too."""
     reader = csv.reader(text, strict=True, **fmt.csv_options)
-    if_literal = LITERAL_QUOTES_ADVICE if fmt.quoted else ""
+    if_literal = "" if not fmt.quoted else STRAY_QUOTE_ADVICE if fmt.csv_quotes_seen else LITERAL_QUOTES_ADVICE
     previous_line = lines_before
     while True:
         try:

@@ -208,3 +208,15 @@ def test_with_quoting_none_quotes_are_characters_and_with_csv_the_error_says_so(
         list(read_records(text, fmt))
     assert info.value.reason == "malformed_csv" and info.value.message.startswith("line 2: malformed CSV")
     assert 'set quoting = "none" in its contract' in info.value.message
+
+
+def test_a_stray_quote_in_a_file_that_quotes_as_csv_does_is_called_a_mistake_not_a_character():
+    # an Italian fuel-station registry (frictionless' issue-1066.csv): fields quoted as CSV does, and one
+    # quote at line 3 never closed. The advice was quoting = "none", which would keep every quote as a character.
+    data = b'id;owner;brand\n1;"IP SERVICES S.R.L.";Api-Ip\n2;"MEGA SERVICE S.A.S.;Q8\n3;PATTI;Q8\n'
+    fmt, text = open_text([data])
+    assert fmt.csv_quotes_seen
+    with pytest.raises(FileRejected) as info:
+        list(read_records(text, fmt))
+    assert info.value.reason == "malformed_csv" and "most likely unbalanced: mend that line" in info.value.message
+    assert "set quoting" not in info.value.message
