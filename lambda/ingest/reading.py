@@ -38,6 +38,13 @@ STRAY_QUOTE_ADVICE = (
     '; the file quotes other fields as CSV does ("…"), so a quote here is most likely unbalanced: mend that '
     'line (quoting = "none" would keep the quotes of every quoted field as characters)'
 )
+#: And for a file whose header is quoted names between spaces, as R's write.table writes: no delimiter read.
+SPACE_SEPARATED_ADVICE = (
+    '; the file looks space-separated ("a" "b" "c", as R\'s write.table writes), and the loader reads , ; tab '
+    'and | only: write it with write.csv, or sep = ","'
+)
+#: The advice a malformed CSV gets, by the quotes its sample shows (TextFormat.quotes_seen).
+QUOTE_ADVICE = {"": LITERAL_QUOTES_ADVICE, "csv": STRAY_QUOTE_ADVICE, "space_separated": SPACE_SEPARATED_ADVICE}
 #: A first line such as "sep=;": a hint some exports write for spreadsheets, naming the delimiter. The
 #: file's header is the line after it.
 DELIMITER_HINT = re.compile(r"\ufeff?sep=(.)(?:\r\n|\r|\n)")
@@ -74,7 +81,9 @@ class TextFormat:
     delimiter_hint: bool = False  # the first line was a spreadsheet's "sep=;" hint, no record of the file
     skip_lines: int = 0  # lines before the header that are no part of the table (the contract's skip_lines)
     quoting: str = "csv"  # one of QUOTING_MODES (the contract's quoting)
-    csv_quotes_seen: bool = False  # the sample quotes some field as CSV does: "…" from delimiter to delimiter
+    #: "csv": the sample quotes some field as CSV does ("…" from delimiter to delimiter); "space_separated": its
+    #: header is quoted names between spaces (R's write.table); "": neither
+    quotes_seen: str = ""
 
     @property
     def lines_before_header(self) -> int:
@@ -279,16 +288,19 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
         delimiter_hint=hint is not None,
         skip_lines=skip_lines,
         quoting=quoting,
-        csv_quotes_seen=_csv_quotes_seen(text_sample, delimiter),
+        quotes_seen=_quotes_seen(after_lines(text_sample, int(hint is not None) + skip_lines), delimiter),
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
 
 
-def _csv_quotes_seen(text: str, delimiter: str) -> bool:
-    """Whether some field of ``text`` is quoted as CSV quotes: a quote after a delimiter (or at a line's
-    start), doubled quotes or none inside, and a quote before a delimiter (or at the line's end)."""
+def _quotes_seen(text: str, delimiter: str) -> str:
+    """How the quotes of ``text`` (from its header on) read: "space_separated" where its first line is quoted
+    names between spaces; "csv" where some field is quoted as CSV quotes (a quote after a delimiter or at a
+    line's start, doubled quotes or none inside, a quote before a delimiter or at the line's end); else ""."""
+    if re.match(r'"[^"\r\n]*"(?: "[^"\r\n]*")+\r?(?:\n|$)', text):
+        return "space_separated"
     d = re.escape(delimiter)
-    return re.search(rf'(?:^|{d})"(?:[^"\r\n]|"")*"(?={d}|\r?$)', text, re.MULTILINE) is not None
+    return "csv" if re.search(rf'(?:^|{d})"(?:[^"\r\n]|"")*"(?={d}|\r?$)', text, re.MULTILINE) else ""
 
 
 def _first_bytes(chunks: Iterable[bytes], n: int) -> tuple[bytes, Iterator[bytes]]:
@@ -426,7 +438,7 @@ def read_records(text: io.TextIOBase, fmt: TextFormat) -> Iterator[tuple[int, li
 def _all_records(text: io.TextIOBase, fmt: TextFormat, lines_before: int) -> Iterator[tuple[int, list[str]]]:
     """Every record with the line it starts on (the file's, ``lines_before`` read already), blank ones too."""
     reader = csv.reader(text, strict=True, **fmt.csv_options)
-    if_literal = "" if not fmt.quoted else STRAY_QUOTE_ADVICE if fmt.csv_quotes_seen else LITERAL_QUOTES_ADVICE
+    if_literal = QUOTE_ADVICE[fmt.quotes_seen] if fmt.quoted else ""
     previous_line = lines_before
     while True:
         try:

@@ -215,8 +215,18 @@ def test_a_stray_quote_in_a_file_that_quotes_as_csv_does_is_called_a_mistake_not
     # quote at line 3 never closed. The advice was quoting = "none", which would keep every quote as a character.
     data = b'id;owner;brand\n1;"IP SERVICES S.R.L.";Api-Ip\n2;"MEGA SERVICE S.A.S.;Q8\n3;PATTI;Q8\n'
     fmt, text = open_text([data])
-    assert fmt.csv_quotes_seen
+    assert fmt.quotes_seen == "csv"
     with pytest.raises(FileRejected) as info:
         list(read_records(text, fmt))
     assert info.value.reason == "malformed_csv" and "most likely unbalanced: mend that line" in info.value.message
     assert "set quoting" not in info.value.message
+
+
+def test_a_file_of_quoted_names_between_spaces_is_called_space_separated():
+    # R's write.table writes "a" "b" "c" (statsmodels' src/scotvote.csv): the advice was quoting = "none"
+    fmt, text = open_text([b'"district" "yes" "tax"\n"Aberdeen" 60.3 712\n"Angus" 53.4 679\n'])
+    assert fmt.quotes_seen == "space_separated"
+    with pytest.raises(FileRejected) as info:
+        list(read_records(text, fmt))
+    assert info.value.reason == "malformed_csv" and "the file looks space-separated" in info.value.message
+    assert "write.csv" in info.value.message and "set quoting" not in info.value.message
