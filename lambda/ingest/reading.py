@@ -297,6 +297,8 @@ def _quotes_seen(text: str, delimiter: str) -> str:
     """How the quotes of ``text`` (from its header on) read: "space_separated" where its first line is quoted
     names between spaces; "csv" where some field is quoted as CSV quotes (a quote after a delimiter or at a
     line's start, doubled quotes or none inside, a quote before a delimiter or at the line's end); else ""."""
+    if '"' not in text:
+        return ""  # most files: no quote to look at (the search below would scan the whole sample for none)
     if re.match(r'"[^"\r\n]*"(?: "[^"\r\n]*")+\r?(?:\n|$)', text):
         return "space_separated"
     d = re.escape(delimiter)
