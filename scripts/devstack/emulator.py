@@ -1,5 +1,8 @@
 """The AWS emulator of the embedded stack: a moto server (S3, SQS, SNS) on 127.0.0.1.
 
+It runs as ``devstack.moto_server``: moto's own server, whose multipart completion copies the parts in the
+kernel rather than through Python (see that module).
+
 Port 4566 is LocalStack's, so ``awslocal`` and any SDK with ``AWS_ENDPOINT_URL`` work unchanged.
 """
 
@@ -16,7 +19,7 @@ DEFAULT_PORT = 4566
 
 
 def moto_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+    return [sys.executable, "-m", "devstack.moto_server", "-H", HOST, "-p", str(port)]
 
 
 def is_up(endpoint: str) -> bool:
