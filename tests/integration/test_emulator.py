@@ -85,3 +85,34 @@ def test_a_completion_naming_a_wrong_part_is_refused_and_the_object_never_appear
     with pytest.raises(ClientError, match="InvalidPart"):
         s3.complete_multipart_upload(Bucket=BUCKET, Key="bad.csv", UploadId=upload, MultipartUpload={"Parts": parts})
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("size", [100, PART + 1])
+def test_an_object_downloads_whole_whether_kept_in_memory_or_streamed_from_its_file(aws, size):
+    s3 = aws.s3
+    s3.create_bucket(Bucket=BUCKET)
+    data = os.urandom(size)
+    put = s3.put_object(Bucket=BUCKET, Key="in.csv", Body=data)
+    got = s3.get_object(Bucket=BUCKET, Key="in.csv", IfMatch=put["ETag"])
+    assert got["ContentLength"] == size and got["ETag"] == put["ETag"]
+    assert got["Body"].read() == data
+    tail = s3.get_object(Bucket=BUCKET, Key="in.csv", Range="bytes=-7")["Body"].read()
+    assert tail == data[-7:]
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        s3.get_object(Bucket=BUCKET, Key="in.csv", IfMatch='"0123456789abcdef0123456789abcdef"')
+
+
+@pytest.mark.integration
+def test_an_object_replaced_while_it_streams_is_read_whole_as_it_was(aws):
+    """The download reads the object's file through a descriptor of its own: a PutObject of the same key
+    meanwhile (which closes the old file) changes neither what that download returns nor the next one."""
+    s3 = aws.s3
+    s3.create_bucket(Bucket=BUCKET)
+    first, second = os.urandom(3 * PART), os.urandom(PART + 5)
+    s3.put_object(Bucket=BUCKET, Key="in.csv", Body=first)
+    body = s3.get_object(Bucket=BUCKET, Key="in.csv")["Body"]
+    start = body.read(1024)
+    s3.put_object(Bucket=BUCKET, Key="in.csv", Body=second)
+    assert start + body.read() == first
+    assert s3.get_object(Bucket=BUCKET, Key="in.csv")["Body"].read() == second
