@@ -35,7 +35,7 @@ from typing import Any
 import moto
 from moto.s3 import models, responses
 
-#: The moto release whose FakeMultipart.complete and FakeKey.value this module replaces.
+#: The moto release whose FakeMultipart.complete, FakeKey.value and S3Response.get_object this module replaces.
 WRITTEN_FOR = "5.2.5"
 COPY_CHUNK = 64 * 1024 * 1024
 SEND_CHUNK = 1024 * 1024
@@ -90,7 +90,8 @@ def complete(self: models.FakeMultipart, body: Any) -> tuple[Any, str, tuple[str
             raise models.InvalidPart()
         if last is not None and last.contentsize < models.S3_UPLOAD_PART_MIN_SIZE:
             raise models.EntityTooSmall()
-        md5s.extend(bytes.fromhex(part.etag.replace('"', "")))
+        assert part_etag is not None
+        md5s.extend(bytes.fromhex(part_etag))
         chosen.append(part)
         last = part
     if not chosen:
@@ -130,7 +131,13 @@ class FileBody:
                 offset += len(chunk)
                 yield chunk
         finally:
+            self.close()
+
+    def close(self) -> None:
+        """Let the descriptor go (the server calls this once the answer is sent, or given up before its start)."""
+        if self.fd >= 0:
             os.close(self.fd)
+            self.fd = -1
 
 
 _streaming = threading.local()  # set while GetObject builds its answer (moto serves each request in a thread)
