@@ -279,7 +279,8 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
             f"the first line names the delimiter {hint[1]!r} (sep={hint[1]}), which the loader does not read; "
             f"it reads {', '.join(repr(d) for d in DELIMITERS)}",
         )
-    delimiter = hint[1] if hint else sniff_delimiter(after_lines(text_sample, skip_lines), quoting)
+    table = after_lines(text_sample, int(hint is not None) + skip_lines)  # from the header on
+    delimiter = hint[1] if hint else sniff_delimiter(table, quoting)
     text_format = TextFormat(
         encoding=codec.removesuffix("-sig"),
         bom=bom,
@@ -288,7 +289,7 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
         delimiter_hint=hint is not None,
         skip_lines=skip_lines,
         quoting=quoting,
-        quotes_seen=_quotes_seen(after_lines(text_sample, int(hint is not None) + skip_lines), delimiter),
+        quotes_seen=_quotes_seen(table, delimiter),
     )
     return Source(text_format, codec, sample, _drain(buffered), consumed)
 

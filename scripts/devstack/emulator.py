@@ -1,7 +1,7 @@
 """The AWS emulator of the embedded stack: a moto server (S3, SQS, SNS) on 127.0.0.1.
 
 It runs as ``devstack.moto_server``: moto's own server, whose multipart completion copies the parts in the
-kernel rather than through Python (see that module).
+kernel rather than through Python, and whose GetObject streams big objects from their files (see that module).
 
 Port 4566 is LocalStack's, so ``awslocal`` and any SDK with ``AWS_ENDPOINT_URL`` work unchanged.
 """

@@ -1,4 +1,5 @@
-"""The embedded stack's emulator (devstack.moto_server): multipart objects complete as S3 completes them."""
+"""The embedded stack's emulator (devstack.moto_server): multipart objects complete as S3 completes them, and
+objects download whole, streamed or not."""
 
 from __future__ import annotations
 
