@@ -32,6 +32,16 @@ QUEUED_BYTES = 32 * 1024 * 1024
 MERGE_WORK_MEM = "64MB"
 #: The statistics target of the ANALYZE of staged keys before the MERGE: 300 times it rows are sampled.
 STAGING_STATISTICS_TARGET = 10
+#: An upsert of at least this many bytes into a table with rows stages them in an unlogged table (when the
+#: server runs parallel workers), so that the rows new or changed can be found by a parallel join before the
+#: MERGE (see Load._changed_rows).
+PARALLEL_STAGING_BYTES = 16 * 1024 * 1024
+#: The parallel join pays when fewer than this share of the staged rows are new or changed (a sample of
+#: about SAMPLE_PAGES pages, at most SAMPLE_ROWS rows, decides): it costs ~0.6 s per million staged rows
+#: and saves the MERGE ~1 s per million rows it need not join.
+CHANGED_SHARE_FOR_PREFILTER = 0.3
+SAMPLE_PAGES = 40
+SAMPLE_ROWS = 2000
 STATUSES = ("loaded", "rejected", "skipped", "failed")
 
 metadata = sa.MetaData()
@@ -132,6 +142,18 @@ def staging_table(contract: Contract) -> sa.Table:
         *(sa.Column(c.name, column_type(c)) for c in contract.columns),
         prefixes=["TEMPORARY"],
         postgresql_on_commit="DROP",
+    )
+
+
+def unlogged_staging_table(contract: Contract, backend_pid: int) -> sa.Table:
+    """A copy of the target's columns without constraints or WAL, named after the session (unique among the
+    sessions of the moment). Made and dropped inside one transaction, so no other session ever sees it, and
+    a rollback or a crash leaves nothing behind; unlike a temporary table, parallel workers can scan it."""
+    return sa.Table(
+        f"_ingest_stage_{backend_pid}",
+        sa.MetaData(),
+        *(sa.Column(c.name, column_type(c)) for c in contract.columns),
+        prefixes=["UNLOGGED"],
     )
 
 
@@ -272,9 +294,10 @@ class Load:
     - replace: DELETE the target's rows, then COPY straight into it;
     - upsert into an empty target (checked under a lock that keeps other writers out until commit):
       COPY straight into it, since there is nothing to update;
-    - upsert into a target with rows: COPY into a temporary staging table, then at commit MERGE it into
-      the target under a lock that keeps other writers out for that moment (INSERT … ON CONFLICT DO
-      UPDATE on PostgreSQL before 15); unchanged rows are left as they were.
+    - upsert into a target with rows: COPY into a staging table, then at commit MERGE it into the target
+      under a lock that keeps other writers out for that moment (INSERT … ON CONFLICT DO UPDATE on
+      PostgreSQL before 15); unchanged rows are left as they were. A big upsert stages into an unlogged
+      table, whose new and changed rows a parallel join finds first (see _changed_rows).
     The lineage column ``_ingest_md5`` takes its default from the transaction setting ``ingest.md5``.
     """
 
@@ -291,7 +314,8 @@ class Load:
         self.contract = contract
         self.md5 = md5
         self.target = target_table(contract)
-        self.staging = staging_table(contract)
+        self.staging = staging_table(contract)  # an unlogged one instead for a big upsert (_create_staging)
+        self._staging_unlogged = False
         self.schema_changes: list[str] = []  # the additive DDL this load applied
         self._matched = matched or (lambda _contract, _matches: None)
         self._size_bytes = size_bytes
@@ -317,7 +341,7 @@ class Load:
             locked = self._evolve(engine) if evolve else False
             self.strategy = self._choose_strategy(locked)
             if self.strategy == "staging":
-                self.staging.create(self._conn)
+                self._create_staging()
             if md5 is not None:
                 self.start(md5)
         except BaseException:
@@ -412,6 +436,33 @@ class Load:
             return "staging"
         self._lock_target()
         return "staging" if self._has_rows(conn) else "copy"
+
+    def _create_staging(self) -> None:
+        """The staging table of an upsert into a table with rows: temporary, or for a big one (where the
+        server runs parallel workers and the role may create tables) unlogged, which parallel workers can
+        scan (see _changed_rows)."""
+        conn = self._conn
+        if (
+            self._size_bytes >= PARALLEL_STAGING_BYTES
+            and (conn.dialect.server_version_info or (0,)) >= (15,)
+            and conn.execute(
+                sa.text(
+                    "SELECT least(current_setting('max_parallel_workers_per_gather')::int, "
+                    "current_setting('max_parallel_workers')::int) > 0"
+                )
+            ).scalar()
+        ):
+            unlogged = unlogged_staging_table(self.contract, conn.execute(sa.select(sa.func.pg_backend_pid())).scalar())
+            try:
+                with conn.begin_nested():
+                    unlogged.create(conn)
+            except sa.exc.DBAPIError as exc:
+                if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+                    raise
+            else:
+                self.staging, self._staging_unlogged = unlogged, True
+                return
+        self.staging.create(conn)
 
     def _has_rows(self, conn: sa.Connection) -> bool:
         return bool(conn.execute(sa.select(sa.exists().select_from(self.target))).scalar())
@@ -583,13 +634,58 @@ class Load:
         self._conn.execute(sa.text(f"SET LOCAL default_statistics_target = {STAGING_STATISTICS_TARGET}"))
         self._conn.execute(sa.text(f"ANALYZE {staging} ({keys})"))
         self._conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
+        source = staging
+        if self._staging_unlogged and self._mostly_unchanged(on, changed):
+            source = self._changed_rows(on, changed)
         statement = sa.text(
-            f"MERGE INTO {target} AS t USING {staging} AS s ON {on} "
+            f"MERGE INTO {target} AS t USING {source} AS s ON {on} "
             f"WHEN MATCHED AND {changed} THEN UPDATE SET {assignments} "
             f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})"
         )
         result = self._conn.execute(statement, {"md5": self.md5}, execution_options={"preserve_rowcount": True})
+        if self._staging_unlogged:
+            self._conn.execute(sa.text(f"DROP TABLE {staging}"))  # before the commit: no one ever sees it
         return int(result.rowcount)
+
+    def _mostly_unchanged(self, on: str, changed: str) -> bool:
+        """Whether fewer than CHANGED_SHARE_FOR_PREFILTER of a sample of the staged rows (SAMPLE_PAGES of its
+        pages or so, taken at random, at most SAMPLE_ROWS rows, each looked up by key) are new or differ from
+        the target's row."""
+        q = sql_identifier
+        key = self.contract.upsert_key
+        percent = min(100.0, 100.0 * SAMPLE_PAGES * 8192 / max(self._size_bytes, 1))
+        sampled, different = self._conn.execute(
+            sa.text(
+                f"SELECT count(*), count(*) FILTER (WHERE t.{q(key[0])} IS NULL OR {changed}) FROM "
+                f"(SELECT * FROM {q(self.staging.name)} TABLESAMPLE SYSTEM ({percent:.4f}) REPEATABLE (0) "
+                f"LIMIT {SAMPLE_ROWS}) AS s "
+                f"LEFT JOIN {q(self.target.name)} AS t ON {on}"
+            )
+        ).one()
+        return bool(sampled) and different < sampled * CHANGED_SHARE_FOR_PREFILTER
+
+    def _changed_rows(self, on: str, changed: str) -> str:
+        """The staged rows new to the target or different from its row, in a temporary table (dropped at
+        commit). PostgreSQL finds them with a join it runs in parallel workers (which cannot scan a temporary
+        table), so for a file of mostly unchanged rows the MERGE joins only the few left. Under the lock the
+        MERGE holds, so no other writer changes the target in between. 1M staged rows, two cores: none
+        changed 0.6-0.9 s against 1.2-1.3 s for the MERGE of them all; all changed, this join costs ~0.9 s
+        more than it saves (hence _mostly_unchanged first)."""
+        q = sql_identifier
+        staging, target = q(self.staging.name), q(self.target.name)
+        rows = q(f"_ingest_changed_{self.contract.table}")
+        key = self.contract.upsert_key
+        # The planner counts every staged row as leaving the join (it cannot tell how many differ) and so
+        # prices their transfer from the workers too high to choose them; few leave in the case this is for.
+        self._conn.execute(sa.text("SET LOCAL parallel_tuple_cost = 0.01"))
+        self._conn.execute(
+            sa.text(
+                f"CREATE TEMPORARY TABLE {rows} ON COMMIT DROP AS SELECT s.* FROM {staging} AS s "
+                f"LEFT JOIN {target} AS t ON {on} WHERE t.{q(key[0])} IS NULL OR {changed}"
+            )
+        )
+        self._conn.execute(sa.text(f"ANALYZE {rows} ({', '.join(q(k) for k in key)})"))
+        return rows
 
     def rollback(self, error: BaseException | None = None) -> None:
         self._disarm()
