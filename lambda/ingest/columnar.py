@@ -301,11 +301,11 @@ class ColumnScreen:
         s, cells, pointed = self._decimal_comma(s, cells)
         negative = cells.byte_at(0) == 45
         body = cells.starts + negative
-        points = cells.count(POINT)
-        # where the point is (with at most one point): the sum of the positions of the points in the cell
-        positions = np.zeros(len(cells.data) + 1, dtype=np.int64)
-        np.cumsum(np.where(cells.data == 46, np.arange(len(cells.data)), 0), out=positions[1:])
-        point = np.where(points == 1, positions[cells.ends] - positions[cells.starts], cells.ends)
+        found, cell = cells.find(POINT)
+        points = np.bincount(cell, minlength=len(cells.starts))
+        point = cells.ends.copy()
+        point[cell] = found  # a cell's point, where it has one (cells with more are refused below)
+        point = np.where(points == 1, point, cells.ends)
         whole_digits = point - body
         fraction_digits = np.where(points == 1, cells.ends - point - 1, 0)
         whole_zero = cells.byte_at(negative.astype(np.int64)) == 48
@@ -355,14 +355,13 @@ class ColumnScreen:
             if not len(rows):
                 continue
             text = cells.data[cells.starts[rows, None] + np.arange(layout.width)]  # these cells are that wide
-            digits = text[:, layout.digits]
-            matched = ((digits >= 48) & (digits <= 57)).all(axis=1) & (
+            matched = ((text[:, layout.digits] - np.uint8(48)) < 10).all(axis=1) & (  # digits: 48-57, wrapped
                 text[:, layout.literal_at] == layout.literals
             ).all(axis=1)
             hits = rows[matched]
             iso[hits] = text[matched][:, layout.iso_order]
             decided[hits] = True
-        digits = iso.astype(np.int64) - 48
+        digits = iso.astype(np.int16) - 48  # the years of decided cells fit (undecided ones wrap, unused)
         years = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
         months = digits[:, 5] * 10 + digits[:, 6]
         days = digits[:, 8] * 10 + digits[:, 9]
@@ -415,10 +414,12 @@ def _within(col: Column, numbers: np.ndarray, exact: bool) -> np.ndarray:
     return ok
 
 
+MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int16)
+
+
 def _real_dates(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
-    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
-    limit = month_days[np.clip(m, 0, 12)] + ((m == 2) & leap)
+    limit = MONTH_DAYS[np.clip(m, 0, 12)] + ((m == 2) & leap)
     return (y >= 1) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= limit)
 
 

@@ -14,16 +14,9 @@ import numpy as np
 NEWLINE, CR, QUOTE = 10, 13, 34
 
 
-def _has_control(data: np.ndarray) -> bool:
-    """Whether there is a control byte other than tab, LF and CR (the few below 32 are looked at closely)."""
-    if (data == 127).any():
-        return True
-    low = data < 32
-    low &= data != NEWLINE
-    if not low.any():
-        return False
-    rest = data[low]
-    return bool(((rest != 9) & (rest != CR)).any())
+def _has_control(data: np.ndarray, low_bytes: np.ndarray) -> bool:
+    """Whether there is a control byte other than tab, LF and CR; ``low_bytes``: the bytes below 32."""
+    return bool(((low_bytes != NEWLINE) & (low_bytes != CR) & (low_bytes != 9)).any() or (data == 127).any())
 
 
 class QuotingAnomaly(Exception):
@@ -57,12 +50,16 @@ class LineIndex:
         if self.quote_needs_check:
             self.quote_needs_check = False
             self._check_after_close(data[0])
+        # One pass finds the bytes below 32 (line ends, CRs, tabs, other control bytes: a few percent of a
+        # text); the newlines and CRs are picked from those rather than found by passes of their own.
+        low = np.flatnonzero(data < 32)
+        low_bytes = data[low]
         if not self.has_control:
-            self.has_control = _has_control(data)
+            self.has_control = _has_control(data, low_bytes)
         quotes = np.flatnonzero(data == QUOTE) if self.quotes else np.empty(0, dtype=np.intp)
-        newlines = np.flatnonzero(data == NEWLINE)
+        newlines = low[low_bytes == NEWLINE]
         self._check_quotes(data, quotes)
-        self._check_cr(data)
+        self._check_cr(data, low[low_bytes == CR])
 
         parity = (np.searchsorted(quotes, newlines) + int(self.in_quotes)) & 1
         ends = newlines[parity == 0]  # newlines that end a record
@@ -152,8 +149,7 @@ class LineIndex:
         if byte not in (self.delimiter, NEWLINE, CR, QUOTE):
             raise QuotingAnomaly("text after a closing quote")
 
-    def _check_cr(self, data: np.ndarray) -> None:
-        crs = np.flatnonzero(data == CR)
+    def _check_cr(self, data: np.ndarray, crs: np.ndarray) -> None:
         if len(crs):
             inside = crs < len(data) - 1
             if (data[crs[inside] + 1] != NEWLINE).any():

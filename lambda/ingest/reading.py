@@ -264,7 +264,10 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
         stream = _StreamDecompressor(buffered, kind)
         consumed = lambda: stream.consumed  # noqa: E731
         buffered = io.BufferedReader(stream, READ_BYTES)  # type: ignore[arg-type]
-    sample = buffered.read(SAMPLE_BYTES)
+    if compression is None:  # the chunks as they come, after the sample: no copy through a reader
+        sample, rest = _split_bytes(chunks, SAMPLE_BYTES)
+    else:
+        sample, rest = buffered.read(SAMPLE_BYTES), _drain(buffered)
     if not sample:
         what = "decompresses to nothing" if compression else "is empty (0 bytes)"
         raise FileRejected("empty_object", f"the object {what}")
@@ -291,7 +294,7 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
         quoting=quoting,
         quotes_seen=_quotes_seen(table, delimiter),
     )
-    return Source(text_format, codec, sample, _drain(buffered), consumed)
+    return Source(text_format, codec, sample, rest, consumed)
 
 
 def _quotes_seen(text: str, delimiter: str) -> str:
@@ -315,6 +318,18 @@ def _first_bytes(chunks: Iterable[bytes], n: int) -> tuple[bytes, Iterator[bytes
         if len(first) >= n:
             break
     return first[:n], itertools.chain([first], rest)
+
+
+def _split_bytes(chunks: Iterator[bytes], n: int) -> tuple[bytes, Iterator[bytes]]:
+    """The first ``n`` bytes of the chunks (fewer if there are not as many), and an iterator of the rest."""
+    first = bytearray()
+    for chunk in chunks:
+        if len(first) + len(chunk) >= n:
+            cut = n - len(first)
+            first += chunk[:cut]
+            return bytes(first), itertools.chain([chunk[cut:]] if cut < len(chunk) else [], chunks)
+        first += chunk
+    return bytes(first), iter(())
 
 
 def open_text(

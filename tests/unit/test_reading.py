@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from ingest.reading import detect_encoding, open_text, read_records, sniff_delimiter
+from ingest.reading import SAMPLE_BYTES, detect_encoding, inspect, open_text, read_records, sniff_delimiter
 from ingest.rejection import FileRejected
 
 
@@ -230,3 +230,13 @@ def test_a_file_of_quoted_names_between_spaces_is_called_space_separated():
         list(read_records(text, fmt))
     assert info.value.reason == "malformed_csv" and "the file looks space-separated" in info.value.message
     assert "write.csv" in info.value.message and "set quoting" not in info.value.message
+
+
+@pytest.mark.parametrize("size", [10, SAMPLE_BYTES - 1, SAMPLE_BYTES, SAMPLE_BYTES + 1, 3 * SAMPLE_BYTES + 5])
+@pytest.mark.parametrize("chunk", [1, 7, SAMPLE_BYTES - 1, SAMPLE_BYTES, 1 << 20])
+def test_an_uncompressed_object_is_its_sample_then_the_rest_however_it_is_chunked(size, chunk):
+    line = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(size))
+    data = line[:size] if size > 10 else b"id,name\n1\n"
+    source = inspect(data[i : i + chunk] for i in range(0, len(data), chunk))
+    assert source.sample == data[:SAMPLE_BYTES]
+    assert source.sample + b"".join(source.rest) == data
