@@ -452,7 +452,9 @@ class Load:
                 )
             ).scalar()
         ):
-            unlogged = unlogged_staging_table(self.contract, conn.execute(sa.select(sa.func.pg_backend_pid())).scalar())
+            unlogged = unlogged_staging_table(
+                self.contract, conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+            )
             try:
                 with conn.begin_nested():
                     unlogged.create(conn)
