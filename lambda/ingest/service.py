@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -198,10 +199,11 @@ class _Outputs:
     for rejected ones. All three are named by the file's MD5, and none opens before the ledger was asked
     whether that content was decided already (``_Decided``).
 
-    A multipart upload's MD5 is known only once its spool has every byte. Meanwhile the load gets its table
-    ready (``prepare``: the transaction, the contract compared with the table, the lock it needs) and
-    processing starts from the spool's first megabyte; what it emits waits here until the MD5 is known (at
-    most OPEN_WAIT_BYTES; past that, processing waits for the hash), so that all three overlap."""
+    The load gets its table ready in a thread of its own (``prepare``: the transaction, the contract
+    compared with the table, the lock it needs) while processing starts. A multipart upload's MD5 is known
+    only once its spool has every byte: processing starts from the spool's first megabyte meanwhile, and
+    what it emits waits here until the MD5 is known (at most OPEN_WAIT_BYTES; past that, processing waits
+    for the hash), so that all three overlap."""
 
     def __init__(self, attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None):
         self.attempt, self.deps, self.info, self.spool = attempt, deps, info, spool
@@ -211,6 +213,8 @@ class _Outputs:
         self.opened = False
         self._waiting: list[tuple[bool, bytes]] = []
         self._waiting_bytes = 0
+        self._preparing: threading.Thread | None = None
+        self._prepare_error: BaseException | None = None
 
     def valid(self, block: bytes) -> None:
         if not self.opened and not self._wait(True, block):
@@ -245,18 +249,41 @@ class _Outputs:
         return md5
 
     def prepare(self) -> None:
-        """Open the load's transaction and ready its table while the MD5 is not known yet (the spool's
-        thread hashes meanwhile)."""
+        """Open the load's transaction and ready its table in a thread, while processing starts (before the
+        MD5 is known, if it is not yet): a cold start compares the contract with the table, which takes a
+        tenth of a second or more, and a table another load holds waits for it there, not here."""
         contract = self.attempt.contract
         assert contract is not None
-        self.load = self.deps.database.begin_load(
-            contract, None, deadline=self.attempt.deadline, size_bytes=self.info.size or 0
-        )
+
+        def begin() -> None:
+            try:
+                self.load = self.deps.database.begin_load(
+                    contract, None, deadline=self.attempt.deadline, size_bytes=self.info.size or 0
+                )
+            except BaseException as exc:
+                self._prepare_error = exc
+
+        self._preparing = threading.Thread(target=begin, name="load-prepare", daemon=True)
+        self._preparing.start()
+
+    def _prepared(self) -> None:
+        """Wait until the load prepare() began is ready; raise what stopped it."""
+        if self._preparing is not None:
+            self._preparing.join()
+            self._preparing = None
+            if self._prepare_error is not None:
+                raise self._prepare_error
+
+    def _settle(self) -> None:
+        """Before undoing the outputs: wait for a load being prepared (its failure no longer matters)."""
+        with suppress(Exception):
+            self._prepared()
 
     def open(self) -> None:
         if self.opened:
             return
         md5 = self.identify()
+        self._prepared()
         attempt, deps = self.attempt, self.deps
         contract = attempt.contract
         assert contract is not None
@@ -284,6 +311,7 @@ class _Outputs:
     def errors_only(self) -> bool:
         """For a rejected file: drop the load and processed/, keep the errors CSV written so far (if any);
         whether there is one."""
+        self._settle()
         if self.load is not None:
             self.load.rollback()
         if self.processed is not None:
@@ -302,6 +330,7 @@ class _Outputs:
         return False
 
     def abort(self, error: BaseException | None = None) -> None:
+        self._settle()
         self._waiting = []
         if self.processed is not None:
             self.processed.abort()
@@ -357,9 +386,8 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
         attempt.outcome = Outcome()
         try:
             if attempt.md5 is not None:  # known already: the ledger first, before a byte is read
-                outputs.open()
-            else:
-                outputs.prepare()
+                outputs.identify()
+            outputs.prepare()
             if spool is not None:
                 chunks = spool.chunks()
             else:

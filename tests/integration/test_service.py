@@ -505,3 +505,29 @@ def test_tables_dropped_under_a_warm_runtime_are_made_again(pipeline):
     assert receipt.status == "loaded" and receipt.rows_loaded == 1
     assert pipeline.query("SELECT id FROM users") == [{"id": 7}]
     assert [r["status"] for r in pipeline.query("SELECT status FROM ingest_files")] == ["loaded"]
+
+
+def test_the_file_is_read_and_validated_while_its_table_is_held_by_another_session(pipeline, monkeypatch):
+    """The load readies its table (compares it with the contract, takes the lock it needs) in a thread of its
+    own while processing starts: a table another session holds delays the load's commit, not the reading."""
+    pipeline.deps.database.ensure_tables(pipeline.deps.contracts["users"])
+    pipeline.upload("incoming/users/held.csv", (SAMPLES / "users.csv").read_bytes())
+    processing = threading.Event()
+    process = service.process
+
+    def observed(*args, **kwargs):
+        processing.set()
+        return process(*args, **kwargs)
+
+    monkeypatch.setattr(service, "process", observed)
+    receipts: list = []
+    with psycopg.connect(pipeline.database_url) as holder:
+        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        worker = threading.Thread(
+            target=lambda: receipts.append(ingest_object(pipeline.bucket, "incoming/users/held.csv", pipeline.deps))
+        )
+        worker.start()
+        assert processing.wait(30), "processing waited for the table another session holds"
+        assert worker.is_alive() and not receipts  # the load itself waits for the table
+    worker.join(60)  # the holder's transaction ended with its connection
+    assert [r.status for r in receipts] == ["loaded"]
