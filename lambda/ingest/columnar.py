@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -544,22 +546,23 @@ def supported(source: Source) -> str | None:
     return None
 
 
-def process_columnar(
-    source: Source,
-    header: list[str],
-    header_bytes: int,
-    header_lines: int,
-    contract: Contract,
-    plan: HeaderPlan,
-    emit_valid: Callable[[bytes], None],
-    emit_errors: Callable[[list[RowError]], None],
-    counts: Any,
-) -> None:
-    """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
+@dataclass
+class _Parsed:
+    """One block of the body, parsed: its rows as text cells, and what the line index knows of them."""
+
+    batch: pa.RecordBatch
+    records: int
+    lines: np.ndarray  # the start line of every record (rows and invalid rows), in order
+    invalid: list[tuple[int, str]]  # (record number in the block, text) of the rows pyarrow could not split
+    ascii: bool  # the block's bytes are all ASCII
+    has_control: bool  # the file had shown control bytes by the time the block was cut
+
+
+def _parsed_blocks(source: Source, header_bytes: int, index: LineIndex, width: int) -> Iterator[_Parsed]:
+    """The body cut into blocks at record ends, each parsed by pyarrow into a batch of text cells."""
     delimiter = source.text_format.delimiter
     quoted = source.text_format.quoted
-    index = LineIndex(delimiter, first_line=header_lines + 1, quotes=quoted)
-    names = [f"f{i}" for i in range(len(header))]
+    names = [f"f{i}" for i in range(width)]
     read_options = pacsv.ReadOptions(
         column_names=names,
         use_threads=False,
@@ -575,43 +578,106 @@ def process_columnar(
         )
         for ascii in (False, True)
     }
+    for block, records in _record_blocks(source, header_bytes, index):
+        if not records:
+            continue
+        lines = index.take(records)
+        invalid: list[tuple[int, str]] = []
+
+        def on_invalid_row(row: Any, invalid: list[tuple[int, str]] = invalid) -> str:
+            invalid.append((row.number, row.text))
+            return "skip"
+
+        parse_options = pacsv.ParseOptions(
+            delimiter=delimiter,
+            quote_char='"' if quoted else False,
+            double_quote=quoted,
+            escape_char=False,
+            newlines_in_values=quoted,
+            ignore_empty_lines=True,
+            invalid_row_handler=on_invalid_row,
+        )
+        ascii = int(np.frombuffer(block, dtype=np.uint8).max(initial=0)) < 128
+        table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options[ascii])
+        batch = pa.RecordBatch.from_arrays(
+            [pa.concat_arrays(c.chunks) if c.num_chunks != 1 else c.chunk(0) for c in table.columns], names
+        )
+        if batch.num_rows + len(invalid) != records:
+            raise ExactEngineNeeded("the parser and the line index disagree on the records of a block")
+        if len(block) > MAX_FIELD_CHARS and any(_too_long(c) for c in batch.columns):
+            raise ExactEngineNeeded("a field larger than the exact engine accepts")
+        yield _Parsed(batch, records, lines, invalid, ascii, index.has_control)
+
+
+#: How many parsed blocks the reading thread may have ready ahead of the validation (each ~6 MB in memory).
+PARSED_AHEAD = 2
+
+
+def _ahead(items: Iterator[_Parsed], name: str) -> Iterator[_Parsed]:
+    """``items``, produced by a thread of its own at most PARSED_AHEAD ahead of the caller: reading, cutting
+    and parsing the next block (pyarrow's parser and the line index's numpy, which let go of the GIL) runs
+    while the caller validates this one, on another core when there is one. What the thread raises is raised
+    here, in order. A caller that stops early leaves the thread to end by itself (at its next block)."""
+    done = object()
+    ready: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=PARSED_AHEAD)
+    stop = threading.Event()
+
+    def put(item: Any, error: BaseException | None = None) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:
+            put(done, exc)
+        else:
+            put(done)
+
+    threading.Thread(target=produce, name=name, daemon=True).start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def process_columnar(
+    source: Source,
+    header: list[str],
+    header_bytes: int,
+    header_lines: int,
+    contract: Contract,
+    plan: HeaderPlan,
+    emit_valid: Callable[[bytes], None],
+    emit_errors: Callable[[list[RowError]], None],
+    counts: Any,
+) -> None:
+    """Validate the body; hand on CSV blocks of valid rows and lists of row errors, in line order."""
+    index = LineIndex(source.text_format.delimiter, first_line=header_lines + 1, quotes=source.text_format.quoted)
     screens = [ColumnScreen(col, contract.nulls(col)) for col in contract.columns]
     exact = RowValidator(contract, plan)
     keys = KeyChecks(contract)
     special = [col.type in ("text", "double", "timestamp", "timestamptz") for col in contract.columns]
     try:
-        for block, records in _record_blocks(source, header_bytes, index):
-            if not records:
-                continue
-            lines = index.take(records)
-            invalid: list[tuple[int, str]] = []
-
-            def on_invalid_row(row: Any, invalid: list[tuple[int, str]] = invalid) -> str:
-                invalid.append((row.number, row.text))
-                return "skip"
-
-            parse_options = pacsv.ParseOptions(
-                delimiter=delimiter,
-                quote_char='"' if quoted else False,
-                double_quote=quoted,
-                escape_char=False,
-                newlines_in_values=quoted,
-                ignore_empty_lines=True,
-                invalid_row_handler=on_invalid_row,
-            )
-            ascii = int(np.frombuffer(block, dtype=np.uint8).max(initial=0)) < 128
-            table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options[ascii])
-            batch = pa.RecordBatch.from_arrays(
-                [pa.concat_arrays(c.chunks) if c.num_chunks != 1 else c.chunk(0) for c in table.columns], names
-            )
-            if batch.num_rows + len(invalid) != records:
-                raise ExactEngineNeeded("the parser and the line index disagree on the records of a block")
-            if len(block) > MAX_FIELD_CHARS and any(_too_long(c) for c in batch.columns):
-                raise ExactEngineNeeded("a field larger than the exact engine accepts")
+        for parsed in _ahead(_parsed_blocks(source, header_bytes, index, len(header)), "csv-parse"):
+            records, lines = parsed.records, parsed.lines
             is_row = np.ones(records, dtype=bool)
             blank = 0
             errors = []
-            for number, text in invalid:
+            for number, text in parsed.invalid:
                 is_row[number - 1] = False
                 fields = _fields(text, source.text_format)
                 if len(fields) == 1 and not fields[0].strip():
@@ -623,7 +689,7 @@ def process_columnar(
             row_lines = lines[is_row]
             counts.rows_total += records - blank
             valid_block, row_errors, n_valid = _validate_batch(
-                batch, row_lines, plan, screens, exact, keys, special, index.has_control, ascii
+                parsed.batch, row_lines, plan, screens, exact, keys, special, parsed.has_control, parsed.ascii
             )
             errors += row_errors
             counts.rows_valid += n_valid

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -556,3 +557,41 @@ def test_negative_zeros_are_written_as_zero_in_both_engines():
         ["e", "0.00", "3"],
     ]
     assert errors == []
+
+
+def test_a_quoting_anomaly_blocks_after_the_first_hands_the_file_over_as_the_first_block_would(users, small_blocks):
+    # blocks are parsed by a thread of their own, ahead of the validation: what it meets late is raised in turn
+    rows = b"".join(b"%d,u%d@b.co,User %d\n" % (i, i, i) for i in range(1, 3000))
+    data = b"id,email,full_name\n" + rows + b'3000,x@b.co,An"n\n'
+    exact, fast = both(data, users)
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "exact" and fast.outcome.rows_valid == 3000
+    with pytest.raises(ExactEngineNeeded, match="quote inside an unquoted field"):
+        process([data], users, lambda b: None, lambda b: None, engine="columnar")
+
+
+def test_parsed_blocks_come_in_order_and_an_error_after_them_comes_where_it_happened():
+    def items():
+        yield from range(5)
+        raise ValueError("the fifth block is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="fifth"):
+        for item in columnar._ahead(items(), "test-ahead"):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_a_validation_that_stops_early_leaves_the_parsing_thread_to_end_by_itself():
+    def endless():
+        n = 0
+        while True:
+            n += 1
+            yield n
+
+    ahead = columnar._ahead(endless(), "test-ahead-endless")
+    assert next(ahead) == 1
+    [thread] = [t for t in threading.enumerate() if t.name == "test-ahead-endless"]
+    ahead.close()  # what a for loop left by an exception does
+    thread.join(5)
+    assert not thread.is_alive()
