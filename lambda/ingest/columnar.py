@@ -9,7 +9,9 @@ the fast path can only ever be narrower than the exact one, never different.
 
 What the engine cannot read exactly like Python's csv module (quotes in odd places, lone CRs, a parse
 error, a header it cannot locate) raises ``ExactEngineNeeded``: the caller starts again with the exact
-engine. The line numbers come from ``lines.LineIndex``, a numpy scan of the same bytes.
+engine. The line numbers come from ``lines.LineIndex``, a numpy scan of the same bytes. Cutting and
+parsing the next block runs in a thread of its own while this one is validated (``_ahead``): a pure
+function still, of the chunks it is given, whose work takes a second core when there is one.
 """
 
 from __future__ import annotations
