@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import boto3
+import pyarrow as pa
 from botocore.config import Config
 from psycopg.conninfo import make_conninfo
 
@@ -38,8 +39,23 @@ class ConfigurationError(RuntimeError):
     pass
 
 
+def compact_arrow_memory() -> None:
+    """pyarrow's jemalloc pool, handing freed pages back at once, where the wheel has it and the environment
+    names no other (ARROW_DEFAULT_MEMORY_POOL). The columnar engine allocates blocks in its parsing thread
+    and frees them in the validating one: with pyarrow's default (mimalloc) that kept ~50 MB more resident
+    at 5M rows (peak 226-234 MB for the core alone against 167 MB, 175 MB before the parsing thread)."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # a pyarrow built without jemalloc: its default stays
+        pass
+
+
 @lru_cache(maxsize=1)
 def dependencies() -> Dependencies:
+    compact_arrow_memory()
     session = boto3.session.Session()
     database_url = os.environ.get("DATABASE_URL") or _database_url_from_secret(session)
     return Dependencies(
