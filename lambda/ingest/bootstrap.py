@@ -8,6 +8,7 @@ Environment:
   INGEST_OUTPUT_BUCKET   bucket for processed/ and errors/ (default: the bucket of the upload)
   INGEST_CONTRACTS_DIR   folder of contract files (default: lambda/contracts beside the package)
   AWS_ENDPOINT_URL       an emulator's endpoint (read by boto3 itself)
+  ARROW_DEFAULT_MEMORY_POOL  pyarrow's memory pool (default here: jemalloc, see compact_arrow_memory)
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ OPTIONAL = {
     "INGEST_CONTRACTS_DIR",
     "AWS_ENDPOINT_URL",
     "INGEST_DEADLINE_MARGIN_MS",
+    "ARROW_DEFAULT_MEMORY_POOL",  # pyarrow's own: names a pool other than the jemalloc the function takes
 }
 
 
