@@ -134,26 +134,21 @@ def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Tabl
     return sa.Table(contract.table, meta, *columns, comment=contract.description or None)
 
 
-def staging_table(contract: Contract) -> sa.Table:
-    """A temporary copy of the target's columns, without constraints, dropped at commit."""
+def staging_table(contract: Contract, backend_pid: int | None = None) -> sa.Table:
+    """A copy of the target's columns without constraints: temporary, dropped at commit; or, with the
+    session's ``backend_pid`` (unique among the sessions of the moment), a plain table without WAL
+    (UNLOGGED) named after it, made and dropped inside one transaction, so that no other session ever sees
+    it and a rollback or a crash leaves nothing behind. Unlike a temporary table, parallel workers can scan
+    it."""
+    columns = (sa.Column(c.name, column_type(c)) for c in contract.columns)
+    if backend_pid is not None:
+        return sa.Table(f"_ingest_stage_{backend_pid}", sa.MetaData(), *columns, prefixes=["UNLOGGED"])
     return sa.Table(
         f"_ingest_stage_{contract.table}",
         sa.MetaData(),
-        *(sa.Column(c.name, column_type(c)) for c in contract.columns),
+        *columns,
         prefixes=["TEMPORARY"],
         postgresql_on_commit="DROP",
-    )
-
-
-def unlogged_staging_table(contract: Contract, backend_pid: int) -> sa.Table:
-    """A copy of the target's columns without constraints or WAL, named after the session (unique among the
-    sessions of the moment). Made and dropped inside one transaction, so no other session ever sees it, and
-    a rollback or a crash leaves nothing behind; unlike a temporary table, parallel workers can scan it."""
-    return sa.Table(
-        f"_ingest_stage_{backend_pid}",
-        sa.MetaData(),
-        *(sa.Column(c.name, column_type(c)) for c in contract.columns),
-        prefixes=["UNLOGGED"],
     )
 
 
@@ -452,9 +447,7 @@ class Load:
                 )
             ).scalar()
         ):
-            unlogged = unlogged_staging_table(
-                self.contract, conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
-            )
+            unlogged = staging_table(self.contract, conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one())
             try:
                 with conn.begin_nested():
                     unlogged.create(conn)
