@@ -553,11 +553,14 @@ class _Parsed:
     """One block of the body, parsed: its rows as text cells, and what the line index knows of them."""
 
     batch: pa.RecordBatch
-    records: int
     lines: np.ndarray  # the start line of every record (rows and invalid rows), in order
     invalid: list[tuple[int, str]]  # (record number in the block, text) of the rows pyarrow could not split
     ascii: bool  # the block's bytes are all ASCII
     has_control: bool  # the file had shown control bytes by the time the block was cut
+
+    @property
+    def records(self) -> int:
+        return len(self.lines)
 
 
 def _parsed_blocks(source: Source, header_bytes: int, index: LineIndex, width: int) -> Iterator[_Parsed]:
@@ -608,7 +611,7 @@ def _parsed_blocks(source: Source, header_bytes: int, index: LineIndex, width: i
             raise ExactEngineNeeded("the parser and the line index disagree on the records of a block")
         if len(block) > MAX_FIELD_CHARS and any(_too_long(c) for c in batch.columns):
             raise ExactEngineNeeded("a field larger than the exact engine accepts")
-        yield _Parsed(batch, records, lines, invalid, ascii, index.has_control)
+        yield _Parsed(batch, lines, invalid, ascii, index.has_control)
 
 
 #: How many parsed blocks the reading thread may have ready ahead of the validation (each ~6 MB in memory).

@@ -247,27 +247,28 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
     ``skip_lines``: lines before the header (after a delimiter hint line, if any) that are no part of the
     table, such as a title or a source note; the delimiter is judged from the lines after them, read with
     ``quoting``."""
-    head, chunks = _first_bytes(chunks, HEAD_BYTES)
-    buffered = io.BufferedReader(_ChunkStream(chunks), READ_BYTES)
+    head, rest = _split_bytes(iter(chunks), HEAD_BYTES)
+    chunks = itertools.chain([head], rest)  # every byte, the head too
     compression = None
     consumed = None
     unread = next((what for magic, what in UNREAD_MAGIC.items() if head.startswith(magic)), None)
     if unread:
         raise FileRejected("unsupported_compression", f"the object is {unread}: the loader reads gzip, bzip2 and xz")
+    decompressed: io.BufferedReader | None = None
     if head.startswith(GZIP_MAGIC):
         compression = "gzip"
-        gunzip = _GunzipStream(buffered)  # type: ignore[arg-type]
+        gunzip = _GunzipStream(io.BufferedReader(_ChunkStream(chunks), READ_BYTES))
         consumed = lambda: gunzip.consumed  # noqa: E731
-        buffered = io.BufferedReader(gunzip, READ_BYTES)  # type: ignore[arg-type]
+        decompressed = io.BufferedReader(gunzip, READ_BYTES)  # type: ignore[arg-type]
     elif kind := next((kind for magic, kind in STREAM_MAGIC.items() if magic.match(head)), None):
         compression = kind
-        stream = _StreamDecompressor(buffered, kind)
+        stream = _StreamDecompressor(io.BufferedReader(_ChunkStream(chunks), READ_BYTES), kind)
         consumed = lambda: stream.consumed  # noqa: E731
-        buffered = io.BufferedReader(stream, READ_BYTES)  # type: ignore[arg-type]
-    if compression is None:  # the chunks as they come, after the sample: no copy through a reader
+        decompressed = io.BufferedReader(stream, READ_BYTES)  # type: ignore[arg-type]
+    if decompressed is None:  # the chunks as they come, after the sample: no copy through a reader
         sample, rest = _split_bytes(chunks, SAMPLE_BYTES)
     else:
-        sample, rest = buffered.read(SAMPLE_BYTES), _drain(buffered)
+        sample, rest = decompressed.read(SAMPLE_BYTES), _drain(decompressed)
     if not sample:
         what = "decompresses to nothing" if compression else "is empty (0 bytes)"
         raise FileRejected("empty_object", f"the object {what}")
@@ -307,17 +308,6 @@ def _quotes_seen(text: str, delimiter: str) -> str:
         return "space_separated"
     d = re.escape(delimiter)
     return "csv" if re.search(rf'(?:^|{d})"(?:[^"\r\n]|"")*"(?={d}|\r?$)', text, re.MULTILINE) else ""
-
-
-def _first_bytes(chunks: Iterable[bytes], n: int) -> tuple[bytes, Iterator[bytes]]:
-    """The first ``n`` bytes of the chunks (fewer if there are not as many), and the chunks, all of them."""
-    rest = iter(chunks)
-    first = b""
-    for chunk in rest:
-        first += chunk
-        if len(first) >= n:
-            break
-    return first[:n], itertools.chain([first], rest)
 
 
 def _split_bytes(chunks: Iterator[bytes], n: int) -> tuple[bytes, Iterator[bytes]]:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -213,8 +213,7 @@ class _Outputs:
         self.opened = False
         self._waiting: list[tuple[bool, bytes]] = []
         self._waiting_bytes = 0
-        self._preparing: threading.Thread | None = None
-        self._prepare_error: BaseException | None = None
+        self._preparing: Future[Load] | None = None
 
     def valid(self, block: bytes) -> None:
         if not self.opened and not self._wait(True, block):
@@ -254,45 +253,38 @@ class _Outputs:
         tenth of a second or more, and a table another load holds waits for it there, not here."""
         contract = self.attempt.contract
         assert contract is not None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-prepare")
+        self._preparing = pool.submit(
+            self.deps.database.begin_load,
+            contract,
+            None,
+            deadline=self.attempt.deadline,
+            size_bytes=self.info.size or 0,
+        )
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
-        def begin() -> None:
-            try:
-                self.load = self.deps.database.begin_load(
-                    contract, None, deadline=self.attempt.deadline, size_bytes=self.info.size or 0
-                )
-            except BaseException as exc:
-                self._prepare_error = exc
-
-        self._preparing = threading.Thread(target=begin, name="load-prepare", daemon=True)
-        self._preparing.start()
-
-    def _prepared(self) -> None:
-        """Wait until the load prepare() began is ready; raise what stopped it."""
+    def _prepared(self) -> Load:
+        """The load prepare() began, once it is ready; raises what stopped it."""
         if self._preparing is not None:
-            self._preparing.join()
-            self._preparing = None
-            if self._prepare_error is not None:
-                raise self._prepare_error
+            preparing, self._preparing = self._preparing, None
+            self.load = preparing.result()
+        assert self.load is not None, "the outputs open after prepare()"
+        return self.load
 
     def _settle(self) -> None:
         """Before undoing the outputs: wait for a load being prepared (its failure no longer matters)."""
-        with suppress(Exception):
-            self._prepared()
+        if self._preparing is not None:
+            with suppress(Exception):
+                self._prepared()
 
     def open(self) -> None:
         if self.opened:
             return
         md5 = self.identify()
-        self._prepared()
+        self._prepared().start(md5)
         attempt, deps = self.attempt, self.deps
         contract = attempt.contract
         assert contract is not None
-        if self.load is None:
-            self.load = deps.database.begin_load(
-                contract, md5, deadline=attempt.deadline, size_bytes=self.info.size or 0
-            )
-        else:
-            self.load.start(md5)
         self.processed = deps.store.writer(
             deps.output_bucket or attempt.bucket, processed_key(contract.table, md5), "text/csv", attempt.deadline
         )

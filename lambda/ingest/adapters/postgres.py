@@ -437,17 +437,17 @@ class Load:
         server runs parallel workers and the role may create tables) unlogged, which parallel workers can
         scan (see _changed_rows)."""
         conn = self._conn
-        if (
-            self._size_bytes >= PARALLEL_STAGING_BYTES
-            and (conn.dialect.server_version_info or (0,)) >= (15,)
-            and conn.execute(
+        if self._size_bytes >= PARALLEL_STAGING_BYTES and (conn.dialect.server_version_info or (0,)) >= (15,):
+            pid, parallel = conn.execute(
                 sa.text(
-                    "SELECT least(current_setting('max_parallel_workers_per_gather')::int, "
+                    "SELECT pg_backend_pid(), least(current_setting('max_parallel_workers_per_gather')::int, "
                     "current_setting('max_parallel_workers')::int) > 0"
                 )
-            ).scalar()
-        ):
-            unlogged = staging_table(self.contract, conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one())
+            ).one()
+        else:
+            pid, parallel = None, False
+        if parallel:
+            unlogged = staging_table(self.contract, pid)
             try:
                 with conn.begin_nested():
                     unlogged.create(conn)
@@ -629,9 +629,11 @@ class Load:
         self._conn.execute(sa.text(f"SET LOCAL default_statistics_target = {STAGING_STATISTICS_TARGET}"))
         self._conn.execute(sa.text(f"ANALYZE {staging} ({keys})"))
         self._conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
+        # a staged row the target does not have (its key column NULL after the LEFT JOIN), or has otherwise
+        differs = f"t.{q(key[0])} IS NULL OR {changed}"
         source = staging
-        if self._staging_unlogged and self._mostly_unchanged(on, changed):
-            source = self._changed_rows(on, changed)
+        if self._staging_unlogged and self._mostly_unchanged(on, differs):
+            source = self._changed_rows(on, differs)
         statement = sa.text(
             f"MERGE INTO {target} AS t USING {source} AS s ON {on} "
             f"WHEN MATCHED AND {changed} THEN UPDATE SET {assignments} "
@@ -642,16 +644,15 @@ class Load:
             self._conn.execute(sa.text(f"DROP TABLE {staging}"))  # before the commit: no one ever sees it
         return int(result.rowcount)
 
-    def _mostly_unchanged(self, on: str, changed: str) -> bool:
+    def _mostly_unchanged(self, on: str, differs: str) -> bool:
         """Whether fewer than CHANGED_SHARE_FOR_PREFILTER of a sample of the staged rows (SAMPLE_PAGES of its
         pages or so, taken at random, at most SAMPLE_ROWS rows, each looked up by key) are new or differ from
         the target's row."""
         q = sql_identifier
-        key = self.contract.upsert_key
         percent = min(100.0, 100.0 * SAMPLE_PAGES * 8192 / max(self._size_bytes, 1))
         sampled, different = self._conn.execute(
             sa.text(
-                f"SELECT count(*), count(*) FILTER (WHERE t.{q(key[0])} IS NULL OR {changed}) FROM "
+                f"SELECT count(*), count(*) FILTER (WHERE {differs}) FROM "
                 f"(SELECT * FROM {q(self.staging.name)} TABLESAMPLE SYSTEM ({percent:.4f}) REPEATABLE (0) "
                 f"LIMIT {SAMPLE_ROWS}) AS s "
                 f"LEFT JOIN {q(self.target.name)} AS t ON {on}"
@@ -659,7 +660,7 @@ class Load:
         ).one()
         return bool(sampled) and different < sampled * CHANGED_SHARE_FOR_PREFILTER
 
-    def _changed_rows(self, on: str, changed: str) -> str:
+    def _changed_rows(self, on: str, differs: str) -> str:
         """The staged rows new to the target or different from its row, in a temporary table (dropped at
         commit). PostgreSQL finds them with a join it runs in parallel workers (which cannot scan a temporary
         table), so for a file of mostly unchanged rows the MERGE joins only the few left. Under the lock the
@@ -676,7 +677,7 @@ class Load:
         self._conn.execute(
             sa.text(
                 f"CREATE TEMPORARY TABLE {rows} ON COMMIT DROP AS SELECT s.* FROM {staging} AS s "
-                f"LEFT JOIN {target} AS t ON {on} WHERE t.{q(key[0])} IS NULL OR {changed}"
+                f"LEFT JOIN {target} AS t ON {on} WHERE {differs}"
             )
         )
         self._conn.execute(sa.text(f"ANALYZE {rows} ({', '.join(q(k) for k in key)})"))
