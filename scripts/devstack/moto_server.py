@@ -7,10 +7,13 @@ temporary file: five copies of the object through Python. For the 490 MB ``proce
 commit waits for it (its outputs exist before it commits). S3 does that work on its own servers.
 
 Here, when the parts carry a composite checksum (our function names CRC32 for every multipart output), the
-object is assembled from the parts' temporary files with ``copy_file_range`` (the kernel copies, ~0.2 s for
-490 MB), and the checksum takes one read pass: the same bytes, ETag and checksum as moto's own completion.
-Everything else is moto's: the checks of the parts (ETags, sizes), a full-object checksum (CRC64NVME, the
-default when the client names no algorithm), the key, its notification.
+object is its parts' files read one after the other, in place (``PartsFile``: no byte is copied), and the
+checksum takes one read pass: the same bytes, ETag and checksum as moto's own completion. A copy, even in
+the kernel (``copy_file_range``, ~0.1 s for 490 MB when idle), took 1.0-1.6 s of a core at the end of a 5M
+load while PostgreSQL built its index: every page of the copy is a new page of the page cache. moto keeps
+the parts for as long as the object anyway (the key holds its multipart upload), so the copy only doubled
+them. Everything else is moto's: the checks of the parts (ETags, sizes), a full-object checksum (CRC64NVME,
+the default when the client names no algorithm), the key, its notification.
 
 And GetObject streams an object kept in a file (moto keeps every object over ~5 MB in one) from that file,
 a megabyte at a time, where moto reads the whole object into memory before it sends its first byte: 0.37 s
@@ -25,8 +28,8 @@ Both are applied to the moto version they were written for only; another version
 
 from __future__ import annotations
 
+import io
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -37,41 +40,74 @@ from moto.s3 import models, responses
 
 #: The moto release whose FakeMultipart.complete, FakeKey.value and S3Response.get_object this module replaces.
 WRITTEN_FOR = "5.2.5"
-COPY_CHUNK = 64 * 1024 * 1024
 SEND_CHUNK = 1024 * 1024
 
 
-class AssembledObject:
-    """A completed object's bytes in a temporary file of its own, handed to the new key as its buffer."""
+class PartsFile:
+    """A completed object's bytes, read in place from its parts' files one after the other, through
+    descriptors of its own (the parts' own files may close, as when the multipart upload is disposed, without
+    it). Read-only: moto only seeks and reads a key's buffer, and the value setter replaces it (_set_value)."""
 
-    def __init__(self, file: Any, size: int):
-        self.file, self.size = file, size
+    def __init__(self, segments: list[tuple[int, int]]):
+        self.segments = segments  # (descriptor, size) of each part, in order
+        self.size = sum(size for _, size in segments)
+        self.position = 0
+
+    @classmethod
+    def of(cls, parts: list[models.FakeKey]) -> PartsFile:
+        segments: list[tuple[int, int]] = []
+        try:
+            for part in parts:
+                with part.lock:  # fileno() writes a part kept in memory (the last, short one) to its file first
+                    segments.append((os.dup(part._value_buffer.fileno()), part.contentsize))
+        except BaseException:
+            for fd, _ in segments:
+                os.close(fd)
+            raise
+        return cls(segments)
 
     def __len__(self) -> int:
         return self.size
 
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
 
-def _copy_into(out_fd: int, part_file: Any, size: int) -> None:
-    """Append ``size`` bytes of ``part_file`` (from its start) to ``out_fd``: in the kernel where it can."""
-    copied = 0
-    try:
-        source = part_file.fileno()  # a part kept in memory (the last, short one) is written out first
-        while copied < size:
-            n = os.copy_file_range(source, out_fd, size - copied, copied)
-            if n == 0:
-                break
-            copied += n
-    except OSError:  # a filesystem without copy_file_range: through Python, from where it stopped
-        part_file.seek(copied)
-        with os.fdopen(os.dup(out_fd), "wb", closefd=True) as out:
-            shutil.copyfileobj(part_file, out, COPY_CHUNK)
-        return
-    if copied != size:
-        raise OSError(f"a part's file held {copied} of its {size} bytes")
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.position + n)
+        data = b"".join(self.chunks(self.position, end, max(1, end - self.position)))
+        self.position += len(data)
+        return data
+
+    def chunks(self, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
+        """The bytes from ``start`` to ``end``, at most ``chunk_size`` at a time (never across a part's end)."""
+        base = 0
+        for fd, size in self.segments:
+            lo, hi = max(start, base), min(end, base + size)
+            while lo < hi:
+                chunk = os.pread(fd, min(chunk_size, hi - lo), lo - base)
+                if not chunk:
+                    raise OSError(f"a part's file ended at {lo - base} of its {size} bytes")
+                lo += len(chunk)
+                yield chunk
+            base += size
+
+    def dup(self) -> PartsFile:
+        """The same bytes through descriptors of their own (for a download that may outlive this buffer)."""
+        return PartsFile([(os.dup(fd), size) for fd, size in self.segments])
+
+    def close(self) -> None:
+        segments, self.segments = self.segments, []
+        for fd, _ in segments:
+            os.close(fd)
 
 
 def complete(self: models.FakeMultipart, body: Any) -> tuple[Any, str, tuple[str, str, int] | None]:
-    """moto's FakeMultipart.complete, assembling the object from the parts' files (composite checksums only)."""
+    """moto's FakeMultipart.complete, the object read in place from the parts' files (composite checksums only)."""
     checksum = models.MultipartChecksumBuilder(
         self.metadata.get("x-amz-checksum-algorithm"), self.metadata.get("x-amz-checksum-type")
     )
@@ -96,48 +132,33 @@ def complete(self: models.FakeMultipart, body: Any) -> tuple[Any, str, tuple[str
         last = part
     if not chosen:
         raise models.MalformedXML
-    out = tempfile.TemporaryFile()  # noqa: SIM115 (the new key's buffer: the key closes it)
-    try:
-        for part in chosen:
-            with part.lock:
-                _copy_into(out.fileno(), part._value_buffer, part.contentsize)
-            checksum.addPart(part.value)  # one part in memory at a time
-    except BaseException:
-        out.close()
-        raise
+    for part in chosen:
+        checksum.addPart(part.value)  # one part in memory at a time
     full_etag = models.md5_hash()
     full_etag.update(bytes(md5s))
-    size = sum(part.contentsize for part in chosen)
-    return AssembledObject(out, size), f"{full_etag.hexdigest()}-{len(chosen)}", checksum.build()
+    return PartsFile.of(chosen), f"{full_etag.hexdigest()}-{len(chosen)}", checksum.build()
 
 
 class FileBody:
-    """An object's bytes, read from its file a chunk at a time as the server sends them. Read through a
-    descriptor of its own: the object replaced or deleted meanwhile (its file closed) leaves this read whole."""
+    """An object's bytes, read from its file (or its parts' files) a chunk at a time as the server sends them.
+    Read through descriptors of its own: the object replaced or deleted meanwhile (its files closed) leaves
+    this read whole."""
 
-    def __init__(self, fd: int, size: int):
-        self.fd, self.size = fd, size
+    def __init__(self, files: PartsFile):
+        self.files = files
 
     def __len__(self) -> int:
-        return self.size
+        return self.files.size
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            offset = 0
-            while offset < self.size:
-                chunk = os.pread(self.fd, min(SEND_CHUNK, self.size - offset), offset)
-                if not chunk:
-                    raise OSError(f"the object's file ended at {offset} of its {self.size} bytes")
-                offset += len(chunk)
-                yield chunk
+            yield from self.files.chunks(0, self.files.size, SEND_CHUNK)
         finally:
             self.close()
 
     def close(self) -> None:
-        """Let the descriptor go (the server calls this once the answer is sent, or given up before its start)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Let the descriptors go (the server calls this once the answer is sent, or given up before its start)."""
+        self.files.close()
 
 
 _streaming = threading.local()  # set while GetObject builds its answer (moto serves each request in a thread)
@@ -146,10 +167,12 @@ _streaming = threading.local()  # set while GetObject builds its answer (moto se
 def _get_value(self: models.FakeKey) -> Any:
     """moto's FakeKey.value, or, for GetObject, the key's file to stream when the bytes are in one."""
     buffer = self._value_buffer
-    in_file = not isinstance(buffer, tempfile.SpooledTemporaryFile) or getattr(buffer, "_rolled", False)
-    if getattr(_streaming, "get_object", False) and in_file:
+    if getattr(_streaming, "get_object", False):
         with self.lock:
-            return FileBody(os.dup(buffer.fileno()), self.contentsize)
+            if isinstance(buffer, PartsFile):
+                return FileBody(buffer.dup())
+            if getattr(buffer, "_rolled", False):
+                return FileBody(PartsFile([(os.dup(buffer.fileno()), self.contentsize)]))
     return _moto_get_value(self)
 
 
@@ -165,12 +188,16 @@ def get_object(self: responses.S3Response) -> Any:
 
 
 def _set_value(self: models.FakeKey, new_value: Any) -> None:
-    """moto's FakeKey.value setter, taking an assembled object's file as the key's buffer (no copy)."""
-    if isinstance(new_value, AssembledObject):
+    """moto's FakeKey.value setter, taking a completed object's parts as the key's buffer (no copy); any other
+    value goes into a buffer of moto's own, as it comes."""
+    if isinstance(new_value, PartsFile):
         self._value_buffer.close()
-        self._value_buffer = new_value.file
+        self._value_buffer = new_value  # type: ignore[assignment]  # read like moto's buffer (seek, read, close)
         self.contentsize = new_value.size
         return
+    if isinstance(self._value_buffer, PartsFile):
+        self._value_buffer.close()
+        self._value_buffer = tempfile.SpooledTemporaryFile(self._max_buffer_size)  # noqa: SIM115 (the key's)
     _moto_set_value(self, new_value)
 
 

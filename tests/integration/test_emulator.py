@@ -40,6 +40,33 @@ def test_the_pinned_moto_gets_the_faster_completion():
     assert moto_server.patch(), f"moto is not {moto_server.WRITTEN_FOR}: check devstack.moto_server against it"
 
 
+def test_a_parts_file_reads_its_parts_as_one_file_through_descriptors_of_its_own(tmp_path):
+    """Any seek and read, across the parts' seams and past the end, gives the bytes of the parts joined; a
+    dup reads on after the original (and the parts' own files) closed."""
+    parts = [os.urandom(n) for n in (7, 1, 13, 5)]
+    fds = []
+    for i, part in enumerate(parts):
+        path = tmp_path / f"part{i}"
+        path.write_bytes(part)
+        fds.append((os.open(path, os.O_RDONLY), len(part)))
+    files = moto_server.PartsFile(fds)
+    joined = b"".join(parts)
+    assert len(files) == len(joined) and files.read() == joined and files.read() == b""
+    for start in range(len(joined) + 2):
+        for n in (-1, 0, 1, 2, 6, 8, 14, 30):
+            files.seek(start)
+            expected = joined[start:] if n < 0 else joined[start : start + n]
+            assert files.read(n) == expected, (start, n)
+            assert files.tell() == start + len(expected)
+    files.seek(-3, os.SEEK_END)
+    assert files.read() == joined[-3:]
+    copy = files.dup()
+    files.close()
+    assert b"".join(copy.chunks(0, len(joined), 4)) == joined
+    assert all(len(chunk) <= 4 for chunk in copy.chunks(0, len(joined), 4))
+    copy.close()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("algorithm", ["CRC32", None])
 def test_a_multipart_object_has_its_parts_bytes_etag_and_checksum(aws, algorithm):
@@ -117,3 +144,18 @@ def test_an_object_replaced_while_it_streams_is_read_whole_as_it_was(aws):
     s3.put_object(Bucket=BUCKET, Key="in.csv", Body=second)
     assert start + body.read() == first
     assert s3.get_object(Bucket=BUCKET, Key="in.csv")["Body"].read() == second
+
+
+@pytest.mark.integration
+def test_a_multipart_object_replaced_while_it_streams_is_read_whole_as_it_was(aws):
+    """A completed object is read in place from its parts' files: a download under way when the key is
+    replaced (moto then disposes the old key, its multipart upload and its parts) still reads every byte."""
+    s3 = aws.s3
+    s3.create_bucket(Bucket=BUCKET)
+    data = os.urandom(3 * PART + 77)
+    _upload(s3, "out.csv", data, "CRC32")
+    body = s3.get_object(Bucket=BUCKET, Key="out.csv")["Body"]
+    start = body.read(1024)
+    s3.put_object(Bucket=BUCKET, Key="out.csv", Body=b"new")
+    assert start + body.read() == data
+    assert s3.get_object(Bucket=BUCKET, Key="out.csv")["Body"].read() == b"new"
