@@ -291,10 +291,11 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
                     tail.write(b"\n")
                 bench.upload(again, key + ".again.csv")
                 upserts = []
-                for _ in range(max(1, runs - 1)):
+                for i in range(runs):
                     bench.fresh_tables()
                     bench.pipeline(key)
                     upserts.append(bench.pipeline(key + ".again.csv"))
+                    print(f"  upsert run {i + 1}: {upserts[-1]['seconds']:.2f}s", flush=True)
                 entry["upsert_seconds"] = statistics.median(r["seconds"] for r in upserts)
                 entry["upsert_rss"] = max(r["peak_rss_mb"] for r in upserts)
             results.append(entry)
