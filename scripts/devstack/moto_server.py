@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -188,16 +187,13 @@ def get_object(self: responses.S3Response) -> Any:
 
 
 def _set_value(self: models.FakeKey, new_value: Any) -> None:
-    """moto's FakeKey.value setter, taking a completed object's parts as the key's buffer (no copy); any other
-    value goes into a buffer of moto's own, as it comes."""
+    """moto's FakeKey.value setter, taking a completed object's parts as the key's buffer (no copy). moto sets
+    a key's value only where it makes the key (its buffer then a fresh one of moto's own)."""
     if isinstance(new_value, PartsFile):
         self._value_buffer.close()
         self._value_buffer = new_value  # type: ignore[assignment]  # read like moto's buffer (seek, read, close)
         self.contentsize = new_value.size
         return
-    if isinstance(self._value_buffer, PartsFile):
-        self._value_buffer.close()
-        self._value_buffer = tempfile.SpooledTemporaryFile(self._max_buffer_size)  # noqa: SIM115 (the key's)
     _moto_set_value(self, new_value)
 
 
