@@ -11,7 +11,7 @@ bench/data/), uploads it to a moto server, and times, several times each:
   polars + COPY, dlt with its CSV (COPY) loader, pandas + pandera + COPY, each applying the same rules.
 Every route must load exactly the rows of an untimed reference load by the pipeline (count and checksum of
 the typed rows) before its time counts. The methods run in alternating order (forward, then reversed) so a
-slow minute of the machine does not fall on one of them. It prints medians (rows/s, MB/s, peak RSS of the
+slow minute of the machine does not fall on one of them, each after a CHECKPOINT (see ``Bench.settle``). It prints medians (rows/s, MB/s, peak RSS of the
 process, ratio to raw), a line with the peers' ratios, and last the 1M-row ratio; with --chart it also
 draws the run (time and peak RSS per route) as a PNG and writes the figures as JSON beside it.
 
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,13 @@ class Bench:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute(statement)  # type: ignore[arg-type]
 
+    def settle(self) -> None:
+        """A CHECKPOINT before a timed run: the dirty buffers and WAL of the runs before it are written now, so
+        that no run pays for an earlier one's writes (a checkpoint falling inside a run added a second to one
+        of three 1M upserts). Skipped where the role may not (a BENCH_DATABASE_URL of the user's)."""
+        with suppress(psycopg.errors.InsufficientPrivilege):
+            self.sql("CHECKPOINT")
+
     def fresh_tables(self) -> None:
         self.sql("DROP TABLE IF EXISTS users; DROP TABLE IF EXISTS ingest_files;")
 
@@ -157,6 +165,7 @@ class Bench:
         self.fresh_target()
         self.sql("DROP SCHEMA IF EXISTS bench_dlt CASCADE")
         argv = [python, str(REPO / "bench" / "peers" / script), str(path), self.database_url, "users"]
+        self.settle()
         seconds, peak, out = measure(argv)
         result = json.loads(out.strip().splitlines()[-1])
         result["wall_seconds"] = seconds
@@ -165,6 +174,7 @@ class Bench:
 
     def pipeline(self, key: str) -> dict[str, Any]:
         # the child reports its own peak RSS (VmHWM): no sampler runs beside it
+        self.settle()
         seconds, _peak, out = measure([sys.executable, "-c", CHILD, BUCKET, key], env=self.child_env, sample=False)
         result = json.loads(out.strip().splitlines()[-1])
         result["wall_seconds"] = seconds
@@ -188,6 +198,7 @@ class Bench:
     def raw_copy(self, csv_path: Path) -> tuple[float, float]:
         """psql \\copy of the rows into a fresh table of the target's definition."""
         columns = ", ".join(self.fresh_target())
+        self.settle()
         if self.psql:
             command = f"\\copy users ({columns}) FROM '{csv_path}' WITH (FORMAT csv, HEADER true)"
             seconds, peak, _ = measure(
