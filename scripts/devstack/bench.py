@@ -11,9 +11,10 @@ bench/data/), uploads it to a moto server, and times, several times each:
   polars + COPY, dlt with its CSV (COPY) loader, pandas + pandera + COPY, each applying the same rules.
 Every route must load exactly the rows of an untimed reference load by the pipeline (count and checksum of
 the typed rows) before its time counts. The methods run in alternating order (forward, then reversed) so a
-slow minute of the machine does not fall on one of them, each after a CHECKPOINT (see ``Bench.settle``). It prints medians (rows/s, MB/s, peak RSS of the
-process, ratio to raw), a line with the peers' ratios, and last the 1M-row ratio; with --chart it also
-draws the run (time and peak RSS per route) as a PNG and writes the figures as JSON beside it.
+slow minute of the machine does not fall on one of them, each after a CHECKPOINT (see ``Bench.settle``).
+It prints medians (rows/s, MB/s, peak RSS of the process, ratio to raw), a line with the peers' ratios, and
+last the 1M-row ratio; with --chart it also draws the run (time and peak RSS per route) as a PNG and writes
+the figures as JSON beside it.
 
     python -m devstack.bench [--rows 1000000 5000000] [--runs 3] [--peers-python .venv-bench/bin/python]
 """
