@@ -1,5 +1,6 @@
-"""The bench run as a chart: seconds and peak RSS per route at the first size (and the pipeline against
-raw \\copy at every size), from the JSON `python -m devstack.bench --chart` writes.
+"""The bench run as a chart: seconds and peak RSS per route at the first size (the pipeline's upsert among
+them), and the pipeline against raw \\copy at every size, from the JSON `python -m devstack.bench --chart`
+writes.
 
     python bench/chart.py bench/results.json bench/results.png
 """
@@ -16,15 +17,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(figures: str, out: str) -> None:
-    results = json.loads(open(figures).read())
+    with open(figures) as source:
+        results = json.load(source)
     first = results[0]
     routes = {"raw psql \\copy": (first["raw_seconds"], first["raw_rss"])}
     routes["pipeline (this project)"] = (first["pipeline_seconds"], first["pipeline_rss"])
+    colors = ["#888888", "#1f77b4"]
+    if "upsert_seconds" in first:
+        routes["pipeline, upsert over loaded rows"] = (first["upsert_seconds"], first["upsert_rss"])
+        colors.append("#6baed6")
     for name, peer in first.get("peers", {}).items():
         if not peer["mismatch"]:
             routes[name] = (peer["seconds"], peer["rss"])
     names = list(routes)
-    colors = ["#888888", "#1f77b4"] + ["#ff7f0e"] * (len(names) - 2)
+    colors += ["#ff7f0e"] * (len(names) - len(colors))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 2), sharey=True)
     seconds = [routes[n][0] for n in names]
     left.barh(names, seconds, color=colors)
