@@ -249,25 +249,19 @@ def inspect(chunks: Iterable[bytes], skip_lines: int = 0, quoting: str = "csv") 
     ``quoting``."""
     head, rest = _split_bytes(iter(chunks), HEAD_BYTES)
     chunks = itertools.chain([head], rest)  # every byte, the head too
-    compression = None
     consumed = None
     unread = next((what for magic, what in UNREAD_MAGIC.items() if head.startswith(magic)), None)
     if unread:
         raise FileRejected("unsupported_compression", f"the object is {unread}: the loader reads gzip, bzip2 and xz")
-    decompressed: io.BufferedReader | None = None
-    if head.startswith(GZIP_MAGIC):
-        compression = "gzip"
-        gunzip = _GunzipStream(io.BufferedReader(_ChunkStream(chunks), READ_BYTES))
-        consumed = lambda: gunzip.consumed  # noqa: E731
-        decompressed = io.BufferedReader(gunzip, READ_BYTES)  # type: ignore[arg-type]
-    elif kind := next((kind for magic, kind in STREAM_MAGIC.items() if magic.match(head)), None):
-        compression = kind
-        stream = _StreamDecompressor(io.BufferedReader(_ChunkStream(chunks), READ_BYTES), kind)
-        consumed = lambda: stream.consumed  # noqa: E731
-        decompressed = io.BufferedReader(stream, READ_BYTES)  # type: ignore[arg-type]
-    if decompressed is None:  # the chunks as they come, after the sample: no copy through a reader
+    streamed = next((kind for magic, kind in STREAM_MAGIC.items() if magic.match(head)), None)
+    compression = "gzip" if head.startswith(GZIP_MAGIC) else streamed
+    if compression is None:  # the chunks as they come, after the sample: no copy through a reader
         sample, rest = _split_bytes(chunks, SAMPLE_BYTES)
     else:
+        raw = io.BufferedReader(_ChunkStream(chunks), READ_BYTES)
+        stream = _GunzipStream(raw) if compression == "gzip" else _StreamDecompressor(raw, compression)  # type: ignore[arg-type]
+        consumed = lambda: stream.consumed  # noqa: E731
+        decompressed = io.BufferedReader(stream, READ_BYTES)  # type: ignore[arg-type]
         sample, rest = decompressed.read(SAMPLE_BYTES), _drain(decompressed)
     if not sample:
         what = "decompresses to nothing" if compression else "is empty (0 bytes)"

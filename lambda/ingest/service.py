@@ -23,10 +23,11 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from .adapters.postgres import Database, DatabaseUnreachable, Load
@@ -34,6 +35,7 @@ from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter, wait_u
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
 from .contract import Contract, ContractRegistry
+from .deadlines import in_thread
 from .evolution import ContractTableMismatch
 from .log import logger
 from .processing import Outcome, error_dict, process, summary_document
@@ -253,15 +255,14 @@ class _Outputs:
         tenth of a second or more, and a table another load holds waits for it there, not here."""
         contract = self.attempt.contract
         assert contract is not None
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-prepare")
-        self._preparing = pool.submit(
+        begin = partial(
             self.deps.database.begin_load,
             contract,
             None,
             deadline=self.attempt.deadline,
             size_bytes=self.info.size or 0,
         )
-        pool.shutdown(wait=False)  # the thread ends with its one task
+        self._preparing = in_thread(begin, "load-prepare")
 
     def _prepared(self) -> Load:
         """The load prepare() began, once it is ready; raises what stopped it."""
