@@ -6,15 +6,16 @@ bench/data/), uploads it to a moto server, and times, several times each:
   fresh table of the same definition: the physical cost of putting these rows into this table;
 - pipeline: one ``ingest_object`` call in a fresh process (download, MD5, decode, validate every row,
   COPY, upsert, processed/ and errors/, ledger, receipt) into a fresh table, as a first load;
-- pipeline, upsert into a table that already holds the rows (staging + MERGE), first size only;
+- pipeline, upsert into a table that already holds the rows (staging + MERGE), first size only: each run
+  loads the rows first (untimed), then times the load of the same rows under new bytes;
 - at the first size, the peers a user could pick instead (bench/peers/, run by the bench venv's Python):
   polars + COPY, dlt with its CSV (COPY) loader, pandas + pandera + COPY, each applying the same rules.
 Every route must load exactly the rows of an untimed reference load by the pipeline (count and checksum of
-the typed rows) before its time counts. The methods run in alternating order (forward, then reversed) so a
-slow minute of the machine does not fall on one of them, each after a CHECKPOINT (see ``Bench.settle``).
-It prints medians (rows/s, MB/s, peak RSS of the process, ratio to raw), a line with the peers' ratios, and
-last the 1M-row ratio; with --chart it also draws the run (time and peak RSS per route) as a PNG and writes
-the figures as JSON beside it.
+the typed rows) before its time counts. The methods (the upsert one of them) run in alternating order
+(forward, then reversed) so a slow minute of the machine does not fall on one of them, each after a
+CHECKPOINT (see ``Bench.settle``). It prints medians (rows/s, MB/s, peak RSS of the process, ratio to
+raw), a line with the peers' ratios, and last the 1M-row ratio; with --chart it also draws the run (time
+and peak RSS per route) as a PNG and writes the figures as JSON beside it.
 
     python -m devstack.bench [--rows 1000000 5000000] [--runs 3] [--peers-python .venv-bench/bin/python]
 """
@@ -250,6 +251,14 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
             valid_csv = workdir / f"valid_{rows}.csv"
             bench.s3.download_file(BUCKET, f"processed/users/{reference['md5']}.csv", str(valid_csv))
             methods = ["raw", "pipeline"]
+            if rows == sizes[0]:
+                # the same content again under new bytes (a trailing blank line): an upsert over existing rows
+                again = workdir / "again.csv"
+                shutil.copyfile(path, again)
+                with again.open("ab") as tail:
+                    tail.write(b"\n")
+                bench.upload(again, key + ".again.csv")
+                methods.append("upsert")
             if peers_python and rows == sizes[0]:
                 methods += list(PEERS)
             seconds: dict[str, list[float]] = {m: [] for m in methods}
@@ -260,9 +269,11 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
                     if method == "raw":
                         s, peak = bench.raw_copy(valid_csv)
                         table = "users"
-                    elif method == "pipeline":
+                    elif method in ("pipeline", "upsert"):
                         bench.fresh_tables()
-                        result = bench.pipeline(key)
+                        if method == "upsert":  # the rows loaded first (untimed), then the same rows again
+                            bench.pipeline(key)
+                        result = bench.pipeline(key + ".again.csv" if method == "upsert" else key)
                         s, peak, table = result["seconds"], result["peak_rss_mb"], "users"
                     else:
                         assert peers_python is not None
@@ -291,25 +302,15 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
                         "rss": max(peaks[name]),
                         "mismatch": mismatches.get(name),
                     }
-                    for name in methods[2:]
+                    for name in methods
+                    if name in PEERS
                 },
                 "mismatches": mismatches,
             }
-            if rows == sizes[0]:
-                # the same content again under new bytes (a trailing blank line): an upsert over existing rows
-                again = workdir / "again.csv"
-                shutil.copyfile(path, again)
-                with again.open("ab") as tail:
-                    tail.write(b"\n")
-                bench.upload(again, key + ".again.csv")
-                upserts = []
-                for i in range(runs):
-                    bench.fresh_tables()
-                    bench.pipeline(key)
-                    upserts.append(bench.pipeline(key + ".again.csv"))
-                    print(f"  upsert run {i + 1}: {upserts[-1]['seconds']:.2f}s", flush=True)
-                entry["upsert_seconds"] = statistics.median(r["seconds"] for r in upserts)
-                entry["upsert_rss"] = max(r["peak_rss_mb"] for r in upserts)
+            if "upsert" in seconds:
+                entry["upsert_seconds"] = statistics.median(seconds["upsert"])
+                entry["upsert_spread"] = (min(seconds["upsert"]), max(seconds["upsert"]))
+                entry["upsert_rss"] = max(peaks["upsert"])
             results.append(entry)
         return results
     finally:
@@ -334,7 +335,8 @@ def report(results: list[dict[str, Any]]) -> str:
         lines.append(_row(r, "raw psql \\copy (valid rows)", r["raw_seconds"], r["raw_rss"], r["raw_spread"]))
         lines.append(_row(r, "pipeline, first load", r["pipeline_seconds"], r["pipeline_rss"], r["pipeline_spread"]))
         if "upsert_seconds" in r:
-            lines.append(_row(r, "pipeline, upsert over loaded rows", r["upsert_seconds"], r["upsert_rss"]))
+            upsert = "pipeline, upsert over loaded rows"
+            lines.append(_row(r, upsert, r["upsert_seconds"], r["upsert_rss"], r.get("upsert_spread")))
         for name, peer in r.get("peers", {}).items():
             label = f"peer: {name}" + (" (WRONG ROWS)" if peer["mismatch"] else "")
             lines.append(_row(r, label, peer["seconds"], peer["rss"], peer["spread"]))
