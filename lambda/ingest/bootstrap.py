@@ -36,22 +36,30 @@ AWS_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_tim
 S3_CONFIG = AWS_CONFIG.merge(Config(s3={"payload_signing_enabled": False}))
 
 
+#: How long jemalloc keeps pages pyarrow freed before it hands them back. Each page handed back costs a
+#: page fault (and zeroing) when the next block takes it again. At 0 (pages back at once) 1M loads took
+#: 2.42-2.55 s against 2.32-2.42 s at 100 ms (medians of 6, alternating, two runs), using ~0.2 CPU-s more;
+#: peak RSS is 10-15 MB higher at 100 ms (1M: 234-249 against 222-232 MB; 5M: 258-261 against 248-257 MB).
+#: 1000 ms was no faster and 15-25 MB bigger. (Measured before the COPY's queue shrank to 8 MB, a decay of
+#: 200 ms let a 5M load reach 299-312 MB; the limit is 300.)
+ARROW_DECAY_MS = 100
+
+
 class ConfigurationError(RuntimeError):
     pass
 
 
 def compact_arrow_memory() -> None:
-    """pyarrow's jemalloc pool, handing freed pages back at once, where the wheel has it and the environment
-    names no other (ARROW_DEFAULT_MEMORY_POOL). The columnar engine allocates blocks in its parsing thread
-    and frees them in the validating one: with pyarrow's default (mimalloc) that kept ~50 MB more resident
-    at 5M rows (peak 226-234 MB for the core alone against 167 MB, 175 MB before the parsing thread). Pages
-    handed back at once cost some speed (1M loads, alternating: 2.58-2.71 s against 2.46-2.56 s with a
-    200 ms decay), but a decay of 200 ms or more let a 5M load reach 299-312 MB."""
+    """pyarrow's jemalloc pool, handing freed pages back after ARROW_DECAY_MS, where the wheel has it and the
+    environment names no other (ARROW_DEFAULT_MEMORY_POOL). The columnar engine allocates blocks in its
+    parsing thread and frees them in the validating one: with pyarrow's default (mimalloc) that kept ~50 MB
+    more resident at 5M rows (peak 226-234 MB for the core alone against 167 MB, 175 MB before the parsing
+    thread)."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(0)
+        pa.jemalloc_set_decay_ms(ARROW_DECAY_MS)
     except NotImplementedError:  # a pyarrow built without jemalloc: its default stays
         pass
 
