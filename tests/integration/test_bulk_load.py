@@ -24,10 +24,13 @@ def users_csv(first: int, rows: int) -> bytes:
 
 
 def definition(pipeline) -> list[tuple[str, str]]:
+    """The table's constraints, indexes and column defaults."""
     rows = pipeline.query(
         "SELECT conname AS name, pg_get_constraintdef(oid) AS def FROM pg_constraint "
         "WHERE conrelid = 'users'::regclass UNION ALL SELECT indexname, indexdef FROM pg_indexes "
-        "WHERE tablename = 'users' ORDER BY 1, 2"
+        "WHERE tablename = 'users' UNION ALL SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+        "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = 'users'::regclass "
+        "ORDER BY 1, 2"
     )
     return [(r["name"], r["def"]) for r in rows]
 
@@ -41,8 +44,12 @@ def test_a_big_first_load_builds_the_keys_after_the_copy_and_ends_with_the_same_
     pipeline.deps.database.ensure_tables(pipeline.deps.contracts.contracts["users"])
     before = definition(pipeline)
     assert any(name == "users_pkey" for name, _ in before)
+    assert ("_ingest_md5", "current_setting('ingest.md5'::text, true)") in before
     pipeline.upload("incoming/users/a.csv", users_csv(1, 2000))
-    assert ingest_object(pipeline.bucket, "incoming/users/a.csv", pipeline.deps).rows_loaded == 2000
+    receipt = ingest_object(pipeline.bucket, "incoming/users/a.csv", pipeline.deps)
+    assert receipt.rows_loaded == 2000
+    # every row names its file (the COPY took the MD5 as a constant default), and the default is the table's own again
+    assert pipeline.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", receipt.md5)[0]["n"] == 2000
     assert definition(pipeline) == before
     # the key works as before: an upsert over the loaded rows goes through MERGE on it
     pipeline.upload("incoming/users/b.csv", users_csv(1500, 1000))

@@ -9,6 +9,7 @@ index, then skips); the same bytes meant for another table load there.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -317,7 +318,8 @@ class Load:
         self._matched = matched or (lambda _contract, _matches: None)
         self._size_bytes = size_bytes
         self._engine = engine
-        self._rebuild: list[str] = []  # the target's keys and indexes to build again after a bulk COPY
+        self._bulk = False  # a big first load: the empty target is this transaction's alone (ACCESS EXCLUSIVE)
+        self._rebuild: list[str] = []  # what a bulk COPY took from the target: its keys, indexes, lineage default
         self._conn = engine.connect()
         self._transaction = self._conn.begin()
         # At the deadline, whatever statement the load is in (a lock wait, the COPY, the MERGE) is cancelled
@@ -353,6 +355,8 @@ class Load:
         self.md5 = md5
         conn = self._conn
         conn.execute(sa.select(sa.func.set_config("ingest.md5", md5, True)))
+        if self._bulk:
+            self._rebuild += self._constant_lineage_default(md5)
         into = self.staging if self.strategy == "staging" else self.target
         driver = conn.connection.driver_connection
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
@@ -424,6 +428,7 @@ class Load:
             # rather than deadlock; readers of the (empty) table wait for this load.
             conn.execute(sa.text(f"LOCK TABLE {sql_identifier(target.name)} IN ACCESS EXCLUSIVE MODE"))
             if not self._has_rows(conn):
+                self._bulk = True
                 self._rebuild = self._drop_indexes()
                 return "copy"
             return "staging" if mode == "upsert" else "copy"  # another load got there first
@@ -501,6 +506,30 @@ class Load:
                 self._conn.execute(sa.text(f"DROP INDEX {sql_identifier(index_name)}"))
                 rebuild.append(index_definition)
         return rebuild
+
+    def _constant_lineage_default(self, md5: str) -> list[str]:
+        """For a bulk COPY (the table this transaction's alone): the lineage column's default becomes this
+        file's MD5 as a constant, and the statement that puts the column's own default back is returned, to
+        run before the commit, so that no other session ever sees the constant. PostgreSQL evaluates a
+        column's default for every row: ``current_setting('ingest.md5')`` took ~8% of a COPY of 1M rows
+        (1.33 s against 1.23 s with a constant, alternating), a constant nothing."""
+        if not re.fullmatch(r"[0-9a-f]{32}", md5):
+            raise ValueError(f"not an MD5: {md5!r}")
+        name = sql_identifier(self.target.name)
+        found = self._conn.execute(
+            sa.text(
+                "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a LEFT JOIN pg_attrdef d "
+                "ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                "WHERE a.attrelid = CAST(:t AS regclass) AND a.attname = '_ingest_md5' AND NOT a.attisdropped"
+            ),
+            {"t": name},
+        ).first()
+        if found is None:  # a table without the lineage column: nothing to set
+            return []
+        column = f"ALTER TABLE {name} ALTER COLUMN _ingest_md5"
+        self._conn.execute(sa.text(f"{column} SET DEFAULT '{md5}'"))
+        own = found[0]
+        return [f"{column} SET DEFAULT {own}" if own is not None else f"{column} DROP DEFAULT"]
 
     def _lock_target(self) -> None:
         """Keep other writers of the target out until this transaction ends (readers go on)."""
