@@ -39,7 +39,7 @@ S3_CONFIG = AWS_CONFIG.merge(Config(s3={"payload_signing_enabled": False}))
 #: How long jemalloc keeps pages pyarrow freed before it hands them back. Each page handed back costs a
 #: page fault (and zeroing) when the next block takes it again. At 0 (pages back at once) 1M loads took
 #: 2.42-2.55 s against 2.32-2.42 s at 100 ms (medians of 6, alternating, two runs), using ~0.2 CPU-s more;
-#: peak RSS is 10-15 MB higher at 100 ms (1M: 234-249 against 222-232 MB; 5M: 258-261 against 248-257 MB).
+#: peak RSS is 10-15 MB higher at 100 ms (1M: 234-249 against 222-232 MB; 5M: 258-272 against 248-257 MB).
 #: 1000 ms was no faster and 15-25 MB bigger. (Measured before the COPY's queue shrank to 8 MB, a decay of
 #: 200 ms let a 5M load reach 299-312 MB; the limit is 300.)
 ARROW_DECAY_MS = 100

@@ -296,7 +296,8 @@ class Load:
       under a lock that keeps other writers out for that moment (INSERT … ON CONFLICT DO UPDATE on
       PostgreSQL before 15); unchanged rows are left as they were. A big upsert stages into an unlogged
       table, whose new and changed rows a parallel join finds first (see _changed_rows).
-    The lineage column ``_ingest_md5`` takes its default from the transaction setting ``ingest.md5``.
+    The lineage column ``_ingest_md5`` takes its default from the transaction setting ``ingest.md5`` (in a
+    big first load, from a constant for the time of the COPY: see _constant_lineage_default).
     """
 
     def __init__(
