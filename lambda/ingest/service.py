@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from .adapters.postgres import Database, DatabaseUnreachable, Load
+from .adapters.postgres import Database, DatabaseUnreachable, EarlierOutcome, Load, TableBusy
 from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter, wait_until_deadline
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
@@ -161,7 +161,7 @@ def ingest_object(
             logger.warning("content did not match its ETag; hashing it and starting again")
             receipt = _ingest(attempt, deps, trust_etag=False)
     except Exception as exc:
-        if attempt.past_deadline and not isinstance(exc, DeadlineReached):
+        if attempt.past_deadline and not isinstance(exc, DeadlineReached | TableBusy):
             exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
         receipt = _failed(attempt, deps, exc)
         _publish(deps, receipt, attempt.ends)
@@ -351,12 +351,17 @@ def _ask_ledger(attempt: _Attempt, deps: Dependencies) -> None:
     if earlier is not None and earlier.status == "loaded":
         raise _Decided("duplicate_content", _loaded_already(attempt, earlier.bucket, earlier.object_key))
     if earlier is not None:  # a second delivery of a rejected file: the same contract would say the same
-        raise _Decided(
-            "already_rejected",
-            f"this content (md5 {attempt.md5}) of s3://{bucket}/{key} was rejected ({earlier.reason}) under "
-            f"the same contract {contract.name!r} (ledger id {earlier.id}); change the contract or the file "
-            "to have it judged again",
-        )
+        raise _Decided("already_rejected", _rejected_already(attempt, earlier))
+
+
+def _rejected_already(attempt: _Attempt, earlier: EarlierOutcome) -> str:
+    contract = attempt.contract
+    assert contract is not None
+    return (
+        f"this content (md5 {attempt.md5}) of s3://{attempt.bucket}/{attempt.key} was rejected ({earlier.reason}) "
+        f"under the same contract {contract.name!r} (ledger id {earlier.id}); change the contract or the file "
+        "to have it judged again"
+    )
 
 
 def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, spool: Spool | None) -> Receipt:
@@ -534,17 +539,18 @@ def _write_summary(
 
 
 def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, errors_csv: str | None = None) -> Receipt:
-    logger.warning("rejected", extra={"reason": rejection.reason, "detail": rejection.message})
     summary_key = _write_summary(attempt, deps, "rejected", errors_csv, rejection)
-    deps.database.record(
+    earlier = deps.database.record_rejection(
         {
             **_ledger_entry(attempt, deps, errors_key=summary_key),
-            "status": "rejected",
             "reason": rejection.reason,
             "error": rejection.message,
         },
         _ledger_until(attempt),
     )
+    if earlier is not None:  # another delivery of this file rejected it meanwhile, and recorded it first
+        return _skipped(attempt, deps, "already_rejected", _rejected_already(attempt, earlier))
+    logger.warning("rejected", extra={"reason": rejection.reason, "detail": rejection.message})
     return _receipt(
         attempt,
         "rejected",
@@ -571,14 +577,17 @@ def _skipped(attempt: _Attempt, deps: Dependencies, reason: str, message: str) -
 
 
 def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receipt:
+    o = attempt.outcome
+    how_far = (
+        f"after {attempt.duration_ms / 1000:.1f} s, having read {o.rows_total:,} rows and {o.bytes_read:,} of "
+        f"{attempt.size or 0:,} bytes; nothing was loaded and the delivery will be retried"
+    )
     if isinstance(exc, DeadlineReached):
-        reason, o = "timeout", attempt.outcome
-        message = bounded(
-            f"stopped at the function's own deadline after {attempt.duration_ms / 1000:.1f} s, having read "
-            f"{o.rows_total:,} rows and {o.bytes_read:,} of {attempt.size or 0:,} bytes; nothing was loaded "
-            f"and the delivery will be retried ({exc})",
-            FAILURE_MESSAGE_CHARS,
-        )
+        reason = "timeout"
+        message = bounded(f"stopped at the function's own deadline {how_far} ({exc})", FAILURE_MESSAGE_CHARS)
+    elif isinstance(exc, TableBusy):
+        reason = "table_busy"
+        message = bounded(f"{exc}; stopped at the function's own deadline {how_far}", FAILURE_MESSAGE_CHARS)
     elif isinstance(exc, DatabaseUnreachable):
         reason = "database_unreachable"
         message = bounded(f"{exc}; nothing was loaded and the delivery will be retried", FAILURE_MESSAGE_CHARS)

@@ -62,9 +62,9 @@ def test_a_load_past_its_deadline_stops_itself_on_record_and_is_dead_lettered_th
     stack, _env = own_stack
     # The load waits on a lock the test holds, so every attempt outlives the 3-second timeout however fast
     # the machine is. The function stops itself before the timeout: each attempt rolls back, writes a
-    # failed/timeout ledger row and publishes its receipt; after three receives the message waits in the
-    # dead-letter queue. A replay while the lock is still held times out again, on record; after the
-    # lock is gone, a replay loads the file once.
+    # failed/table_busy ledger row (naming what held the table) and publishes its receipt; after three
+    # receives the message waits in the dead-letter queue. A replay while the lock is still held stops
+    # again, on record; after the lock is gone, a replay loads the file once.
     data, ids = unique_users(rows=5)
     key = f"incoming/users/slow_{uuid.uuid4().hex[:8]}.csv"
     dlq = stack.env["INGEST_DLQ_URL"]
@@ -72,8 +72,8 @@ def test_a_load_past_its_deadline_stops_itself_on_record_and_is_dead_lettered_th
     with stack.table_locked("users"):
         stack.upload(key, data)
         receipts = stack.receipts_for(key, count=3, timeout=90)
-        assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "timeout")] * 3
-        assert "deadline" in receipts[0]["message"]
+        assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "table_busy")] * 3
+        assert "deadline" in receipts[0]["message"] and "held by" in receipts[0]["message"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             attrs = stack.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
@@ -83,13 +83,13 @@ def test_a_load_past_its_deadline_stops_itself_on_record_and_is_dead_lettered_th
         else:
             pytest.fail("the timed-out upload never reached the dead-letter queue")
         entries = stack.query("SELECT status, reason FROM ingest_files WHERE object_key = %s ORDER BY id", key)
-        assert [(e["status"], e["reason"]) for e in entries] == [("failed", "timeout")] * 3
+        assert [(e["status"], e["reason"]) for e in entries] == [("failed", "table_busy")] * 3
         status = ingest("status", env=stack.env)
-        assert status.returncode == 0 and "timeout" in status.stdout
+        assert status.returncode == 0 and "table_busy" in status.stdout
         assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
         replayed = ingest("replay", "--dead-letters", env=stack.env)
         assert replayed.returncode == 0 and "moved 1 message" in replayed.stdout, replayed.stderr
-        assert stack.receipts_for(key, count=4, timeout=60)[3]["reason"] == "timeout"  # again, on record
+        assert stack.receipts_for(key, count=4, timeout=60)[3]["reason"] == "table_busy"  # again, on record
     # the lock is gone: the replayed message's next attempt loads the file, once
     assert stack.receipts_for(key, count=5, timeout=60)[-1]["status"] == "loaded"
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 5

@@ -3,11 +3,23 @@
 The ledger (``ingest_files``) records every delivery's outcome. A partial unique index allows one
 ``loaded`` row per target table and content MD5: the load and its ledger row commit in one transaction,
 so the same content loads into a table exactly once even when deliveries race (the loser waits on the
-index, then skips); the same bytes meant for another table load there.
+index, then skips); the same bytes meant for another table load there. A rejection is claimed too: the
+rejection of one object's content under one contract is written once (``record_rejection``), however many
+deliveries of it reject it at the same moment.
+
+Lock order, the same for every load, so that loads running at once never deadlock:
+1. the target table, every lock the load will need on it (evolution's ACCESS EXCLUSIVE, a big first load's
+   ACCESS EXCLUSIVE, a replace's or an upsert's SHARE ROW EXCLUSIVE), each asked for as the load's first
+   lock of that strength on the table, and none after step 2;
+2. the ledger row last, just before the commit: its unique index makes a second load of the same content
+   wait there for the first one, which by then holds every lock it needs and waits for nobody.
+A rejection, a skip or a failure takes no table lock at all. A load that waits for its table until its
+deadline is cancelled and fails with ``TableBusy`` (reason ``table_busy``), naming what held the table.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -25,7 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy.util.typing import TupleAny
 
 from ..contract import LEDGER_TABLE, Contract
-from ..deadlines import call_at
+from ..deadlines import awaited, call_at, in_thread
 
 #: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
 BULK_LOAD_BYTES = 16 * 1024 * 1024
@@ -48,6 +60,8 @@ CHANGED_SHARE_FOR_PREFILTER = 0.3
 SAMPLE_PAGES = 40
 SAMPLE_ROWS = 2000
 STATUSES = ("loaded", "rejected", "skipped", "failed")
+#: How long the watchdog may spend, at the deadline, asking the server what the load waits for.
+BLOCKER_LOOKUP_SECONDS = 1.0
 
 metadata = sa.MetaData()
 
@@ -257,10 +271,46 @@ class Database:
         cancelled, and the caller still has the moment to log the outcome and publish its receipt."""
         self.ensure_tables()
         with self.engine.begin() as conn:
-            if until is not None:
-                left_ms = max(1, int((until - time.monotonic()) * 1000))
-                conn.execute(sa.text(f"SET LOCAL statement_timeout = {left_ms}"))
+            _statement_timeout(conn, until)
             return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
+
+    def record_rejection(self, entry: Mapping[str, Any], until: float | None = None) -> EarlierOutcome | None:
+        """Write a ``rejected`` row, unless this object's content was rejected under this contract already
+        (then that earlier row, and nothing is written). Deliveries of one file rejecting it at the same
+        moment take turns on a transaction-level advisory lock named after the object, its MD5 and the
+        contract, and each looks again once it holds it: one row, whatever the timing. A rejection under
+        no contract (no_contract, ambiguous_contract, invalid_key) is written every time, as before."""
+        if not entry.get("contract_sha256"):
+            self.record({**entry, "status": "rejected"}, until)
+            return None
+        self.ensure_tables()
+        claim = "ingest.rejected:{bucket}/{object_key}:{md5}:{contract_sha256}".format(**entry)
+        with self.engine.begin() as conn:
+            _statement_timeout(conn, until)
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(claim, 0))))
+            earlier = conn.execute(
+                self._earlier_rejection(entry["md5"], entry["bucket"], entry["object_key"], entry["contract_sha256"])
+            ).first()
+            if earlier is not None:
+                return EarlierOutcome(*earlier)
+            conn.execute(sa.insert(ledger).values(**{**entry, "status": "rejected"}))
+        return None
+
+    @staticmethod
+    def _earlier_rejection(md5: str, bucket: str, key: str, contract_sha256: str) -> sa.Select[Any]:
+        c = ledger.c
+        return (
+            sa.select(c.id, c.status, c.bucket, c.object_key, c.reason)
+            .where(
+                c.md5 == md5,
+                c.status == "rejected",
+                c.bucket == bucket,
+                c.object_key == key,
+                c.contract_sha256 == contract_sha256,
+            )
+            .order_by(c.id)
+            .limit(1)
+        )
 
     def begin_load(
         self, contract: Contract, md5: str | None, deadline: float | None = None, size_bytes: int = 0
@@ -282,8 +332,40 @@ class Database:
         self.engine.dispose()
 
 
+def _statement_timeout(conn: sa.Connection, until: float | None) -> None:
+    """Cancel this transaction's statements still running at ``until`` (a ``time.monotonic()`` value)."""
+    if until is not None:
+        left_ms = max(1, int((until - time.monotonic()) * 1000))
+        conn.execute(sa.text(f"SET LOCAL statement_timeout = {left_ms}"))
+
+
 class LoadCancelled(RuntimeError):
     """The load's deadline passed: its statements were cancelled and nothing of it commits."""
+
+
+class TableBusy(LoadCancelled):
+    """The load waited for a lock (on its table, or for another load's row) until its deadline: another
+    session held it the whole time. Nothing of the load commits; a later delivery will find it free."""
+
+    def __init__(self, table: str, waited_for: str):
+        super().__init__(f"table {table} was busy until the load's deadline: {waited_for}")
+        self.table, self.waited_for = table, waited_for
+
+
+def _busy_at_deadline(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Whatever ends a step of the load, once the watchdog found it waiting for a lock at the deadline, is
+    raised as TableBusy (the cancelled statement's error is its cause)."""
+
+    @functools.wraps(method)
+    def step(self: Load, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException as exc:
+            if self.waited_for is not None and not isinstance(exc, TableBusy):
+                raise TableBusy(self.contract.table, self.waited_for) from exc
+            raise
+
+    return step
 
 
 class Load:
@@ -291,7 +373,9 @@ class Load:
 
     How rows reach the target depends on the load mode (chosen at the start, before the rows stream):
     - append: COPY straight into the target;
-    - replace: DELETE the target's rows, then COPY straight into it;
+    - replace: lock the target against other writers (readers go on) until commit, DELETE its rows, then COPY
+      straight into it: replaces of one table take turns, and the table holds exactly the rows of the one
+      that committed last, never a mix;
     - upsert into an empty target (checked under a lock that keeps other writers out until commit):
       COPY straight into it, since there is nothing to update;
     - upsert into a target with rows: COPY into a staging table, then at commit MERGE it into the target
@@ -328,6 +412,7 @@ class Load:
         # At the deadline, whatever statement the load is in (a lock wait, the COPY, the MERGE) is cancelled
         # on the server, so that the caller can roll back and record a timeout while it still has time.
         self.cancelled = False
+        self.waited_for: str | None = None  # what the load waited for when the watchdog cancelled it, if a lock
         self._watchdog = call_at(deadline, self._cancel)
         self._copy_open = False
         self._copied = 0
@@ -346,12 +431,15 @@ class Load:
                 self._create_staging()
             if md5 is not None:
                 self.start(md5)
-        except BaseException:
+        except BaseException as exc:
             self._disarm()
             self._transaction.rollback()
             self._conn.close()
+            if self.waited_for is not None and not isinstance(exc, TableBusy):
+                raise TableBusy(contract.table, self.waited_for) from exc
             raise
 
+    @_busy_at_deadline
     def start(self, md5: str) -> None:
         """Name the rows' file (the lineage column's default) and open the COPY. A load made without its
         MD5 (the file still being hashed) has its table ready, evolved and locked as it needs, meanwhile."""
@@ -401,11 +489,43 @@ class Load:
         return True
 
     def _cancel(self) -> None:
+        """At the deadline: note what the load waits for, if it waits for a lock, then cancel its statement."""
         self.cancelled = True
         try:
-            self._conn.connection.driver_connection.cancel()  # type: ignore[union-attr]
+            driver = self._conn.connection.driver_connection
+            pid = driver.info.backend_pid  # type: ignore[union-attr]
+        except Exception:  # the connection is gone already; the load fails either way
+            return
+        try:
+            work = in_thread(lambda: self._lock_wait(pid), "load-blocker")
+            self.waited_for = awaited(work, time.monotonic() + BLOCKER_LOOKUP_SECONDS, lambda: TimeoutError())
+        except Exception:  # the server did not say in time: a plain timeout
+            pass
+        try:
+            driver.cancel()  # type: ignore[union-attr]
         except Exception:  # the connection may be gone already; the load fails either way
             pass
+
+    def _lock_wait(self, pid: int) -> str | None:
+        """What the session ``pid`` waits for, if it waits for a lock, and who holds it; asked on a connection
+        of its own. Names the holders' pids and application names, never their statements (they may hold
+        other people's data)."""
+        with self._engine.connect() as look:
+            row = look.execute(
+                sa.text(
+                    "SELECT l.locktype, l.relation::regclass::text, l.mode, "
+                    "(SELECT string_agg(format('pid %s, %s', a.pid, coalesce(nullif(a.application_name, ''), "
+                    "'no application name')), '; ') FROM pg_stat_activity a "
+                    "WHERE a.pid = ANY(pg_blocking_pids(l.pid))) "
+                    "FROM pg_locks l WHERE l.pid = :pid AND NOT l.granted LIMIT 1"
+                ),
+                {"pid": pid},
+            ).first()
+        if row is None:
+            return None
+        locktype, relation, mode, holders = row
+        what = f"a {mode} lock on {relation}" if relation else f"another transaction ({locktype} lock)"
+        return f"it waited for {what}, held by {holders or 'another session'}"
 
     def _check_cancelled(self) -> None:
         if self.cancelled:
@@ -421,6 +541,9 @@ class Load:
         conn, target = self._conn, self.target
         mode = self.contract.load_mode
         if mode == "replace":
+            # The DELETE must see (and remove) every row another replace committed, and no other writer may
+            # add rows it cannot see: the table is this load's to write until it commits.
+            self._lock_target()
             conn.execute(sa.delete(target))
             return "copy"
         if self._size_bytes >= BULK_LOAD_BYTES and self._empty_and_rebuildable(conn if locked else None):
@@ -534,6 +657,7 @@ class Load:
         """Keep other writers of the target out until this transaction ends (readers go on)."""
         self._conn.execute(sa.text(f"LOCK TABLE {sql_identifier(self.target.name)} IN SHARE ROW EXCLUSIVE MODE"))
 
+    @_busy_at_deadline
     def write(self, data: bytes) -> None:
         """Queue a block for COPY; a writer thread sends it while the caller validates the next one."""
         if self._writer is None:
@@ -578,15 +702,22 @@ class Load:
             self._copy_context.__exit__(exc_type, error, error.__traceback__ if error else None)
             self._copied = max(self._cursor.rowcount, 0)
 
+    @_busy_at_deadline
     def commit(self, ledger_entry: Mapping[str, Any], before_commit: Callable[[], object] | None = None) -> int | None:
         """Merge staging into the target and commit with the ledger row; None if already loaded.
-        ``before_commit`` runs last, before COMMIT (an exception from it rolls the load back)."""
+        ``before_commit`` runs last, before COMMIT (an exception from it rolls the load back).
+
+        The ledger row comes after every lock on the table (the lock order in the module's docstring): the
+        merge's lock is taken first, so a load waiting on the ledger's index for another load of the same
+        content never holds what that load waits for."""
         assert self.md5 is not None, "a load commits after start()"
         self._finish_copy()
         self._check_cancelled()
         conn = self._conn
         for statement in self._rebuild:
             conn.execute(sa.text(statement))
+        if self.strategy == "staging":
+            self._lock_target()  # MERGE has no ON CONFLICT: no other writer until the commit
         ledger_id = conn.execute(
             pg.insert(ledger)
             .values(**ledger_entry, status="loaded", schema_changes="\n".join(self.schema_changes) or None)
@@ -634,8 +765,8 @@ class Load:
         daily full snapshot of mostly unchanged rows costs reading, not writing.
 
         MERGE has no ON CONFLICT: a concurrent insert of the same key would fail it. So the target is
-        locked against other writers (readers go on) from here to the commit, a moment after the rows
-        were staged; loads into one table serialize only for their merge."""
+        locked against other writers (readers go on) from before the ledger row (see commit) to the commit,
+        a moment after the rows were staged; loads into one table serialize only for their merge."""
         q = sql_identifier
         target, staging = q(self.target.name), q(self.staging.name)
         key = self.contract.upsert_key
@@ -649,7 +780,6 @@ class Load:
         )
         columns = ", ".join([*(q(n) for n in names), "_ingest_md5"])
         values = ", ".join([*(f"s.{q(n)}" for n in names), ":md5"])
-        self._lock_target()
         # Row counts and the key's distinct values, for the planner to choose a hash join (the key columns
         # only: sampling the others costs time and changes no plan). A small sample does: at the default
         # target ANALYZE reads 30,000 pages, all of a million staged rows (0.11 s); 3,000 take 0.02 s and
