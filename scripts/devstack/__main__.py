@@ -7,8 +7,9 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
-from .stack import Settings, down, environment, is_running, process_table, read_state, up
+from .stack import Settings, down, environment, function_instances, is_running, process_table, read_state, up
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs.add_parser("down", help="stop every process the stack started and remove its state")
     verbs.add_parser("status", help="what runs where")
     verbs.add_parser("env", help="print export lines for AWS_ENDPOINT_URL, DATABASE_URL, INGEST_BUCKET, ...")
-    verbs.add_parser("logs", help="follow the function's and the dispatcher's logs")
+    verbs.add_parser("logs", help="follow the logs of every function instance and of the dispatcher")
     demo = verbs.add_parser("demo", help="start the stack, upload the samples, report, stop")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export {name}={shlex.quote(value)}")
         return 0
     if args.verb == "logs":
-        logs = [settings.logs / "function.log", settings.logs / "dispatcher.log"]
+        state = read_state(settings) or {}
+        logs = [Path(f["log_file"]) for f in function_instances(state) if f.get("log_file")]
+        logs.append(settings.logs / "dispatcher.log")
         if not any(p.exists() for p in logs):
             print("no logs: the embedded stack is not running (make up)")
             return 3
@@ -86,7 +89,7 @@ def _compose_verb(verb: str) -> int:
 
 def _print_status(state: dict) -> None:
     for name, pid, where, running in process_table(state):
-        print(f"  {name:<30} {'running' if running else 'STOPPED':<8} pid {pid or '-':<8} {where}")
+        print(f"  {name:<32} {'running' if running else 'STOPPED':<8} pid {pid or '-':<8} {where}")
 
 
 if __name__ == "__main__":

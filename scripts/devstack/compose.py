@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .function import INVOKE_PATH, REPO
+from .function import REPO
 
 LOCALSTACK_ACCOUNT = "000000000000"  # LocalStack's (and Floci's) fixed account id; moto's is 123456789012
 
@@ -106,7 +106,6 @@ def environment() -> dict[str, str]:
     definition = json.loads((REPO / "localstack" / "resources.json").read_text())
     region = definition["region"]
     endpoint = "http://127.0.0.1:4566"
-    function_port = os.environ.get("INGEST_FUNCTION_PORT", "9000")
     postgres_port = os.environ.get("INGEST_POSTGRES_PORT", "55432")
     return {
         "AWS_ENDPOINT_URL": endpoint,
@@ -118,6 +117,5 @@ def environment() -> dict[str, str]:
         "INGEST_TOPIC_ARN": f"arn:aws:sns:{region}:{LOCALSTACK_ACCOUNT}:{definition['topic']}",
         "INGEST_QUEUE_URL": f"{endpoint}/{LOCALSTACK_ACCOUNT}/{definition['queue']['name']}",
         "INGEST_DLQ_URL": f"{endpoint}/{LOCALSTACK_ACCOUNT}/{definition['dead_letter_queue']['name']}",
-        "INGEST_FUNCTION_URL": f"http://127.0.0.1:{function_port}{INVOKE_PATH}",
         "DATABASE_URL": f"postgresql://ingest:ingest@127.0.0.1:{postgres_port}/ingest",
     }

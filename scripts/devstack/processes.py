@@ -21,9 +21,13 @@ def free_port() -> int:
 
 
 def port_open(port: int, host: str = HOST) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
+    """Whether something accepts connections there (a host name that does not resolve, as a compose
+    container's while it is stopped, is no answer either)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def spawn(

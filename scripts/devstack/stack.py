@@ -18,9 +18,9 @@ from types import ModuleType
 from typing import Any
 
 from . import emulator
-from .function import REPO, install_rie
+from .function import INVOKE_PATH, REPO, install_rie
 from .postgres import PostgresServer, create_function_role, start_postgres
-from .processes import HOST, alive, port_open, spawn, stop_pid, wait_until
+from .processes import HOST, alive, free_port, port_open, spawn, stop_pid, wait_until
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
@@ -34,6 +34,7 @@ class Settings:
     database_url: str | None
     retry_delay: int
     function_timeout: int | None = None  # overrides resources.json (tests of timeouts)
+    concurrency: int | None = None  # function instances; None: resources.json's event_source.maximum_concurrency
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -46,6 +47,7 @@ class Settings:
             database_url=env.get("DATABASE_URL") or None,
             retry_delay=int(env.get("INGEST_RETRY_DELAY") or 2),
             function_timeout=int(env["INGEST_FUNCTION_TIMEOUT"]) if env.get("INGEST_FUNCTION_TIMEOUT") else None,
+            concurrency=concurrency(env),
         )
 
     @property
@@ -55,6 +57,16 @@ class Settings:
     @property
     def logs(self) -> Path:
         return self.stack_dir / "logs"
+
+
+def concurrency(env: dict[str, str]) -> int | None:
+    """INGEST_CONCURRENCY: how many function instances run at once (at least 1), if set."""
+    value = env.get("INGEST_CONCURRENCY")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise RuntimeError(f"INGEST_CONCURRENCY must be a whole number of function instances, 1 or more: {value!r}")
+    return int(value)
 
 
 def load_bootstrap() -> ModuleType:
@@ -95,11 +107,27 @@ def process_table(state: dict[str, Any]) -> list[tuple[str, int | None, str, boo
     if "dispatcher" in state:
         d = state["dispatcher"]
         rows.append(("dispatcher", d["pid"], d["queue_url"], alive(d["pid"])))
-    if "function" in state:
-        f = state["function"]
+    for f in function_instances(state):
         pid = _read_pid(Path(f["pid_file"]))
-        rows.append(("function (RIE + awslambdaric)", pid, f["invoke_url"], bool(pid and alive(pid))))
+        name = f"function {f['instance']} (RIE + awslambdaric)"
+        rows.append((name, pid, f["invoke_url"], bool(pid and alive(pid))))
     return rows
+
+
+def function_instances(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The function instances of a started stack: instance (1..N), port, invoke_url, pid_file, log_file."""
+    if "function" in state:  # a stack started before there were several
+        return [{"instance": 1, "log_file": None, **state["function"]}]
+    return list(state.get("functions", []))
+
+
+def instance_ports(first: int, count: int) -> list[int]:
+    """Ports for ``count`` function instances: ``first`` and the ones after it, or a free port where one of
+    those is taken (a second stack, a test's)."""
+    ports: list[int] = []
+    for port in range(first, first + count):
+        ports.append(port if port not in ports and not port_open(port) else free_port())
+    return ports
 
 
 def _read_pid(path: Path) -> int | None:
@@ -164,10 +192,11 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
     if state and state.get("ready") and _only_dispatcher_down(state):
         # The emulator and the database (and so every queued message) are intact: restart the dispatcher and
         # the function only. Messages it had taken come back when their visibility timeout ends.
-        print("the dispatcher had stopped; starting it (and the function) again", file=out)
-        pid = _read_pid(Path(state["function"]["pid_file"]))
-        if pid:
-            stop_pid(pid, timeout=5)
+        print("the dispatcher had stopped; starting it (and the function instances) again", file=out)
+        for instance in function_instances(state):
+            pid = _read_pid(Path(instance["pid_file"]))
+            if pid:
+                stop_pid(pid, timeout=5)
         _start_dispatcher(settings, state)
         return state
     if state:
@@ -218,28 +247,33 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
         if settings.function_timeout:
             definition["function"]["timeout_seconds"] = settings.function_timeout
         fn = definition["function"]
+        event_source = definition["event_source"]
+        ports = instance_ports(settings.function_port, settings.concurrency or event_source["maximum_concurrency"])
         function_env = {
             **function_environment(definition, endpoint, function_url, resources["topic_arn"]),
             # host-process specifics: import the package from the source tree, log unbuffered
             "PYTHONPATH": str(REPO / "lambda"),
             "PYTHONUNBUFFERED": "1",
         }
+        state["functions"] = [
+            {
+                "instance": i,
+                "port": port,
+                "invoke_url": f"http://{HOST}:{port}{INVOKE_PATH}",
+                "pid_file": str(settings.stack_dir / f"function-{i}.pid"),
+                "log_file": str(settings.logs / f"function-{i}.log"),
+            }
+            for i, port in enumerate(ports, start=1)
+        ]
+        state["event_source"] = {k: v for k, v in event_source.items() if not k.startswith("_")}
         function_config = {
             "rie": str(rie),
-            "port": settings.function_port,
             "handler": fn["handler"],
             "environment": function_env,
-            "log_file": str(settings.logs / "function.log"),
-            "pid_file": str(settings.stack_dir / "function.pid"),
+            "instances": [{k: f[k] for k in ("port", "log_file", "pid_file")} for f in state["functions"]],
         }
         config_file = settings.stack_dir / "function.json"
         config_file.write_text(json.dumps(function_config, indent=2))
-        state["function"] = {
-            "port": settings.function_port,
-            "invoke_url": f"http://{HOST}:{settings.function_port}/2015-03-31/functions/function/invocations",
-            "pid_file": function_config["pid_file"],
-            "timeout_seconds": fn["timeout_seconds"],
-        }
         _start_dispatcher(settings, state)
         state["ready"] = True
         state["started_in_ms"] = int((time.monotonic() - started) * 1000)
@@ -257,9 +291,10 @@ def _only_dispatcher_down(state: dict[str, Any]) -> bool:
 
 
 def _start_dispatcher(settings: Settings, state: dict[str, Any]) -> None:
-    """The dispatcher, which starts the function (RIE + awslambdaric) as its child."""
+    """The dispatcher, which starts the function instances (RIE + awslambdaric each) as its children."""
     endpoint = state["emulator"]["endpoint"]
     queue_url = state["resources"]["queue_url"]
+    event_source = state.get("event_source") or load_bootstrap().load_definition()["event_source"]
     argv = [
         sys.executable,
         "-m",
@@ -272,6 +307,10 @@ def _start_dispatcher(settings: Settings, state: dict[str, Any]) -> None:
         str(settings.stack_dir / "function.json"),
         "--retry-delay",
         str(settings.retry_delay),
+        "--batch-size",
+        str(event_source["batch_size"]),
+        "--batching-window",
+        str(event_source["maximum_batching_window_seconds"]),
     ]
     env = {**os.environ, **aws_environment(state["region"], endpoint), "PYTHONUNBUFFERED": "1"}
     log = settings.logs / "dispatcher.log"
@@ -292,10 +331,10 @@ def down(settings: Settings, out: Any = sys.stdout, quiet: bool = False) -> None
         return
     if "dispatcher" in state and stop_pid(state["dispatcher"]["pid"], timeout=15) and not quiet:
         print(f"stopped the dispatcher (pid {state['dispatcher']['pid']})", file=out)
-    if "function" in state:
-        pid = _read_pid(Path(state["function"]["pid_file"]))
+    for instance in function_instances(state):
+        pid = _read_pid(Path(instance["pid_file"]))
         if pid and stop_pid(pid, timeout=5) and not quiet:
-            print(f"stopped the function (pid {pid})", file=out)
+            print(f"stopped function instance {instance['instance']} (pid {pid})", file=out)
     if "emulator" in state and stop_pid(state["emulator"]["pid"]) and not quiet:
         print(f"stopped the emulator (pid {state['emulator']['pid']})", file=out)
     if "postgres" in state:
@@ -332,6 +371,5 @@ def environment(state: dict[str, Any]) -> dict[str, str]:
         "INGEST_TOPIC_ARN": state["resources"]["topic_arn"],
         "INGEST_QUEUE_URL": state["resources"]["queue_url"],
         "INGEST_DLQ_URL": state["resources"]["dlq_url"],
-        "INGEST_FUNCTION_URL": state["function"]["invoke_url"],
         "DATABASE_URL": state["postgres"]["url"],
     }

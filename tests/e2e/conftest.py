@@ -106,38 +106,52 @@ class Stack:
             conn.rollback()
             conn.close()
 
-    def wait_for_lock_wait(self, table: str, timeout: float = 60) -> None:
-        """Wait until a function session is blocked waiting for a lock on ``table``."""
+    def wait_for_lock_wait(self, table: str, count: int = 1, timeout: float = 60) -> None:
+        """Wait until ``count`` function sessions are blocked waiting for a lock on ``table``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             waiting = self.query(
-                "SELECT count(*) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "SELECT count(DISTINCT l.pid) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE NOT l.granted AND l.relation = %s::regclass AND a.application_name = 'ingest'",
                 table,
             )[0]["n"]
-            if waiting:
+            if waiting >= count:
                 return
             time.sleep(0.05)
-        raise AssertionError(f"no load waited for the lock on {table} within {timeout}s")
+        raise AssertionError(f"fewer than {count} loads waited for the lock on {table} within {timeout}s")
+
+    @property
+    def instances(self) -> int:
+        """How many function instances the stack runs (both stacks: INGEST_CONCURRENCY, else resources.json's)."""
+        from devstack.stack import Settings
+
+        configured = Settings.from_env(self.cli_env or dict(os.environ)).concurrency
+        return configured or int(
+            json.loads((REPO / "localstack" / "resources.json").read_text())["event_source"]["maximum_concurrency"]
+        )
 
     # -- faults, the same verbs on both stacks ---------------------------------------------------------
 
     def crash_function(self) -> str:
-        """SIGKILL the function as a crash (or the OOM killer) would; return what identified it."""
+        """SIGKILL every function instance as a crash (or the OOM killer) would, whichever of them holds the
+        file; return what identified them."""
+        before = self.function_identity()
         if self.kind == "compose":
-            before = self.function_identity()
-            pid = int(self._docker("inspect", "--format", "{{.State.Pid}}", self._container("lambda")))
-            os.kill(pid, signal.SIGKILL)  # the container's init, from the host: a crash, not a `docker stop`
+            for container in self._containers("lambda"):
+                pid = int(self._docker("inspect", "--format", "{{.State.Pid}}", container))
+                os.kill(pid, signal.SIGKILL)  # the container's init, from the host: a crash, not a `docker stop`
             return before
-        pid = self.function_pid()
-        self.kill_function(pid)
-        return str(pid)
+        for pid in self.function_pids():
+            self.kill_function(pid)
+        return before
 
     def function_identity(self) -> str:
-        """Changes whenever the function is started again (its pid, or its container's start time)."""
+        """Changes whenever a function instance is started again (its pid, or its container's start time)."""
         if self.kind == "compose":
-            return self._docker("inspect", "--format", "{{.State.StartedAt}}", self._container("lambda"))
-        return str(self.function_pid())
+            return " ".join(
+                self._docker("inspect", "--format", "{{.State.StartedAt}}", c) for c in self._containers("lambda")
+            )
+        return " ".join(map(str, self.function_pids()))
 
     def stop_postgres(self) -> None:
         if self.kind == "compose":
@@ -210,8 +224,8 @@ class Stack:
         assert done.returncode == 0, f"docker compose {' '.join(args)} failed:\n{done.stderr}"
         return done.stdout.strip()
 
-    def _container(self, service: str) -> str:
-        return self._compose("ps", "--all", "--quiet", service)
+    def _containers(self, service: str) -> list[str]:
+        return self._compose("ps", "--all", "--quiet", service).split()
 
     def _docker(self, *args: str) -> str:
         done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
@@ -235,10 +249,16 @@ class Stack:
             except ProcessLookupError:
                 pass
 
-    def function_pid(self) -> int:
+    def function_pids(self) -> list[int]:
+        """The pid of each function instance's RIE, in instance order."""
         if self.state_dir is None:
-            pytest.skip("the function's process is inside a container")
-        return int((self.state_dir / "function.pid").read_text())
+            pytest.skip("the function's processes are inside containers")
+        from devstack.stack import Settings, function_instances, read_state
+
+        assert self.cli_env is not None
+        state = read_state(Settings.from_env(self.cli_env))
+        assert state is not None
+        return [int(Path(f["pid_file"]).read_text()) for f in function_instances(state)]
 
 
 @pytest.fixture(scope="session", params=["embedded", "compose"])

@@ -115,7 +115,7 @@ def test_a_stopped_dispatcher_loses_no_message_and_make_up_restarts_it(own_stack
     status = run_cli("status", env=env, check=False)
     assert status.returncode == 1 and "STOPPED" in status.stdout
     again = run_cli("up", env=env)
-    assert "starting it (and the function) again" in again.stdout
+    assert "starting it (and the function instances) again" in again.stdout
     assert not alive(dispatcher) and read_state(Settings.from_env(env))["dispatcher"]["pid"] != dispatcher  # type: ignore[index]
     receipts = stack.receipts_for(key, timeout=60)
     assert [r["status"] for r in receipts] == ["loaded"], receipts

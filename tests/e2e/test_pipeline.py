@@ -167,7 +167,7 @@ def _wait_for_dead_letter(stack, key: str, timeout: float = 30) -> list[str]:
 # Embedded only: in compose the function's code is baked into its image (make up STACK=compose rebuilds it).
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 def test_editing_the_function_takes_effect_on_the_next_invocation(stack):
-    before = stack.function_pid()
+    before = stack.function_pids()
     source = REPO / "lambda" / "ingest" / "__init__.py"
     stat = source.stat()
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
@@ -176,7 +176,7 @@ def test_editing_the_function_takes_effect_on_the_next_invocation(stack):
         key = f"incoming/users/reload_{uuid.uuid4().hex[:8]}.csv"
         stack.upload(key, data)
         assert stack.receipts_for(key)[0]["status"] == "loaded"
-        assert stack.function_pid() != before
+        assert stack.function_pids() != before  # the instance that took the file started again first
     finally:
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
@@ -227,3 +227,27 @@ def test_killing_the_function_during_copy_leaves_nothing_and_the_retry_loads_onc
     assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == rows
     loaded = stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)
     assert loaded[0]["n"] == 1
+
+
+def test_every_function_instance_loads_at_once_and_overlapping_upserts_all_land(stack):
+    """One file per function instance, each held by the test at the table until every instance has one (so
+    the loads overlap on any machine); then they go on together: every file loaded, every key once, with the
+    values of the file that committed last."""
+    n = stack.instances
+    assert n > 1, "the stacks run several function instances by default, as AWS starts several batches"
+    base = uuid.uuid4().int % 900_000_000 + 1_000_000
+    ids = list(range(base, base + 50))
+    keys = [f"incoming/users/instance_{i}_{uuid.uuid4().hex[:6]}.csv" for i in range(n)]
+    with stack.table_locked("users"):
+        for i, key in enumerate(keys, start=1):
+            data = "id,email,full_name\n" + "".join(f"{k},v{i}.{k}@example.com,Version {i}\n" for k in ids)
+            stack.upload(key, data.encode())
+            stack.wait_for_lock_wait("users", count=i)  # this file's load waits too: i instances busy at once
+    assert [stack.receipts_for(key)[0]["status"] for key in keys] == ["loaded"] * n
+    rows = stack.query("SELECT id, full_name FROM users WHERE id = ANY(%s)", ids)
+    assert sorted(r["id"] for r in rows) == ids
+    [last] = stack.query(
+        "SELECT object_key FROM ingest_files WHERE object_key = ANY(%s) AND status = 'loaded' ORDER BY id DESC LIMIT 1",
+        keys,
+    )
+    assert {r["full_name"] for r in rows} == {f"Version {keys.index(last['object_key']) + 1}"}

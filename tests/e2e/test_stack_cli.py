@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from devstack.processes import alive, free_port
 from devstack.stack import Settings, process_table, read_state
-from tests.e2e.conftest import run_cli
+from tests.e2e.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.stack
 
@@ -34,17 +35,20 @@ def test_up_status_env_down_leave_nothing_behind(tmp_path):
         state = read_state(Settings.from_env(env))
         assert state is not None
         rows = process_table(state)
+        instances = json.loads((REPO / "localstack" / "resources.json").read_text())["event_source"]
+        n = instances["maximum_concurrency"]
         assert [name for name, *_ in rows] == [
             "emulator (moto)",
             "postgres (cluster)",
             "dispatcher",
-            "function (RIE + awslambdaric)",
+            *(f"function {i} (RIE + awslambdaric)" for i in range(1, n + 1)),
         ]
         assert all(running for *_, running in rows)
         pids = [pid for _, pid, _, _ in rows]
+        assert len({where for *_, where, _ in rows}) == len(rows)  # each instance on a port of its own
 
         status = run_cli("status", env=env)
-        assert status.returncode == 0 and status.stdout.count("running") == 4
+        assert status.returncode == 0 and status.stdout.count("running") == 3 + n
         exports = dict(
             line.removeprefix("export ").split("=", 1) for line in run_cli("env", env=env).stdout.splitlines()
         )

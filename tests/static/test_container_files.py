@@ -64,7 +64,21 @@ def test_compose_agrees_with_the_embedded_stack():
     services = load("compose.yaml")["services"]
     settings = Settings.from_env({})
     assert "127.0.0.1:4566:4566" in services["localstack"]["ports"] and settings.emulator_port == 4566
-    assert f"127.0.0.1:{settings.function_port}:8080" in services["lambda"]["ports"]
+
+    # as many function instances as the embedded stack runs, fed as the event source feeds them
+    event_source = DEFINITION["event_source"]
+    instances = event_source["maximum_concurrency"]
+    assert instances > 1 and settings.concurrency is None  # INGEST_CONCURRENCY unset: resources.json's
+    assert services["lambda"]["deploy"]["replicas"] == instances and "ports" not in services["lambda"]
+    command = services["dispatcher"]["command"]
+    assert f"--instances={instances}" in command
+    assert f"--batch-size={event_source['batch_size']}" in command
+    assert f"--batching-window={event_source['maximum_batching_window_seconds']}" in command
+    raw = (REPO / "compose.yaml").read_text()
+    assert raw.count("${INGEST_CONCURRENCY:-" + str(instances) + "}") == 2  # the replicas and the dispatcher's
+    url = next(c for c in command if c.startswith("--function-url="))
+    assert url.startswith("--function-url=http://ingest-lambda-{instance}:8080/")  # a container per instance
+    assert load("compose.yaml")["name"] == "ingest"
 
     # the function gets the same variables in both stacks, with the same names and values where they can agree
     embedded = function_environment(DEFINITION, "http://x", "postgresql://x", "arn:x")
@@ -95,7 +109,6 @@ def test_compose_agrees_with_the_embedded_stack():
         "emulator": {"endpoint": "http://127.0.0.1:4566"},
         "region": "us-east-1",
         "resources": {"bucket": "b", "topic_arn": "t", "queue_url": "q", "dlq_url": "d"},
-        "function": {"invoke_url": "f"},
         "postgres": {"url": "p"},
     }
     assert list(environment(state)) == list(compose.environment())
