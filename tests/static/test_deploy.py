@@ -3,6 +3,7 @@ nothing wider than it needs; the deploy script stops clearly without Docker or c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -135,3 +136,22 @@ def test_the_bucket_drops_the_parts_of_outputs_left_unfinished():
     assert any(
         r["Status"] == "Enabled" and r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1 for r in rules
     )
+
+
+def test_the_queue_trigger_caps_concurrent_loads_and_reserved_concurrency_never_throttles_it():
+    """Lambda throttles batches beyond reserved concurrency; a throttled batch returns to the queue with its
+    receive count raised, so a reserved concurrency below the trigger's maximum would dead-letter valid files."""
+    t = template()
+    definition = json.loads((REPO / "localstack" / "resources.json").read_text())["event_source"]
+    parameter = t["Parameters"]["MaximumConcurrency"]
+    assert parameter["MinValue"] >= 2 and parameter["MaxValue"] <= 1000  # what AWS accepts
+    assert parameter["Default"] == definition["maximum_concurrency"]  # the dev stacks run as many instances
+    trigger = t["Resources"]["QueueTrigger"]["Properties"]
+    assert trigger["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
+    assert trigger["BatchSize"] == definition["batch_size"]
+    assert trigger["MaximumBatchingWindowInSeconds"] == definition["maximum_batching_window_seconds"]
+    reserved = t["Resources"]["Function"]["Properties"]["ReservedConcurrentExecutions"]
+    # only where no trigger caps the loads (S3 invokes the function), and then exactly the same cap
+    assert reserved == {"If": ["Direct", {"Ref": "MaximumConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    assert t["Conditions"]["Direct"] == {"Equals": [{"Ref": "Trigger"}, "s3"]}
+    assert "ReservedConcurrency" not in t["Parameters"]
