@@ -9,7 +9,9 @@ bench/data/), uploads it to a moto server, and times, several times each:
 - pipeline, upsert into a table that already holds the rows (staging + MERGE), first size only: each run
   loads the rows first (untimed), then times the load of the same rows under new bytes;
 - at the first size, the peers a user could pick instead (bench/peers/, run by the bench venv's Python):
-  polars + COPY, dlt with its CSV (COPY) loader, pandas + pandera + COPY, each applying the same rules.
+  polars + COPY, dlt with its CSV (COPY) loader, pandas + pandera + COPY, each applying the same rules;
+- a burst of 400 small files through the embedded stack at concurrency 1, 2 and 4 (``devstack.burst``):
+  files/s and upload-to-row latency, summed up in the line before the peers line.
 Every route must load exactly the rows of an untimed reference load by the pipeline (count and checksum of
 the typed rows) before its time counts. The methods (the upsert one of them) run in alternating order
 (forward, then reversed) so a slow minute of the machine does not fall on one of them, each after a
@@ -41,7 +43,7 @@ import psutil
 import psycopg
 from boto3.s3.transfer import TransferConfig
 
-from . import emulator
+from . import burst, emulator
 from .benchdata import dataset
 from .function import REPO
 from .postgres import find_bin_dir, start_postgres
@@ -328,7 +330,7 @@ def _row(r: dict[str, Any], method: str, seconds: float, rss: float, spread: tup
     )
 
 
-def report(results: list[dict[str, Any]]) -> str:
+def report(results: list[dict[str, Any]], bursts: list[dict[str, Any]] | None = None) -> str:
     header = f"{'rows':>10} {'MB':>6}  {'method':<34} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {'peak RSS':>9}"
     lines = ["", header + f" {'vs raw':>7}"]
     for r in results:
@@ -343,6 +345,8 @@ def report(results: list[dict[str, Any]]) -> str:
     for r in results:
         for name, problem in r.get("mismatches", {}).items():
             lines.append(f"{r['rows']:,} rows, {name}: {problem}: its time does not count")
+    burst_lines = burst.report(bursts or [])
+    lines += burst_lines[:-1]
     if len(results) > 1:
         a, b = results[0], results[-1]
         growth = b["pipeline_seconds"] / a["pipeline_seconds"]
@@ -350,6 +354,7 @@ def report(results: list[dict[str, Any]]) -> str:
             f"scaling {a['rows']:,} -> {b['rows']:,} rows: time x{growth:.2f} (rows x{b['rows'] / a['rows']:.0f}), "
             f"peak RSS {a['pipeline_rss']:.0f} -> {b['pipeline_rss']:.0f} MB"
         )
+    lines += burst_lines[-1:]  # the burst's summary, just before the peers line
     first = results[0]
     ratio = first["pipeline_seconds"] / first["raw_seconds"]
     counted = {n: p for n, p in first.get("peers", {}).items() if not p["mismatch"]}
@@ -366,9 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peers-python", help="the Python of the bench venv (bench/requirements.txt): runs the peers")
     parser.add_argument("--chart", type=Path, help="write the run as a PNG here (and its figures as .json beside it)")
+    parser.add_argument("--burst-files", type=int, default=400, help="files in the burst (0: no burst)")
+    parser.add_argument("--burst-concurrency", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args(argv)
     results = run(args.rows, args.runs, args.peers_python)
-    print(report(results))
+    bursts = burst.run(args.burst_files, args.burst_concurrency) if args.burst_files else []
+    if bursts:
+        results[0]["burst"] = bursts
+    print(report(results, bursts))
     if args.chart:
         figures = args.chart.with_suffix(".json")
         figures.parent.mkdir(parents=True, exist_ok=True)

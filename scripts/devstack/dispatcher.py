@@ -296,6 +296,7 @@ def embedded_instances(config: dict[str, Any]) -> list[EmbeddedFunction]:
             handler=config["handler"],
             timeout_s=int(config["environment"]["AWS_LAMBDA_FUNCTION_TIMEOUT"]),
             pid_file=Path(instance["pid_file"]),
+            runtime_api_port=instance.get("runtime_api_port"),
         )
         for instance in config["instances"]
     ]

@@ -109,9 +109,11 @@ class EmbeddedFunction:
         timeout_s: int = 120,
         reload: bool = True,
         pid_file: Path | None = None,
+        runtime_api_port: int | None = None,
     ):
         self.rie_binary = rie_binary
         self.port = port
+        self.runtime_api_port = runtime_api_port  # where RIE serves awslambdaric; None: a free port at each start
         self.environment = environment
         self.log_file = log_file
         self.handler = handler
@@ -141,7 +143,7 @@ class EmbeddedFunction:
             "--runtime-interface-emulator-address",
             f"{HOST}:{self.port}",
             "--runtime-api-address",
-            f"{HOST}:{free_port()}",
+            f"{HOST}:{self.runtime_api_port or free_port()}",
             sys.executable,
             "-m",
             "awslambdaric",

@@ -20,7 +20,19 @@ a megabyte at a time, where moto reads the whole object into memory before it se
 for the 490 MB file of 5M rows, whose MD5 the load waits for, and a copy of it in the emulator's memory
 for every download. A ranged or part-numbered GetObject, and objects kept in memory, are moto's as before.
 
-Both are applied to the moto version they were written for only; another version runs as it comes
+And ReceiveMessage checks each message it hands out against the queue's retention period by computing
+every attribute of the queue (``get_queue_attributes``), three of which scan all its messages: receiving 10
+messages from a queue of 400 scanned 12,000 messages, and a burst of small files spent most of the
+emulator's CPU there (py-spy: ~85% of its samples in ReceiveMessage, with four consumers). Here that check
+reads the one attribute it needs, with the same result.
+
+And every request first finds its service's backend from the host it names (or the one its signature
+names): moto lists its own package directory (``os.listdir`` and an ``isdir`` per entry, ~150) and tries
+hundreds of URL patterns, under a lock every request takes, each time. The answer depends on the host
+alone, so here it is kept once found: in a burst of small files with four consumers that lookup was a third
+of the emulator's busy samples (py-spy), and the lock around it made the requests take turns.
+
+All of these are applied to the moto version they were written for only; another version runs as it comes
 (``patch()`` says which).
 
     python -m devstack.moto_server -H 127.0.0.1 -p 4566     (the arguments of python -m moto.server)
@@ -35,9 +47,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import moto
+from moto.core.utils import unix_time
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.s3 import models, responses
+from moto.sqs import models as sqs_models
 
-#: The moto release whose FakeMultipart.complete, FakeKey.value and S3Response.get_object this module replaces.
+#: The moto release whose FakeMultipart.complete, FakeKey.value, S3Response.get_object,
+#: SQSBackend.is_message_valid_based_on_retention_period and DomainDispatcherApplication.get_backend_for_host
+#: this module replaces.
 WRITTEN_FOR = "5.2.5"
 SEND_CHUNK = 1024 * 1024
 
@@ -197,6 +214,26 @@ def _set_value(self: models.FakeKey, new_value: Any) -> None:
     _moto_set_value(self, new_value)
 
 
+def within_retention(self: sqs_models.SQSBackend, queue_name: str, message: sqs_models.Message) -> bool:
+    """moto's check that a message is within its queue's retention period, reading only that attribute."""
+    retention_period = int(self.get_queue(queue_name).message_retention_period)  # type: ignore[attr-defined]
+    return bool(retention_period + message.sent_timestamp / 1000 > unix_time())  # type: ignore[operator]
+
+
+_backends_by_host: dict[str | None, Any] = {}
+
+
+def backend_for_host(self: DomainDispatcherApplication, host: str | None) -> Any:
+    """moto's backend for ``host``, looked up once per host (moto's lookup reads its package directory)."""
+    try:
+        return _backends_by_host[host]
+    except KeyError:
+        backend = _backends_by_host[host] = _moto_backend_for_host(self, host)
+        return backend
+
+
+_moto_backend_for_host = DomainDispatcherApplication.get_backend_for_host
+_moto_retention = sqs_models.SQSBackend.is_message_valid_based_on_retention_period
 _moto_complete = models.FakeMultipart.complete
 _moto_set_value = models.FakeKey.value.fset  # type: ignore[attr-defined]
 _moto_get_value = models.FakeKey.value.fget  # type: ignore[attr-defined]
@@ -212,6 +249,8 @@ def patch() -> bool:
         models.FakeMultipart.complete = complete  # type: ignore[method-assign]
         models.FakeKey.value = property(_get_value, _set_value)  # type: ignore[assignment,method-assign]
         responses.S3Response.get_object = get_object  # type: ignore[method-assign]
+        sqs_models.SQSBackend.is_message_valid_based_on_retention_period = within_retention  # type: ignore[method-assign]
+        DomainDispatcherApplication.get_backend_for_host = backend_for_host  # type: ignore[method-assign]
     return True
 
 

@@ -121,13 +121,22 @@ def function_instances(state: dict[str, Any]) -> list[dict[str, Any]]:
     return list(state.get("functions", []))
 
 
-def instance_ports(first: int, count: int) -> list[int]:
-    """Ports for ``count`` function instances: ``first`` and the ones after it, or a free port where one of
-    those is taken (a second stack, a test's)."""
-    ports: list[int] = []
-    for port in range(first, first + count):
-        ports.append(port if port not in ports and not port_open(port) else free_port())
-    return ports
+def instance_ports(first: int, count: int) -> list[tuple[int, int]]:
+    """(invoke port, runtime API port) for ``count`` function instances, all distinct and chosen at once (a
+    port picked later could be one another instance is about to bind): the invoke ports are ``first`` and
+    the ones after it, or a free port where one of those is taken (a second stack, a test's)."""
+    chosen: set[int] = set(range(first, first + count))  # kept from free_port()'s picks below
+
+    def pick(port: int | None = None) -> int:
+        while port is None or port_open(port):
+            port = free_port()
+            if port in chosen:
+                port = None
+        chosen.add(port)
+        return port
+
+    invoke = [pick(port) for port in range(first, first + count)]
+    return [(port, pick()) for port in invoke]
 
 
 def _read_pid(path: Path) -> int | None:
@@ -259,18 +268,21 @@ def up(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
             {
                 "instance": i,
                 "port": port,
+                "runtime_api_port": runtime_api_port,
                 "invoke_url": f"http://{HOST}:{port}{INVOKE_PATH}",
                 "pid_file": str(settings.stack_dir / f"function-{i}.pid"),
                 "log_file": str(settings.logs / f"function-{i}.log"),
             }
-            for i, port in enumerate(ports, start=1)
+            for i, (port, runtime_api_port) in enumerate(ports, start=1)
         ]
         state["event_source"] = {k: v for k, v in event_source.items() if not k.startswith("_")}
         function_config = {
             "rie": str(rie),
             "handler": fn["handler"],
             "environment": function_env,
-            "instances": [{k: f[k] for k in ("port", "log_file", "pid_file")} for f in state["functions"]],
+            "instances": [
+                {k: f[k] for k in ("port", "runtime_api_port", "log_file", "pid_file")} for f in state["functions"]
+            ],
         }
         config_file = settings.stack_dir / "function.json"
         config_file.write_text(json.dumps(function_config, indent=2))

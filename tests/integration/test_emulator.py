@@ -159,3 +159,33 @@ def test_a_multipart_object_replaced_while_it_streams_is_read_whole_as_it_was(aw
     s3.put_object(Bucket=BUCKET, Key="out.csv", Body=b"new")
     assert start + body.read() == data
     assert s3.get_object(Bucket=BUCKET, Key="out.csv")["Body"].read() == b"new"
+
+
+def test_receive_checks_the_retention_period_as_moto_does_reading_only_that_attribute():
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.sqs import models as sqs_models
+
+    moto_server.patch()
+    backend = sqs_models.sqs_backends[DEFAULT_ACCOUNT_ID]["eu-west-3"]
+    backend.create_queue("retention-test", MessageRetentionPeriod="60")
+    message = backend.send_message("retention-test", "hello")
+    for age_ms, kept in ((0, True), (59_000, True), (61_000, False)):
+        message.sent_timestamp = int(sqs_models.unix_time_millis()) - age_ms
+        assert moto_server.within_retention(backend, "retention-test", message) is kept
+        assert moto_server._moto_retention(backend, "retention-test", message) is kept  # moto's own says the same
+    backend.delete_queue("retention-test")
+
+
+def test_each_host_gets_the_backend_moto_would_find_and_looks_it_up_once(monkeypatch):
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    moto_server.patch()
+    app = DomainDispatcherApplication(lambda *_args: None)
+    hosts = ["s3.us-east-1.amazonaws.com", "sqs.eu-west-1.amazonaws.com", "sns.us-east-1.amazonaws.com", "moto_api"]
+    expected = {host: moto_server._moto_backend_for_host(app, host) for host in hosts}
+    assert expected["s3.us-east-1.amazonaws.com"] == "s3" and expected["sqs.eu-west-1.amazonaws.com"] == "sqs"
+    assert {host: app.get_backend_for_host(host) for host in hosts} == expected
+    looked_up: list[str | None] = []
+    monkeypatch.setattr(moto_server, "_moto_backend_for_host", lambda _self, host: looked_up.append(host))
+    assert {host: app.get_backend_for_host(host) for host in hosts} == expected  # from what was found before
+    assert looked_up == []

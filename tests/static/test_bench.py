@@ -57,3 +57,25 @@ def test_the_report_ends_with_the_peers_line_then_the_ratio_line_and_leaves_out_
     assert "peer: pandas + pandera + COPY (WRONG ROWS)" in text
     assert "1,000,000 rows, pandas + pandera + COPY: loaded 5 rows: its time does not count" in text
     assert "peers at" not in report(_results({}))  # no peers run: no peers line
+
+
+def test_the_burst_is_summed_up_in_the_line_before_the_peers_line():
+    from devstack.bench import report
+
+    bursts = [
+        {
+            "concurrency": c,
+            "files": 400,
+            "seconds": 400 / fps,
+            "files_per_second": fps,
+            "latency_median": 1.0,
+            "latency_p95": 2.0,
+            "cores_busy": 1.5,
+        }
+        for c, fps in ((1, 20.0), (2, 30.5), (4, 41.0))
+    ]
+    lines = report(_results({"polars + COPY": (3.8, None)}), bursts).splitlines()
+    assert lines[-1] == "1,000,000-row ratio, pipeline / raw \\copy: 1.25x"
+    assert lines[-2] == "peers at 1,000,000 rows: polars + COPY 1.90x"
+    assert lines[-3] == "burst of 400 files: concurrency 1 20.0 files/s, 2 30.5 files/s, 4 41.0 files/s"
+    assert any(line.split()[:3] == ["4", "9.8", "41.0"] and line.endswith("2.05x") for line in lines)
