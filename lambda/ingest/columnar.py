@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from . import patterns
 from .contract import Column, Contract
 from .lines import LineIndex, QuotingAnomaly
 from .reading import MAX_FIELD_CHARS, Source, TextFormat
@@ -203,7 +204,7 @@ class ColumnScreen:
         self.nulls = pa.array(list(nulls), pa.string())
         self.longest_null = max(len(v.encode("utf-8")) for v in nulls)
         self.check: Callable[[pa.Array, Cells, bool], Checked] = getattr(self, f"_{col.type}")
-        self.pattern_in_re2 = col.pattern is not None and _re2_compiles(col.pattern)
+        self.pattern = patterns.translate(col.pattern) if col.pattern is not None else None  # as RE2 runs it
         self.date_layouts = [DateLayout.of(fmt) for fmt in col.formats]
 
     def __call__(self, raw: pa.Array, has_control: bool, ascii: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
@@ -265,11 +266,8 @@ class ColumnScreen:
                 ok &= lengths <= col.max_length
             else:
                 ok &= _np(pc.less_equal(pc.utf8_length(s), col.max_length))
-        if col.pattern is not None:
-            if self.pattern_in_re2:
-                ok &= _matches(s, col.pattern)  # control characters (where \s differs) were sent to exact
-            else:
-                ok &= _exact_cells(col, s)
+        if self.pattern is not None:
+            ok &= _matches(s, self.pattern)  # the exact engine's RE2 program too
         if col.allowed is not None:
             ok &= _np(pc.is_in(s, value_set=pa.array(list(col.allowed), pa.string())))
         return s, ok
@@ -438,27 +436,6 @@ def _tokens(fmt: str) -> Iterator[str]:
         else:
             yield fmt[i]
             i += 1
-
-
-def _re2_compiles(pattern: str) -> bool:
-    try:
-        pc.match_substring_regex(pa.array([""]), pattern)
-        return True
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return False
-
-
-def _exact_cells(col: Column, s: pa.Array) -> np.ndarray:
-    """The exact rule cell by cell, for what no kernel expresses (e.g. a pattern RE2 cannot compile)."""
-    coerce = build_coercer(col)
-    ok = np.zeros(len(s), dtype=bool)
-    for i, value in enumerate(s.to_pylist()):
-        try:
-            coerce(value)
-            ok[i] = True
-        except Exception:
-            pass
-    return ok
 
 
 def _exact_column(col: Column, s: pa.Array) -> Checked:

@@ -137,3 +137,44 @@ def test_stack_verbs_say_clearly_when_no_stack_runs(tmp_path):
     env["INGEST_STACK_DIR"] = str(tmp_path / "none")
     result = ingest("status", env=env)
     assert result.returncode == 3 and "no running stack" in result.stderr
+
+
+HOSTILE_CONTRACT = """
+table = "names"
+keys = ["incoming/names/*.csv"]
+load = { mode = "append" }
+max_rejected_share = 0.5
+
+[[columns]]
+name = "name"
+required = true
+pattern = '^(\\w+\\s?)*$'
+"""
+
+
+def test_a_pattern_that_backtracks_in_python_answers_at_once_in_check_and_in_the_function(tmp_path, pipeline):
+    """'^(\\w+\\s?)*$' on 35 letters and a '!': Python's re would not answer in a human lifetime."""
+    folder = tmp_path / "contracts"
+    folder.mkdir()
+    (folder / "names.toml").write_text(HOSTILE_CONTRACT)
+    data = "name\nAda Lovelace\n" + "a" * 35 + "!\nGrace Hopper\n"
+    (tmp_path / "names.csv").write_text(data)
+    checked = ingest(
+        "check",
+        str(tmp_path / "names.csv"),
+        "--key",
+        "incoming/names/names.csv",
+        "--json",
+        env={**os.environ, "INGEST_CONTRACTS_DIR": str(folder)},
+    )
+    report = json.loads(checked.stdout)
+    assert checked.returncode == 0 and report["rows_valid"] == 2 and report["rows_rejected"] == 1, checked.stderr
+    assert report["first_errors"][0]["rule"] == "pattern"
+
+    from ingest.contract import ContractRegistry
+    from ingest.service import ingest_object
+
+    pipeline.deps.contracts = ContractRegistry.from_directory(folder)
+    pipeline.upload("incoming/names/names.csv", data.encode())
+    receipt = ingest_object(pipeline.bucket, "incoming/names/names.csv", pipeline.deps)
+    assert (receipt.status, receipt.rows_loaded, receipt.rows_rejected) == ("loaded", 2, 1)

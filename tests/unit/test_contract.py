@@ -86,7 +86,7 @@ def test_header_names_are_normalized():
         ({"columns": [{"name": "xmin"}]}, r"'xmin' is a PostgreSQL system column name .* aliases = \['xmin'\]"),
         ({"columns": [{"name": "a", "type": "varchar"}]}, "type must be one of"),
         ({"columns": [{"name": "a", "normalize": ["titlecase"]}]}, "unknown normalizer"),
-        ({"columns": [{"name": "a", "pattern": "("}]}, "pattern does not compile"),
+        ({"columns": [{"name": "a", "pattern": "("}]}, "pattern .* cannot be used: it does not compile"),
         ({"columns": [{"name": "a", "min": 1}]}, "min applies to numeric types only"),
         ({"columns": [{"name": "a"}, {"name": "b", "aliases": ["a"]}]}, "used twice"),
         ({"load": {"mode": "merge"}}, "load.mode must be one of"),
