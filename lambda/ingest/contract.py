@@ -48,6 +48,7 @@ IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_COLUMN_PREFIX = RESERVED_PREFIX  # lineage columns and staging tables
 #: The ledger's table (``adapters.postgres``), which no contract may load.
 LEDGER_TABLE = "ingest_files"
+ATTEMPTS_TABLE = "ingest_attempts"  # the deliveries in flight, and those that never answered
 
 
 class ContractError(ValueError):
@@ -364,10 +365,10 @@ def table_name_problem(table: object) -> str | None:
     """What is wrong with ``table`` as a contract's table name, or None."""
     if not isinstance(table, str) or not IDENTIFIER.match(table):
         return f"table must be a lower-case SQL identifier ([a-z_][a-z0-9_]*), got {table!r}"
-    if table == LEDGER_TABLE or table.startswith(RESERVED_COLUMN_PREFIX):
+    if table in (LEDGER_TABLE, ATTEMPTS_TABLE) or table.startswith(RESERVED_COLUMN_PREFIX):
         return (
-            f"table {table!r} is the pipeline's own ({LEDGER_TABLE!r} is the ledger, {RESERVED_COLUMN_PREFIX!r}… "
-            "its staging tables): name the contract's table otherwise"
+            f"table {table!r} is the pipeline's own ({LEDGER_TABLE!r} is the ledger, {ATTEMPTS_TABLE!r} its "
+            f"deliveries, {RESERVED_COLUMN_PREFIX!r}… its staging tables): name the contract's table otherwise"
         )
     return None
 

@@ -1,7 +1,9 @@
 """The Lambda entrypoint: decode the event, hand each object to the service, report per-record failures.
 
 Handler string: ``ingest.handler.lambda_handler``.
-- SQS batch: returns ``{"batchItemFailures": [...]}`` so that only failed messages are retried.
+- SQS batch: returns ``{"batchItemFailures": [...]}`` so that only failed messages are retried. Each record's
+  message id and receive count go with its objects (``Delivery``), so that a delivery finds the earlier ones
+  that died (``INGEST_MAX_RECEIVE_COUNT``, the queue's maxReceiveCount, says which delivery is the last).
 - Direct S3 / SNS / EventBridge event: returns the receipts; raises if any object failed, after every
   object of the event was tried (one bad file never blocks the others).
 """
@@ -20,7 +22,7 @@ from . import bootstrap
 from .events import ObjectRef, UnknownEvent, is_sqs_batch, object_refs
 from .log import logger
 from .receipt import Receipt
-from .service import ingest_object
+from .service import Delivery, ingest_object
 
 # Return batchItemFailures even when every record failed: the outcome is the same (all retried) and the
 # response shape stays one thing for callers.
@@ -74,14 +76,32 @@ def _sqs_record(
         body = json.loads(record.body)
     except ValueError as exc:
         raise UnknownEvent(f"SQS message {record.message_id} body is not JSON: {exc}") from None
-    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends)
+    count = (record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount")
+    delivery = Delivery(record.message_id, _number(count), max_receives())
+    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends, delivery)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return [r.to_dict() for r in receipts]
 
 
+def max_receives() -> int | None:
+    """The uploads queue's maxReceiveCount, when the deployment says it (INGEST_MAX_RECEIVE_COUNT)."""
+    return _number(os.environ.get("INGEST_MAX_RECEIVE_COUNT"))
+
+
+def _number(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
 def _ingest_all(
-    refs: list[ObjectRef], request_id: str | None, deadline: float | None = None, ends: float | None = None
+    refs: list[ObjectRef],
+    request_id: str | None,
+    deadline: float | None = None,
+    ends: float | None = None,
+    delivery: Delivery | None = None,
 ) -> tuple[list[Receipt], list[str]]:
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
@@ -90,7 +110,7 @@ def _ingest_all(
     receipts, failures = [], []
     for ref in refs:
         try:
-            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id, deadline, ends))
+            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id, deadline, ends, delivery))
         except Exception as exc:
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

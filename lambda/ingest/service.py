@@ -14,12 +14,20 @@ Rejected files are final (a retry would reject them again); failures are raised 
 A deadline (from the Lambda context's remaining time, less a margin) ends a file that cannot be finished
 in time: the load is rolled back, the ledger gets ``failed``/``timeout`` with how far it got, the receipt
 goes out, and the failure is raised so the delivery is retried and in the end dead-lettered, on record.
+
+An attempt that dies without answering (its runtime killed: out of memory, the hard timeout, a crash)
+cannot record anything itself. So each delivery from the queue first records that it begins
+(``ingest_attempts``, with a heartbeat of how far it got), and the next delivery of the same message puts
+every earlier one that never answered on record (``failed``/``function_died``, with a receipt); the last
+delivery the queue allows, after nothing but deaths, does not run the same fatal work again: it ends
+``failed``/``function_died`` itself, and the message goes to the dead-letter queue explained.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -30,7 +38,15 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from .adapters.postgres import Database, DatabaseUnreachable, EarlierOutcome, Load, TableBusy
+from .adapters.postgres import (
+    AttemptsSoFar,
+    Database,
+    DatabaseUnreachable,
+    DeadAttempt,
+    EarlierOutcome,
+    Load,
+    TableBusy,
+)
 from .adapters.s3 import ObjectInfo, ObjectStore, Spool, StreamingWriter, wait_until_deadline
 from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
@@ -53,6 +69,22 @@ FAILURE_MESSAGE_CHARS = 2000
 #: The share of the time left before the invocation ends that an outcome's own ledger row may take (the rest is
 #: its receipt's): see _ledger_until.
 LEDGER_SHARE = 0.5
+#: How often a delivery from the queue writes how far it got (rows and bytes read), should it never answer.
+HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Which delivery of a queue message this is (what an SQS record tells the handler)."""
+
+    message_id: str
+    receive_count: int | None  # 1 for the first delivery
+    max_receives: int | None = None  # the queue's maxReceiveCount: after that many, the dead-letter queue
+
+    @property
+    def last(self) -> bool:
+        """Whether the queue sends the message to the dead-letter queue if this delivery fails too."""
+        return bool(self.max_receives and self.receive_count and self.receive_count >= self.max_receives)
 
 
 @dataclass
@@ -90,6 +122,11 @@ class _Attempt:
 
 class DeadlineReached(Exception):
     """The function's own deadline passed before the file was finished; nothing of it was committed."""
+
+
+class FunctionDied(Exception):
+    """Every earlier delivery of this file died without answering, and this is the last the queue allows: the
+    same work is not run again."""
 
 
 def _until(chunks: Iterator[bytes], deadline: float | None) -> Iterator[bytes]:
@@ -146,28 +183,120 @@ def ingest_object(
     request_id: str | None = None,
     deadline: float | None = None,
     ends: float | None = None,
+    delivery: Delivery | None = None,
 ) -> Receipt:
     """Ingest one object and publish its receipt. Raises (after publishing ``failed``) on failures.
 
     ``deadline``: a ``time.monotonic()`` value by which the work must stop (a timeout, recorded as such);
     ``ends``: when the invocation ends, after the deadline's margin: an outcome's own ledger row and the
-    receipt's publish are waited for until then at the most (what could not be written is then in the log)."""
+    receipt's publish are waited for until then at the most (what could not be written is then in the log);
+    ``delivery``: which delivery of a queue message this is (earlier ones that died are put on record)."""
     attempt = _Attempt(bucket=bucket, key=key, request_id=request_id, deadline=deadline, ends=ends)
     logger.append_keys(bucket=bucket, key=key, md5=None)
+    trace = _Trace(attempt, deps, delivery) if delivery is not None else None
+    status = "failed"
     try:
         try:
-            receipt = _ingest(attempt, deps, trust_etag=True)
-        except ContentChanged:
-            logger.warning("content did not match its ETag; hashing it and starting again")
-            receipt = _ingest(attempt, deps, trust_etag=False)
-    except Exception as exc:
-        if attempt.past_deadline and not isinstance(exc, DeadlineReached | TableBusy):
-            exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
-        receipt = _failed(attempt, deps, exc)
+            if trace is not None:
+                trace.begin()
+            try:
+                receipt = _ingest(attempt, deps, trust_etag=True)
+            except ContentChanged:
+                logger.warning("content did not match its ETag; hashing it and starting again")
+                receipt = _ingest(attempt, deps, trust_etag=False)
+        except Exception as exc:
+            if attempt.past_deadline and not isinstance(exc, DeadlineReached | TableBusy):
+                exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
+            receipt = _failed(attempt, deps, exc)
+            _publish(deps, receipt, attempt.ends)
+            raise exc from None
         _publish(deps, receipt, attempt.ends)
-        raise exc from None
-    _publish(deps, receipt, attempt.ends)
-    return receipt
+        status = receipt.status
+        return receipt
+    finally:
+        if trace is not None:
+            trace.end(status)
+
+
+class _Trace:
+    """A delivery's own row in ``ingest_attempts``: opened as it begins (putting earlier deliveries of the
+    message that never answered on record), beating while it works, closed as it answers."""
+
+    def __init__(self, attempt: _Attempt, deps: Dependencies, delivery: Delivery):
+        self.attempt, self.deps, self.delivery = attempt, deps, delivery
+        self.id: int | None = None
+        self._stop = threading.Event()
+
+    def begin(self) -> None:
+        """Record this delivery; put each earlier one that never answered on record (a ledger row and a
+        receipt); raise FunctionDied if they all died and this one is the last the queue allows."""
+        attempt, delivery = self.attempt, self.delivery
+        so_far = self.deps.database.begin_attempt(
+            delivery.message_id, delivery.receive_count, attempt.bucket, attempt.key, attempt.request_id
+        )
+        self.id = so_far.this
+        for dead in so_far.died_now:
+            _publish(self.deps, _died(attempt, self.deps, dead, delivery), attempt.ends)
+        if delivery.last and so_far.earlier and so_far.died == so_far.earlier:
+            raise FunctionDied(_gave_up(so_far, delivery))
+        threading.Thread(target=self._beat, name="attempt-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            o = self.attempt.outcome
+            with suppress(Exception):  # a heartbeat missed is a detail lost, nothing more
+                self.deps.database.attempt_progress(self.id or 0, o.rows_total, o.bytes_read, self.attempt.size)
+
+    def end(self, status: str) -> None:
+        self._stop.set()
+        if self.id is not None:
+            try:
+                self.deps.database.end_attempt(self.id, status)
+            except Exception:
+                logger.warning("could not close this delivery's attempt row", exc_info=True)
+
+
+def _died(attempt: _Attempt, deps: Dependencies, dead: DeadAttempt, delivery: Delivery) -> Receipt:
+    """The ledger row and receipt of an earlier delivery that never answered, as this one found it."""
+    began = f"{dead.started_at:%Y-%m-%d %H:%M:%S} UTC" if dead.started_at else "an unknown time"
+    progress = ""
+    if dead.progress_at is not None:
+        progress = (
+            f"; by {dead.progress_at:%H:%M:%S} it had read {dead.rows_read or 0:,} rows and "
+            f"{dead.bytes_read or 0:,} of {dead.size_bytes or 0:,} bytes"
+        )
+    message = bounded(
+        f"delivery {dead.receive_count or '?'} of this file (request {dead.request_id or 'unknown'}) began at "
+        f"{began} and never answered: its runtime was killed (out of memory, the function's timeout, a crash: "
+        f"see that request's log){progress}; delivery {delivery.receive_count or '?'} found it and goes on",
+        FAILURE_MESSAGE_CHARS,
+    )
+    logger.error("an earlier delivery died", extra={"detail": message, "reason": "function_died"})
+    entry = {
+        **_ledger_entry(attempt, deps),
+        "md5": attempt.md5 or "unknown",
+        "status": "failed",
+        "reason": "function_died",
+        "error": message,
+        "request_id": dead.request_id,
+        "started_at": dead.started_at or attempt.started_at,
+        "duration_ms": None,
+        "rows_total": dead.rows_read,
+    }
+    try:
+        deps.database.record(entry, _ledger_until(attempt))
+    except Exception:
+        logger.warning("could not record the earlier delivery's death in the ledger", exc_info=True)
+    return Receipt(status="failed", bucket=attempt.bucket, key=attempt.key, reason="function_died", message=message)
+
+
+def _gave_up(so_far: AttemptsSoFar, delivery: Delivery) -> str:
+    return (
+        f"the function died on this file {so_far.died} time(s) without answering, on every delivery so far, and "
+        f"this is the last delivery the queue allows ({delivery.max_receives}): the same work was not run again, "
+        "and the message goes to the dead-letter queue. Find the cause in those requests' logs (memory: the "
+        "function's MemorySize; its timeout; a crash), then: ingest replay --dead-letters"
+    )
 
 
 def _ingest(attempt: _Attempt, deps: Dependencies, trust_etag: bool) -> Receipt:
@@ -588,6 +717,8 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
     elif isinstance(exc, TableBusy):
         reason = "table_busy"
         message = bounded(f"{exc}; stopped at the function's own deadline {how_far}", FAILURE_MESSAGE_CHARS)
+    elif isinstance(exc, FunctionDied):
+        reason, message = "function_died", bounded(str(exc), FAILURE_MESSAGE_CHARS)
     elif isinstance(exc, DatabaseUnreachable):
         reason = "database_unreachable"
         message = bounded(f"{exc}; nothing was loaded and the delivery will be retried", FAILURE_MESSAGE_CHARS)

@@ -178,7 +178,10 @@ class Dispatcher:
         if not messages:
             return 0
         ids = [m["MessageId"] for m in messages]
-        invocation = function.invoke(sqs_event(messages, self.queue_arn, self.region))
+        try:
+            invocation = function.invoke(sqs_event(messages, self.queue_arn, self.region))
+        except Exception as exc:  # the instance could not be (re)started: the batch comes back after retry_delay
+            invocation = Invocation(False, {"errorType": type(exc).__name__, "errorMessage": str(exc)}, 0, 0)
         failed = set(failed_message_ids(invocation, ids))
         done = [m for m in messages if m["MessageId"] not in failed]
         if done:

@@ -183,6 +183,7 @@ def function_environment(
         "DATABASE_URL": database_url,
         "INGEST_BUCKET": definition["bucket"],
         "INGEST_TOPIC_ARN": topic_arn,
+        "INGEST_MAX_RECEIVE_COUNT": str(definition["dead_letter_queue"]["max_receive_count"]),
         "POWERTOOLS_SERVICE_NAME": "ingest",
     }
 

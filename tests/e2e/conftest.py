@@ -120,6 +120,20 @@ class Stack:
             time.sleep(0.05)
         raise AssertionError(f"fewer than {count} loads waited for the lock on {table} within {timeout}s")
 
+    def wait_for_attempt(self, key: str, delivery: int, timeout: float = 120) -> None:
+        """Until the ``delivery``-th delivery of the message announcing ``key`` has begun (its attempt row)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.query("SELECT 1 FROM ingest_attempts WHERE object_key = %s AND receive_count >= %s", key, delivery):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"delivery {delivery} of {key} did not begin within {timeout}s")
+
+    def runtime_pids(self) -> list[int]:
+        """The runtime (awslambdaric) process of each function instance that has one: the RIE's children."""
+        rie = set(self.function_pids())
+        return [pid for pid, parent in _processes() if parent in rie]
+
     @property
     def instances(self) -> int:
         """How many function instances the stack runs (both stacks: INGEST_CONCURRENCY, else resources.json's)."""
@@ -235,14 +249,7 @@ class Stack:
     def kill_function(self, pid: int) -> None:
         """SIGKILL the function as a crash would: the RIE and the runtime it started (in a session of its
         own, so killing the RIE's process group alone leaves the runtime running)."""
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:  # the parent's pid
-                children.append(int(stat.parent.name))
+        children = [child for child, parent in _processes() if parent == pid]
         for victim in [pid, *children]:
             try:
                 os.killpg(victim, signal.SIGKILL)
@@ -334,6 +341,18 @@ def _compose_stack() -> Iterator[Stack]:
         containers.stop()
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _processes() -> list[tuple[int, int]]:
+    """(pid, parent pid) of every process."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found.append((int(stat.parent.name), int(fields[1])))
+    return found
 
 
 def unique_users(rows: int = 3, bad: int = 0) -> tuple[bytes, list[int]]:

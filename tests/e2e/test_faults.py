@@ -4,12 +4,14 @@ PostgreSQL cluster, a 3-second function timeout) a load past its deadline and a 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from devstack.processes import alive
 from devstack.stack import Settings, read_state
 from tests.e2e.conftest import Stack, embedded_stack, run_cli, unique_users
 from tests.integration.test_cli import ingest
@@ -121,3 +123,31 @@ def test_a_stopped_dispatcher_loses_no_message_and_make_up_restarts_it(own_stack
     assert [r["status"] for r in receipts] == ["loaded"], receipts
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 2
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_a_file_whose_every_delivery_outlives_the_hard_timeout_is_on_record_before_the_dead_letter_queue(own_stack):
+    """A stand-in for the runtime's hard timeout: each delivery's runtime is frozen (SIGSTOP) while it works on
+    the file, so that its own deadline never acts, and the RIE kills it at the function's 3-second timeout."""
+    import signal
+
+    from tests.e2e.test_pipeline import _wait_for_dead_letter
+
+    stack, _env = own_stack
+    data, ids = unique_users(rows=2)
+    key = f"incoming/users/frozen_{uuid.uuid4().hex[:8]}.csv"
+    with stack.table_locked("users"):
+        stack.upload(key, data)
+        for delivery in (1, 2):
+            stack.wait_for_attempt(key, delivery)
+            frozen = stack.runtime_pids()
+            for pid in frozen:  # the idle instances too: which one holds the file is not known here
+                os.kill(pid, signal.SIGSTOP)
+            while all(alive(pid) for pid in frozen):  # until the RIE has killed the one past its timeout
+                time.sleep(0.05)
+            for pid in frozen:
+                if alive(pid):
+                    os.kill(pid, signal.SIGCONT)
+        receipts = stack.receipts_for(key, count=3, timeout=120)
+        assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "function_died")] * 3
+        assert _wait_for_dead_letter(stack, key) == [key]
+    assert stack.query("SELECT count(*) AS n FROM users WHERE id = ANY(%s)", ids)[0]["n"] == 0

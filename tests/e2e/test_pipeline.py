@@ -251,3 +251,28 @@ def test_every_function_instance_loads_at_once_and_overlapping_upserts_all_land(
         keys,
     )
     assert {r["full_name"] for r in rows} == {f"Version {keys.index(last['object_key']) + 1}"}
+
+
+def test_a_file_that_kills_the_function_on_every_delivery_is_on_record_before_the_dead_letter_queue(stack):
+    """Each delivery is killed (SIGKILL, as the OOM killer would) while it works on the file, which it cannot
+    finish: the test holds the table. The next delivery puts the dead one on record; the last the queue
+    allows does not run the file again, ends failed itself, and the message goes to the dead-letter queue."""
+    data, ids = unique_users(rows=3)
+    key = f"incoming/users/deadly_{uuid.uuid4().hex[:8]}.csv"
+    with stack.table_locked("users"):
+        stack.upload(key, data)
+        for delivery in (1, 2):
+            stack.wait_for_attempt(key, delivery)
+            stack.crash_function()
+        receipts = stack.receipts_for(key, count=3, timeout=120)
+        assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "function_died")] * 3
+        assert "delivery 1 of this file" in receipts[0]["message"] and "never answered" in receipts[0]["message"]
+        assert "delivery 2 of this file" in receipts[1]["message"]
+        assert "died on this file 2 time(s)" in receipts[2]["message"]
+        assert _wait_for_dead_letter(stack, key) == [key]
+    entries = stack.query("SELECT status, reason FROM ingest_files WHERE object_key = %s ORDER BY id", key)
+    assert [(e["status"], e["reason"]) for e in entries] == [("failed", "function_died")] * 3
+    replayed = ingest("replay", "--dead-letters", env=stack.env)
+    assert replayed.returncode == 0 and "moved 1 message" in replayed.stdout, replayed.stderr
+    assert stack.receipts_for(key, count=4, timeout=120)[-1]["status"] == "loaded"
+    assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 3

@@ -11,6 +11,7 @@ import pytest
 
 from ingest.adapters.postgres import Database
 from ingest.service import ingest_object
+from tests.conftest import SAMPLES
 from tests.integration.roles import function_role
 
 UTF8 = "id,email,full_name\n" + "".join(f"{i},u{i}@example.com,Zoë {i}\n" for i in range(1, 200))
@@ -96,3 +97,69 @@ def test_the_function_role_writes_its_tables_and_nothing_else(pipeline, database
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     fn.execute(attempt)
+
+
+# -- an attempt that dies leaves a trace ------------------------------------------------------------------
+
+
+def test_a_delivery_puts_an_earlier_one_that_never_answered_on_record_then_loads(pipeline):
+    from ingest.service import Delivery
+
+    data = (SAMPLES / "users.csv").read_bytes()
+    key = "incoming/users/died_once.csv"
+    pipeline.upload(key, data)
+    # the first delivery began, read part of the file, and its runtime was killed: its row stays open
+    first = pipeline.deps.database.begin_attempt("message-1", 1, pipeline.bucket, key, "request-1")
+    pipeline.deps.database.attempt_progress(first.this, 120_000, 9_000_000, 40_000_000)
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps, "request-2", delivery=Delivery("message-1", 2, 3))
+    assert receipt.status == "loaded"
+    ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_files ORDER BY id")
+    assert [(e["status"], e["reason"], e["request_id"]) for e in ledger] == [
+        ("failed", "function_died", "request-1"),
+        ("loaded", None, "request-2"),
+    ]
+    assert "delivery 1 of this file (request request-1)" in ledger[0]["error"]
+    assert (
+        "never answered" in ledger[0]["error"]
+        and "120,000 rows and 9,000,000 of 40,000,000 bytes" in ledger[0]["error"]
+    )
+    assert [(r["status"], r["reason"]) for r in pipeline.receipts()] == [("failed", "function_died"), ("loaded", None)]
+    attempts = pipeline.query("SELECT receive_count, outcome, finished_at IS NOT NULL AS closed FROM ingest_attempts")
+    assert sorted((a["receive_count"], a["outcome"], a["closed"]) for a in attempts) == [
+        (1, "died", True),
+        (2, "loaded", True),
+    ]
+
+
+def test_the_last_delivery_after_nothing_but_deaths_does_not_run_the_file_again_and_says_why(pipeline, monkeypatch):
+    from ingest.service import Delivery, FunctionDied
+
+    key = "incoming/users/died_twice.csv"
+    pipeline.upload(key, (SAMPLES / "users.csv").read_bytes())
+    database = pipeline.deps.database
+    database.begin_attempt("message-2", 1, pipeline.bucket, key, "request-1")
+    database.begin_attempt("message-2", 2, pipeline.bucket, key, "request-2")  # found the first dead, died too
+    read = []
+    monkeypatch.setattr(pipeline.deps.store, "head", lambda *a, **k: read.append(a) or 1 / 0)
+    with pytest.raises(FunctionDied):
+        ingest_object(pipeline.bucket, key, pipeline.deps, "request-3", delivery=Delivery("message-2", 3, 3))
+    assert read == []  # the same work was not run again
+    ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_files ORDER BY id")
+    assert [(e["status"], e["reason"]) for e in ledger] == [("failed", "function_died")] * 2  # the second's, the last's
+    assert ledger[0]["request_id"] == "request-2"
+    assert "died on this file 2 time(s)" in ledger[1]["error"] and "ingest replay --dead-letters" in ledger[1]["error"]
+    assert [r["reason"] for r in pipeline.receipts()] == ["function_died", "function_died"]
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 0
+
+
+def test_a_last_delivery_after_a_failure_that_answered_runs_the_file(pipeline):
+    """Only deaths make the last delivery give up: an earlier failure on record (the database down) did not."""
+    from ingest.service import Delivery
+
+    key = "incoming/users/failed_then_fine.csv"
+    pipeline.upload(key, (SAMPLES / "users.csv").read_bytes())
+    database = pipeline.deps.database
+    answered = database.begin_attempt("message-3", 1, pipeline.bucket, key, "request-1")
+    database.end_attempt(answered.this, "failed")
+    receipt = ingest_object(pipeline.bucket, key, pipeline.deps, "request-2", delivery=Delivery("message-3", 2, 2))
+    assert receipt.status == "loaded"

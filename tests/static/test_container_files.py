@@ -94,6 +94,7 @@ def test_compose_agrees_with_the_embedded_stack():
         "AWS_LAMBDA_FUNCTION_TIMEOUT",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
         "INGEST_BUCKET",
+        "INGEST_MAX_RECEIVE_COUNT",
         "AWS_DEFAULT_REGION",
         "AWS_ACCESS_KEY_ID",
         "POWERTOOLS_SERVICE_NAME",

@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql as pg
 if TYPE_CHECKING:
     from sqlalchemy.util.typing import TupleAny
 
-from ..contract import LEDGER_TABLE, Contract
+from ..contract import ATTEMPTS_TABLE, LEDGER_TABLE, Contract
 from ..deadlines import awaited, call_at, in_thread
 
 #: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
@@ -99,6 +99,28 @@ ledger = sa.Table(
     ),
     sa.Index("ingest_files_md5", "md5"),
     sa.Index("ingest_files_finished_at", "finished_at"),
+)
+
+#: One row per delivery of an object by the queue (an SQS message's receive), written as it begins and closed as
+#: it answers: one still open when the message comes back never answered (its runtime was killed: out of
+#: memory, the hard timeout, a crash). Bookkeeping, not a promise: it commits without waiting for the disk.
+attempts = sa.Table(
+    ATTEMPTS_TABLE,
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("receive_count", sa.Integer),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("object_key", sa.Text, nullable=False),
+    sa.Column("request_id", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("progress_at", sa.DateTime(timezone=True)),  # its last heartbeat: rows and bytes read by then
+    sa.Column("rows_read", sa.BigInteger),
+    sa.Column("bytes_read", sa.BigInteger),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),  # NULL: it has not answered (yet)
+    sa.Column("outcome", sa.Text),  # the receipt's status; "died" once a later delivery found it unanswered
+    sa.Index("ingest_attempts_message", "message_id", "bucket", "object_key"),
 )
 
 _COLUMN_TYPES: dict[str, Any] = {
@@ -172,6 +194,29 @@ def staging_table(contract: Contract, backend_pid: int | None = None) -> sa.Tabl
 
 
 @dataclass(frozen=True)
+class DeadAttempt:
+    """An earlier delivery of the same message and object that never answered."""
+
+    receive_count: int | None
+    request_id: str | None
+    started_at: Any  # datetime
+    progress_at: Any  # datetime | None: its last heartbeat
+    rows_read: int | None
+    bytes_read: int | None
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class AttemptsSoFar:
+    """What the deliveries of one message and object before this one came to."""
+
+    this: int  # this attempt's id
+    died_now: list[DeadAttempt]  # found unanswered by this delivery (each reported once: marked "died" here)
+    earlier: int  # every earlier attempt
+    died: int  # of which died (now, or found so by a delivery before)
+
+
+@dataclass(frozen=True)
 class EarlierOutcome:
     """A ledger row that decides a new delivery: the load of the same content into the same table, or the
     rejection of the same object and content under the same contract."""
@@ -215,7 +260,7 @@ class Database:
         """Create the ledger and the contract's table when absent. Made once per process, then only looked
         for (one cheap query): a warm runtime outlives tables dropped meanwhile (a developer starting
         afresh), and makes them again rather than failing every file on a table that is gone."""
-        wanted = [LEDGER_TABLE] + ([contract.table] if contract else [])
+        wanted = [LEDGER_TABLE, ATTEMPTS_TABLE] + ([contract.table] if contract else [])
         if all(t in self._ready_tables for t in wanted) and self._all_exist(wanted):
             return
         made: Contract | None = None  # the contract whose table this call made
@@ -223,6 +268,7 @@ class Database:
             # Serialize DDL across concurrent functions: CREATE TABLE IF NOT EXISTS can still race.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ingest.ddl'))"))
             ledger.create(conn, checkfirst=True)
+            attempts.create(conn, checkfirst=True)
             _migrate_ledger(conn)
             if contract is not None and not sa.inspect(conn).has_table(contract.table):
                 target_table(contract).create(conn)
@@ -273,6 +319,62 @@ class Database:
         with self.engine.begin() as conn:
             _statement_timeout(conn, until)
             return int(conn.execute(sa.insert(ledger).values(**entry).returning(ledger.c.id)).scalar_one())
+
+    def begin_attempt(
+        self, message_id: str, receive_count: int | None, bucket: str, key: str, request_id: str | None
+    ) -> AttemptsSoFar:
+        """Record that a delivery of ``message_id`` (its ``receive_count``-th) begins on this object, and
+        return what the ones before it came to: those still open never answered, and are marked "died" in
+        the same statement, so that each death is reported by one delivery only. (The queue's visibility
+        timeout outlasts the function's timeout, so an open attempt of a message received again is over.)"""
+        self.ensure_tables()
+        a = attempts.c
+        mine = (a.message_id == message_id) & (a.bucket == bucket) & (a.object_key == key)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            dead = conn.execute(
+                sa.update(attempts)
+                .where(mine, a.finished_at.is_(None))
+                .values(finished_at=sa.func.now(), outcome="died")
+                .returning(
+                    a.receive_count, a.request_id, a.started_at, a.progress_at, a.rows_read, a.bytes_read, a.size_bytes
+                )
+            ).all()
+            earlier, died = conn.execute(
+                sa.select(sa.func.count(), sa.func.count().filter(a.outcome == "died")).where(mine)
+            ).one()
+            this = conn.execute(
+                sa.insert(attempts)
+                .values(
+                    message_id=message_id,
+                    receive_count=receive_count,
+                    bucket=bucket,
+                    object_key=key,
+                    request_id=request_id,
+                )
+                .returning(a.id)
+            ).scalar_one()
+        dead_attempts = sorted((DeadAttempt(*row) for row in dead), key=lambda d: d.started_at)
+        return AttemptsSoFar(int(this), dead_attempts, int(earlier), int(died))
+
+    def attempt_progress(self, attempt_id: int, rows_read: int, bytes_read: int, size_bytes: int | None) -> None:
+        """The attempt's heartbeat: how far it got, should it never answer."""
+        self._close_or_update(
+            attempt_id, progress_at=sa.func.now(), rows_read=rows_read, bytes_read=bytes_read, size_bytes=size_bytes
+        )
+
+    def end_attempt(self, attempt_id: int, outcome: str) -> None:
+        """The attempt answered (``outcome``: its receipt's status)."""
+        self._close_or_update(attempt_id, finished_at=sa.func.now(), outcome=outcome)
+
+    def _close_or_update(self, attempt_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            conn.execute(
+                sa.update(attempts)
+                .where(attempts.c.id == attempt_id, attempts.c.finished_at.is_(None))
+                .values(**values)
+            )
 
     def record_rejection(self, entry: Mapping[str, Any], until: float | None = None) -> EarlierOutcome | None:
         """Write a ``rejected`` row, unless this object's content was rejected under this contract already
@@ -883,9 +985,11 @@ def ledger_ddl() -> str:
     from sqlalchemy.schema import CreateIndex, CreateTable
 
     dialect = pg.dialect()  # type: ignore[no-untyped-call]
-    parts = [str(CreateTable(ledger, if_not_exists=True).compile(dialect=dialect)).strip() + ";"]
-    parts += [
-        str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip() + ";"
-        for index in sorted(ledger.indexes, key=lambda i: str(i.name))
-    ]
+    parts = []
+    for table in (ledger, attempts):
+        parts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip() + ";")
+        parts += [
+            str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip() + ";"
+            for index in sorted(table.indexes, key=lambda i: str(i.name))
+        ]
     return "\n\n".join(parts) + "\n"
