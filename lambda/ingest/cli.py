@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from .contract import ContractError, ContractRegistry, contracts_overlap, default_contracts_dir
-from .processing import Outcome, process
+from .processing import judge_file
 from .rejection import FileRejected
 
 OK, REJECTED, USAGE, ERROR = 0, 1, 2, 3
@@ -85,10 +85,11 @@ def check(
     key = key or f"incoming/{file.name}"
     if contract_name and contract_name not in registry.contracts:
         raise click.UsageError(f"no contract named {contract_name!r}; known: {', '.join(registry.contracts)}")
-    if not contract_name and len(registry.match(key)) != 1:
-        from .service import choose_contract
+    if not contract_name:
+        from .service import check_key, choose_contract
 
         try:
+            check_key(key)
             choose_contract(registry, key)
         except FileRejected as exc:  # what the pipeline would answer for this key
             verdict = {
@@ -102,19 +103,16 @@ def check(
             _emit(as_json, verdict, f"{file}: REJECTED ({exc.reason}): {exc.message}\n{hint}")
             sys.exit(REJECTED)
     contract = registry[contract_name] if contract_name else registry.match(key)[0]
-    rows_out = 0
-    outcome = Outcome()
     started = time.monotonic()
-
-    def count_valid(block: bytes) -> None:
-        nonlocal rows_out
-        rows_out += block.count(b"\n")
-
-    rejection: FileRejected | None = None
-    try:
-        process(_read_with_progress(file, as_json), contract, count_valid, lambda block: None, outcome)
-    except FileRejected as exc:
-        rejection = exc
+    # the function's own verdict: its engines in turn (the exact one from the first byte, should the columnar
+    # one hand the file over), its limits by the file's size as S3 would state it
+    outcome, rejection = judge_file(
+        lambda: _read_with_progress(file, as_json),
+        contract,
+        lambda _block: None,
+        lambda _block: None,
+        file.stat().st_size,
+    )
     first_errors = [
         {"line": e.line, "column": e.column, "rule": e.rule, "value": e.value, "message": e.message}
         for e in outcome.first_errors[:show]

@@ -96,6 +96,37 @@ class _Blocks:
             self._size = 0
 
 
+#: The engines a file is tried with, in this order: the columnar one; should it meet, midway, what only the
+#: exact one reads exactly (ExactEngineNeeded), everything it did is undone and the exact one starts again from
+#: the file's first byte. The function (service.py, which also undoes its outputs) and ``judge_file`` both do this.
+ENGINES = ("auto", "exact")
+
+
+def judge_file(
+    read: Callable[[], Iterable[bytes]],
+    contract: Contract,
+    valid_sink: Sink,
+    error_sink: Sink,
+    size: int | None = None,
+    restart: Callable[[], None] = lambda: None,
+) -> tuple[Outcome, FileRejected | None]:
+    """The function's verdict on a file it can read again (``read()`` gives its chunks from the first byte):
+    ``process`` with each of ENGINES in turn, as the function runs it (``restart`` is called before the
+    exact engine starts again: undo what the sinks kept). The outcome, and the rejection if any."""
+    for engine in ENGINES:
+        outcome = Outcome()
+        try:
+            process(read(), contract, valid_sink, error_sink, outcome, engine=engine, size=size)
+            return outcome, None
+        except ExactEngineNeeded:
+            if engine == ENGINES[-1]:
+                raise
+            restart()
+        except FileRejected as rejection:
+            return outcome, rejection
+    raise AssertionError("unreachable: the exact engine reads every file")
+
+
 def process(
     chunks: Iterable[bytes],
     contract: Contract,

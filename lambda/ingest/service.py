@@ -54,7 +54,7 @@ from .contract import Contract, ContractRegistry
 from .deadlines import in_thread
 from .evolution import ContractTableMismatch
 from .log import logger
-from .processing import Outcome, error_dict, process, summary_document
+from .processing import ENGINES, Outcome, error_dict, process, summary_document
 from .receipt import ERRORS_IN_RECEIPT, Receipt
 from .rejection import FileRejected, bounded
 
@@ -507,7 +507,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
     contract = attempt.contract
     # The columnar engine first; should it meet something only the exact engine reads exactly, everything
     # it started is undone and the exact engine starts again from the first byte.
-    for engine in ("auto", "exact"):
+    for engine in ENGINES:
         digest = hashlib.md5(usedforsecurity=False)
         outputs = _Outputs(attempt, deps, info, spool)
         attempt.outcome = Outcome()

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from devstack.benchdata import generate
 from ingest import columnar
 from ingest.columnar import ExactEngineNeeded
-from ingest.contract import parse_contract
+from ingest.contract import ContractRegistry, default_contracts_dir, parse_contract
 from ingest.processing import process
 from ingest.rejection import FileRejected
 from tests.unit.conftest import run
@@ -595,3 +596,30 @@ def test_a_validation_that_stops_early_leaves_the_parsing_thread_to_end_by_itsel
     ahead.close()  # what a for loop left by an exception does
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_giant_cell_is_refused_after_a_bounded_read_by_both_engines():
+    """A 300 MB cell was held whole by the columnar engine (and copied, and parsed) and read as one line by the
+    exact one: past a gigabyte. Both now stop once a record or line passes their bound."""
+    from ingest.columnar import RECORD_BYTES
+    from ingest.reading import MAX_LINE_CHARS
+
+    consumed = 0
+
+    def cell(total: int) -> Iterator[bytes]:
+        nonlocal consumed
+        yield b"id,email,full_name\n1,a@b.co,"
+        while consumed < total:
+            consumed += 1 << 20
+            yield b"x" * (1 << 20)
+        yield b"\n2,b@c.de,Bob\n"
+
+    contract = ContractRegistry.from_directory(default_contracts_dir())["users"]
+    with pytest.raises(ExactEngineNeeded, match="a record longer than"):
+        process(cell(300 << 20), contract, lambda _b: None, lambda _b: None, engine="auto")
+    assert consumed <= RECORD_BYTES + (2 << 20)
+    consumed = 0
+    with pytest.raises(FileRejected) as refused:
+        process(cell(300 << 20), contract, lambda _b: None, lambda _b: None, engine="exact")
+    assert refused.value.reason == "field_too_large" and "line 2" in refused.value.message
+    assert consumed <= MAX_LINE_CHARS + (4 << 20)
