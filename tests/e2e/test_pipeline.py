@@ -221,8 +221,9 @@ def test_killing_the_function_during_copy_leaves_nothing_and_the_retry_loads_onc
             pytest.fail("the load never reached COPY")
         killed = stack.crash_function()
         assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 0
-    receipts = stack.receipts_for(key, timeout=120)
-    assert receipts[-1]["status"] == "loaded" and receipts[-1]["rows_loaded"] == rows
+    receipts = stack.receipts_for(key, count=2, timeout=120)  # the killed delivery on record, then the retry's
+    assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "function_died"), ("loaded", None)]
+    assert receipts[-1]["rows_loaded"] == rows
     assert stack.function_identity() != killed  # the runtime was started again
     assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == rows
     loaded = stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)
