@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -203,9 +203,9 @@ def contract_lint(obj: dict[str, Any], as_json: bool) -> None:
     sys.exit(REJECTED if problems else OK)
 
 
-#: How much of a file (its text, decompressed) ``contract new`` reads: its sample, and the rows its draft is
-#: checked against.
-DRAFT_BYTES = 64 * READ_BYTES
+#: How much of a file's beginning (its text, decompressed) ``contract new`` holds for its sample; the draft is
+#: then checked against the whole file, streamed.
+DRAFT_BYTES = 16 * READ_BYTES
 
 
 def _text_head(file: Path, limit: int) -> tuple[bytes, bool]:
@@ -233,10 +233,10 @@ def _text_head(file: Path, limit: int) -> tuple[bytes, bool]:
 def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     """Draft a contract from a sample CSV (types, required columns, key candidates), to edit by hand.
 
-    The draft loads its sample unchanged (codes with leading zeros stay text, only empty cells are NULL,
+    The draft loads its file unchanged (codes with leading zeros stay text, only empty cells are NULL,
     headers map to columns as the loader maps them) and claims no key an existing contract claims. Typed
-    from the first --rows rows, it is then checked against every row of the file's first 64 MiB and mended
-    where a later row would be rejected or changed (each change is a comment at its top).
+    from the first --rows rows, it is then checked against every row of the file, streamed, and mended
+    where a later row would be rejected or changed (each change is a comment).
 
     \b
     Example:
@@ -252,14 +252,13 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     for note in draft_keys(name, existing, suffix)[1]:
         click.echo(note, err=True)
     try:
-        head, whole = _text_head(file, DRAFT_BYTES)
-        click.echo(draft_contract(head, name, rows, existing, suffix))
-        if not whole:
-            click.echo(
-                f"{file}: the draft was checked against the first {DRAFT_BYTES // READ_BYTES} MiB of the file's text; "
-                f"save it, then `ingest check {file} --contract {name}` checks every row",
-                err=True,
-            )
+        head, _whole = _text_head(file, DRAFT_BYTES)
+
+        def whole_file() -> Iterable[bytes]:
+            with file.open("rb") as handle:
+                yield from iter(lambda: handle.read(READ_BYTES), b"")
+
+        click.echo(draft_contract(head, name, rows, existing, suffix, read_all=whole_file))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except FileRejected as rejection:  # the loader would reject the file too: no draft could load it

@@ -76,6 +76,7 @@ class Column:
     null_values: tuple[str, ...] | None = None  # cells read as NULL in this column (None: the contract's)
     trim: bool = True  # strip whitespace at the cell's edges (text columns may keep it)
     decimal: str = "."  # numeric and double: the decimal separator the file writes ("," in European exports)
+    position: int | None = None  # the file's column (1-based) this column reads, for a header that repeats a name
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ _COLUMN_FIELDS = {
     "null_values",
     "trim",
     "decimal",
+    "position",
 }
 _CONTRACT_FIELDS = {
     "table",
@@ -276,7 +278,8 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     seen: set[str] = set()
     for col in columns:
         for label in (col.name, *col.aliases):
-            if label in seen:
+            # columns read by position may share an alias: the header they read repeats it
+            if label in seen and not (col.position is not None and label != col.name):
                 raise fail(f"column name or alias {label!r} is used twice")
             seen.add(label)
 
@@ -287,6 +290,9 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     if mode not in LOAD_MODES:
         raise fail(f"load.mode must be one of {LOAD_MODES}, got {mode!r}")
     names = [c.name for c in columns]
+    positions = [c.position for c in columns if c.position is not None]
+    if len(set(positions)) != len(positions):
+        raise fail("two columns name the same position of the file's header")
     upsert_key: tuple[str, ...] = ()
     if mode == "upsert":
         upsert_key = tuple(load.get("key") or [c.name for c in columns if c.primary_key])
@@ -446,6 +452,9 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         raise fail(f'column {name!r}: decimal must be "." or "," (the decimal separator), got {decimal!r}')
     if decimal == "," and ctype not in ("numeric", "double"):
         raise fail(f'column {name!r}: decimal = "," applies to numeric and double columns only')
+    position = raw.get("position")
+    if position is not None and (not isinstance(position, int) or isinstance(position, bool) or position < 1):
+        raise fail(f"column {name!r}: position must be a column number of the file, 1 or more, got {position!r}")
     primary_key = bool(raw.get("primary_key", False))
     return Column(
         name=name,
@@ -467,6 +476,7 @@ def _parse_column(raw: Any, fail: Any) -> Column:
         null_values=tuple(nulls) if nulls is not None else None,
         trim=trim,
         decimal=decimal,
+        position=position,
     )
 
 

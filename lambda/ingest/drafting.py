@@ -9,7 +9,8 @@ What the drafter guarantees (the property tests hold it to this):
 - only an empty cell is NULL; a word such as ``NA`` is proposed as a column's ``null_values`` only where it
   stands in for a missing number or date (never in a text column, where ``NA`` may be Namibia);
 - every header maps to a column through the loader's own ``headers.column_name``, and the exact header is
-  recorded as an alias wherever the two differ;
+  recorded as an alias wherever the two differ; a header that repeats a name (``Value`` in columns 2 and 5)
+  gives each of its columns a name of its own and its ``position`` in the file;
 - the drafted keys claim no object key that an existing contract claims;
 - rows past the sample (``rows``) are held to the same promises: the draft is checked against every row
   given, as the loader reads them, and mended where one would be rejected or not load as written, each
@@ -22,18 +23,14 @@ import csv
 import io
 import itertools
 import json
+import math
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import PurePosixPath
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-
-from .columnar import ExactEngineNeeded
 from .contract import (
     COMPRESSION_SUFFIXES,
     MAX_COLUMNS,
@@ -44,7 +41,7 @@ from .contract import (
     table_name_problem,
 )
 from .headers import MAX_IDENTIFIER_BYTES, column_name
-from .processing import FORMULA_PREFIXES, process
+from .processing import FORMULA_PREFIXES, Outcome, judge_file
 from .reading import (
     LINE_END,
     TextFormat,
@@ -92,6 +89,8 @@ _PROVEN_DECIMAL_COMMA = re.compile(r"[+-]?\d+,(\d{1,2}|\d{4,})")
 class DraftedColumn:
     name: str
     header: str
+    position: int | None = None  # the file's column (1-based), for a header that repeats this one's name
+    blank: str = ""  # what whitespace-only cells of a typed column become, said where the column keeps trim
     type: str = "text"
     formats: tuple[str, ...] = ()
     decimal: str = "."
@@ -226,10 +225,17 @@ def draft_columns(header: list[str], rows: list[list[str]], decimal_comma: bool 
 
 
 def draft_contract(
-    sample: bytes, name: str, rows: int = 10_000, existing: Iterable[Contract] = (), suffix: str = ".csv"
+    sample: bytes,
+    name: str,
+    rows: int = 10_000,
+    existing: Iterable[Contract] = (),
+    suffix: str = ".csv",
+    read_all: Callable[[], Iterable[bytes]] | None = None,
 ) -> str:
     """A contract for files like ``sample``, named ``name``, claiming keys that end with ``suffix`` (the
-    sample file's own, ``key_suffix``) and that no ``existing`` contract claims."""
+    sample file's own, ``key_suffix``) and that no ``existing`` contract claims. Typed from the first ``rows``
+    rows of ``sample`` (the file's beginning, its text), then checked against every row of the whole file
+    (``read_all()``: its bytes from the first, as stored; the sample itself when not given)."""
     problem = table_name_problem(name)
     if problem:
         raise ValueError(f"--name (the contract's table): {problem}")
@@ -242,17 +248,11 @@ def draft_contract(
     records = read_records(text, fmt)
     _line, header = next(records)
     numbers = _all_numbers(header)  # the "header" is a row of values: the file has no header line
-    repeated = _repeated_headers(header)
-    if repeated:
-        headless = (
-            " The first line is a row of numbers: should the file have no header line, add one naming its columns."
-            if numbers
-            else ""
-        )
+    if numbers and _repeated_positions(header):  # no header line at all: columns named by a row of values
         raise FileRejected(
             "duplicate_header",
-            f"the header names {repeated}: the loader cannot tell which column is which; rename one of "
-            f"each in the file, then draft again.{headless}",
+            f"the first line names {_repeated_headers(header)}: it is a row of numbers, not a header. Should the "
+            "file have no header line, add one naming its columns, then draft again.",
         )
     if len(header) > MAX_COLUMNS:
         raise FileRejected(
@@ -272,11 +272,14 @@ def draft_contract(
     # the header again (files concatenated with theirs) is no row: the loader rejects it as one
     repeats = [line for line, fields in full if repeats_header(header, fields)]
     sample_rows = [fields for _line, fields in full if not repeats_header(header, fields)]
+    columns = draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ",")
+    for position in _repeated_positions(header):
+        columns[position].position = position + 1
     draft = _Draft(
         name=name,
         header=header,
         sample_rows=sample_rows,
-        columns=draft_columns(header, sample_rows, decimal_comma=fmt.delimiter != ","),
+        columns=columns,
         fmt=fmt,
         keys=draft_keys(name, list(existing), suffix),
         repeats=repeats,
@@ -284,9 +287,7 @@ def draft_contract(
         reading_fields=_reading_fields(top, table, quotes_seen, before_header, padded),
         sample_end=read[-1][0] if read else 0,
     )
-    if len(read) < rows:  # the sample is every row given: nothing past it
-        return draft.text()
-    return draft.text(_fit_to_every_row(sample, draft))
+    return draft.text(_fit_to_every_row(read_all or (lambda: [sample]), draft))
 
 
 @dataclass
@@ -304,6 +305,7 @@ class _Draft:
     numbers: bool  # the header is a row of numbers
     reading_fields: list[str]  # quoting, skip_lines, null_padding, or a note on the header's width
     sample_end: int  # the line of the sample's last record
+    max_rejected_share: float = 0.0  # rows no column can hold (a footer's lines) are tolerated, and said
 
     def text(self, beyond: Iterable[str] = ()) -> str:
         lines = [
@@ -319,7 +321,7 @@ class _Draft:
                 if self.numbers
                 else f"# Line(s) {shown} repeat the header (files concatenated with their headers?): the loader "
                 "rejects",
-                "# each as a row (repeated_header); remove them, or set max_rejected_share to let the rest load.",
+                "# each as a row (repeated_header), into its errors report; max_rejected_share lets the rest load.",
             ]
         valued = _header_cells_read_as_values(self.columns) or (
             _printable(listing(self.header)) if self.numbers else ""
@@ -339,7 +341,7 @@ class _Draft:
             )
         else:
             lines.append('load = { mode = "append" }  # no column is unique and always present')
-        lines += ['unknown_columns = "reject"', "max_rejected_share = 0.0"]
+        lines += ['unknown_columns = "reject"', f"max_rejected_share = {self.max_rejected_share}"]
         lines += self.reading_fields
         lines.append("")
         for col in self.columns:
@@ -354,12 +356,16 @@ class _Draft:
                 lines.append("null_values = [" + ", ".join(toml_string(v) for v in col.null_values) + "]")
             if not col.trim:
                 lines.append("trim = false")
+            elif col.blank:
+                lines.append(f"trim = true  # {col.blank}")
             if col.required:
                 lines.append("required = true")
             if key_candidates and col.name == key_candidates[0]:
                 lines.append("primary_key = true")
             if col.header != col.name and col.header.strip():
                 lines.append(f"aliases = [{toml_string(col.header)}]  # the header as written")
+            if col.position is not None:
+                lines.append(f"position = {col.position}  # the header repeats {_printable(col.header.strip())!r}")
             lines += [f"# {note}" for note in col.notes]
             lines.append("")
         return "\n".join(lines)
@@ -370,118 +376,204 @@ class _Draft:
 FIT_ROUNDS = 4
 #: What rows past the sample may show that no column's draft can mend (each is reported, not mended).
 UNMENDABLE_RULES = ("field_count", "repeated_header")
+#: A cell with whitespace at an edge: what a trimmed column would change (Python's whitespace, as str.strip).
+_EDGES = r"(?s)^(?:\S(?:.*\S)?)?$"
+#: Numbers and times written as they load (a pre-filter: what it lets through is loaded as written; what it
+#: flags is looked at one by one).
+_AS_WRITTEN = {
+    "integer": r"-?[1-9][0-9]*|0",
+    "bigint": r"-?[1-9][0-9]*|0",
+    "numeric": r"-?[1-9][0-9]*(?:[.,][0-9]+)?|-?0[.,][0-9]+|0",
+    "timestamptz": r"\S.*(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)",
+}
 
 
-def _fit_to_every_row(data: bytes, draft: _Draft) -> list[str]:
-    """Check the draft against every row of ``data``, as the loader will (the sample types it; a later row may
-    hold a NULL word, a value of another type, an empty cell or a repeated key, and reject the very file the
-    draft was made from; or a number not written as it prints back, ``007`` in a column of ZIP codes, which
-    would load as 7); mend the columns such rows fail, and return notes saying what changed and why."""
+@dataclass
+class _Cells:
+    """Cells of one column that a trimmed or typed column would change: how many, where the first is."""
+
+    count: int = 0
+    first_line: int = 0
+    values: list[str] = field(default_factory=list)  # the first few distinct ones
+
+    def add(self, line: int, value: str) -> None:
+        self.count += 1
+        self.first_line = self.first_line or line
+        if value not in self.values and len(self.values) < 5:
+            self.values.append(value)
+
+    def said(self, truncated: bool) -> str:
+        many = f"at least {self.count:,}" if truncated else f"{self.count:,}"
+        return f"{many} cell{'s' if self.count != 1 or truncated else ''} (the first at line {self.first_line})"
+
+
+def _fit_to_every_row(read: Callable[[], Iterable[bytes]], draft: _Draft) -> list[str]:
+    """Check the draft against every row of the file (``read()`` gives its bytes from the first, streamed, never
+    held whole), as the loader will read them, and mend it where a row past the sample would be rejected or
+    loaded otherwise than written: a cell with spaces at its edge in a trimmed text column keeps them (``trim
+    = false``), a cell of whitespace alone in a typed column is said to load as NULL, a NULL word, a value of
+    another type, an empty cell or a repeated key mend their column, rows no column can mend (another width,
+    the header again) are tolerated by ``max_rejected_share`` and named. Notes of what changed and why."""
     notes: list[str] = []
-
-    def contract() -> Contract:
-        return replace(parse_contract(draft.name, tomllib.loads(draft.text(notes))), max_rejected_share=1.0)
-
     try:
-        written, repeating = _distinct_values(data, contract())  # each column's distinct values as written
-        for col in draft.columns:  # every key candidate at once, not one a round
-            if col.unique and col.name in repeating:
-                col.unique = False
-                if col.type in KEY_TYPES:
-                    notes.append(f"Past the sample, {col.name} {repeating[col.name]}: {col.name} is no key.")
-        unmendable: list[str] = []  # said once, after what was mended
+        _fit_as_written(read, draft, notes)
+        unmendable: list[str] = []
         for _round in range(FIT_ROUNDS):
-            problems = _problems(data, contract()) + _not_as_written(draft.columns, written)
-            past = [p for p in problems if p[2] not in UNMENDABLE_RULES or p[0] > draft.sample_end]  # the rest: noted
+            problems, outcome = _problems(read, draft, notes)
+            past = [p for p in problems if p[2] not in UNMENDABLE_RULES or p[0] > draft.sample_end]
             mended, cannot = _mend(past, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
             notes += mended
             unmendable += [note for note in cannot if note not in unmendable]
             if not mended:  # nothing more to mend: what is left, if anything, cannot be
-                return notes + unmendable
+                return notes + unmendable + _tolerate(draft, outcome, problems)
     except FileRejected as rejection:
         return [*notes, f"The rows past the sample were not checked ({rejection.reason}): {_cut(rejection.message)}"]
     return [
         *notes,
         *unmendable,
+        *_tolerate(draft, outcome, problems),
         "Rows past the sample may still fail this draft: load the file once and read its errors report.",
     ]
 
 
-def _loaded(data: bytes, contract: Contract) -> tuple[bytes, bytes]:
-    """(the valid rows' CSV, the errors report) of ``data`` under ``contract``, as the loader makes them."""
-    for engine in ("auto", "exact"):
-        valid: list[bytes] = []
-        report: list[bytes] = []
-        try:
-            process([data], contract, valid.append, report.append, engine=engine)
-        except ExactEngineNeeded:
-            continue
-        break
-    return b"".join(valid), b"".join(report)
+def _fitting(draft: _Draft, notes: list[str]) -> Contract:
+    """The draft as the loader reads it, every key candidate checked for repeats at once (the printed draft
+    keys one of them), tolerating any share of rejected rows (the check goes on to the end)."""
+    contract = parse_contract(draft.name, tomllib.loads(draft.text(notes)))
+    columns = tuple(replace(c, unique=c.unique or d.unique) for c, d in zip(contract.columns, draft.columns))
+    return replace(contract, columns=columns, max_rejected_share=1.0)
 
 
-def _problems(data: bytes, contract: Contract) -> list[tuple[int, str, str, str]]:
-    """(line, column, rule, value) of every problem the loader finds in ``data`` under ``contract`` (its
-    errors report: the first ERRORS_CSV_MAX_LINES of them)."""
-    lines = list(csv.reader(io.StringIO(_loaded(data, contract)[1].decode("utf-8"), newline="")))[1:]
+def _report(read: Callable[[], Iterable[bytes]], contract: Contract) -> tuple[list[tuple[int, str, str, str]], Outcome]:
+    """(line, column, rule, value) of every problem the loader finds in the file under ``contract`` (its
+    errors report: the first ERRORS_CSV_MAX_LINES of them), and the outcome."""
+    report: list[bytes] = []
+    outcome, rejection = judge_file(read, contract, lambda _block: None, report.append, restart=report.clear)
+    if rejection is not None:
+        raise rejection
+    lines = list(csv.reader(io.StringIO(b"".join(report).decode("utf-8"), newline="")))[1:]
     # the report's values are neutralized for spreadsheets ('=1); the value itself is what the row held
-    return [
+    problems = [
         (int(line), column, rule, value[1:] if value.startswith("'") and value[1:2] in FORMULA_PREFIXES else value)
         for line, column, rule, value, _message in lines
     ]
+    return problems, outcome
 
 
-def _distinct_values(data: bytes, contract: Contract) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Each column's distinct values in ``data`` as the loader reads them before it types them (trimmed as
-    the column says), and what makes a column no key where some row repeats a value or leaves it empty: the
-    valid rows of a twin of ``contract`` whose columns are all text and optional."""
-    columns = tuple(
-        replace(
-            c, type="text", required=False, primary_key=False, unique=False, null_values=(), formats=(), decimal="."
+def _problems(
+    read: Callable[[], Iterable[bytes]], draft: _Draft, notes: list[str]
+) -> tuple[list[tuple[int, str, str, str]], Outcome]:
+    return _report(read, _fitting(draft, notes))
+
+
+def _fit_as_written(read: Callable[[], Iterable[bytes]], draft: _Draft, notes: list[str]) -> None:
+    """Read every cell as written (untrimmed, nothing NULL but an empty cell) and mend what the draft would
+    change of it: a text column whose cells have whitespace at an edge anywhere keeps it (``trim = false``);
+    a typed column says how many of its cells are whitespace alone (trimmed, they load as NULL) or have it
+    around their value; a number or time not written as it loads (``007``, a time without its offset) drafts
+    its column again with it."""
+    contract = _fitting(draft, notes)
+    columns = []
+    for column_, drafted in zip(contract.columns, draft.columns):
+        allowed = []
+        if drafted.type in _AS_WRITTEN:
+            words = [re.escape(w) for w in drafted.null_values]
+            allowed = [
+                f"(?:{_AS_WRITTEN[drafted.type]}|{'|'.join(words)})" if words else f"(?:{_AS_WRITTEN[drafted.type]})"
+            ]
+        pattern = f"^(?:{allowed[0]})?$" if allowed else (_EDGES if drafted.trim else None)
+        columns.append(
+            replace(
+                column_,
+                type="text",
+                trim=False,
+                required=False,
+                unique=False,
+                primary_key=False,
+                null_values=(),
+                formats=(),
+                decimal=".",
+                pattern=pattern,
+                min=None,
+                max=None,
+                max_length=None,
+                allowed=None,
+                normalize=(),
+            )
         )
-        for c in contract.columns
-    )
-    text = replace(contract, columns=columns, load_mode="append", upsert_key=(), null_values=())
-    valid, _report = _loaded(data, text)
-    names = list(contract.column_names)
-    options = pacsv.ConvertOptions(
-        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, quoted_strings_can_be_null=False
-    )  # the valid rows' CSV writes NULL as an empty unquoted field, an empty text as ""
-    table = pacsv.read_csv(
-        pa.py_buffer(valid), parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=options
-    )
-    distinct = {n: pc.unique(table.column(n)) for n in names}
-    repeating = {}
-    for n in names:
-        if table.column(n).null_count:
-            repeating[n] = "is empty in some row"
-        elif len(distinct[n]) < table.num_rows:
-            repeating[n] = "repeats a value"
-    return {n: values.drop_null().to_pylist() for n, values in distinct.items()}, repeating
-
-
-def _not_as_written(columns: list[DraftedColumn], written: dict[str, list[str]]) -> list[tuple[int, str, str, str]]:
-    """A problem (line 0: not known) for each value that its column would load, but not as written: a number
-    that does not print back as written (``007``, ``+5``, ``1.5e3``), a time without an offset in a
-    ``timestamptz`` column (taken as UTC, whatever zone it was written in). The drafter types a column so
-    only where every value of its sample is written as it loads."""
-    problems = []
-    for col in columns:
-        if col.type not in (*NUMBER_TYPES, "timestamptz"):
+    twin = replace(contract, columns=tuple(columns), load_mode="append", upsert_key=(), null_values=())
+    problems, outcome = _report(read, twin)
+    truncated = outcome.errors_truncated
+    index = {c.name: i for i, c in enumerate(draft.columns)}
+    edges: dict[str, _Cells] = {}
+    blank: dict[str, _Cells] = {}
+    not_as_written: list[tuple[int, str, str, str]] = []
+    for line, column, rule, value in problems:
+        if rule != "pattern" or column not in index:
             continue
-        values = [v for v in written.get(col.name, []) if v not in ("", *col.null_values)]
-        if not _as_written(col, values):
-            problems += [(0, col.name, "as_written", v) for v in values if not _as_written(col, [v])]
-    return problems
+        drafted = draft.columns[index[column]]
+        if value != value.strip():
+            (blank if not value.strip() else edges).setdefault(column, _Cells()).add(line, value)
+        elif (
+            value
+            and value not in drafted.null_values
+            and not _as_written(drafted, [value])
+            and _loads(drafted.type, drafted.decimal, value)
+        ):
+            not_as_written.append((line, column, "as_written", value))
+    for name, cells in edges.items():
+        drafted = draft.columns[index[name]]
+        if drafted.type == "text" and drafted.trim:
+            drafted.trim = False
+            notes.append(
+                f"Past the sample, {name} has whitespace at the edge of {cells.said(truncated)}: kept (trim = false)."
+            )
+        elif drafted.type != "text":
+            drafted.notes.append(
+                f"{cells.said(truncated)} have whitespace around their value: trimmed, the value loads"
+            )
+    for name, cells in blank.items():
+        drafted = draft.columns[index[name]]
+        if drafted.type == "text" and drafted.trim:
+            drafted.trim = False
+            notes.append(
+                f"Past the sample, {name} has {cells.said(truncated)} of whitespace alone: kept (trim = false)."
+            )
+        elif drafted.type != "text":
+            shown = ", ".join(repr(v) for v in cells.values)
+            drafted.blank = f"{cells.said(truncated)} of whitespace alone ({shown}): trimmed to empty, so NULL"
+            drafted.required = drafted.unique = False
+    if not_as_written:
+        mended, _cannot = _mend(not_as_written, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
+        notes += mended
 
 
 def _as_written(col: DraftedColumn, values: list[str]) -> bool:
+    """Whether a typed column loads each value as written: a number prints back as written (not ``007``,
+    ``+5``, ``1.5e3``), a time names its UTC offset (else it is taken as UTC, whatever zone it was written in)."""
     if col.type == "timestamptz":
         try:
             return _every_offset(values)
         except ValueError:
             return False
     return _keeps_every_value(Column(name="x", type=col.type, decimal=col.decimal), values)
+
+
+def _tolerate(draft: _Draft, outcome: Outcome, problems: list[tuple[int, str, str, str]]) -> list[str]:
+    """Rows no column can mend (another width, such as a footer's lines; the header again) are rejected by the
+    loader: the draft's max_rejected_share lets the rest of the file load, and says so."""
+    kinds = {rule: n for rule, n in outcome.errors_by_rule.items() if rule in UNMENDABLE_RULES}
+    rejected = sum(kinds.values())
+    if not rejected or not outcome.rows_total:
+        return []
+    draft.max_rejected_share = min(1.0, math.ceil(rejected / outcome.rows_total * 10_000) / 10_000)  # rounded up
+    said = ", ".join(f"{n:,} {rule}" for rule, n in sorted(kinds.items()))
+    first = next(((line, value) for line, _column, rule, value in problems if rule in UNMENDABLE_RULES), None)
+    where = f"; the first at line {first[0]}: {_printable(_cut(first[1], 60))}" if first else ""
+    return [
+        f"{rejected:,} of {outcome.rows_total:,} rows have no place in the table ({said}{where}): the loader "
+        f"rejects them into the errors report, and max_rejected_share = {draft.max_rejected_share} lets the rest load."
+    ]
 
 
 def _mend(
@@ -510,13 +602,18 @@ def _mend(
         first = min(line for line, _rule, _value in found)
         if "duplicate_key" in rules and col.unique:
             col.unique = False
-            mended.append(f"Past the sample, line {first} repeats a {column} of an earlier row: {column} is no key.")
+            repeat = min(line for line, rule, _value in found if rule == "duplicate_key")
+            if col.type in KEY_TYPES:  # the others are no key candidates anyway
+                mended.append(
+                    f"Past the sample, line {repeat} repeats a {column} of an earlier row: {column} is no key."
+                )
         if "required" in rules and col.required:
             col.required = col.unique = False
             mended.append(f"Past the sample, line {first} leaves {column} empty: {column} is not required.")
         failing = [(line, value) for line, rule, value in found if rule not in ("duplicate_key", "required")]
+        loads_otherwise = {value for _line, rule, value in found if rule == "as_written"}
         if failing:
-            was, col_decimal = col.type, col.decimal
+            was = col.type
             values = [row[index[column]] for row in sample_rows] + [value for _line, value in failing]
             again = draft_columns([col.header], [[value] for value in values], decimal_comma)[0]
             col.type, col.formats, col.decimal = again.type, again.formats, again.decimal
@@ -525,15 +622,11 @@ def _mend(
             col.notes += [note for note in again.notes if note not in col.notes]
             line, value = failing[0]
             became = f"drafted as {col.type}" if col.type != was else "read as NULL (null_values)"
-            if line:
-                mended.append(f"Past the sample, line {line} holds {_cut(value)!r} in {column}, no {was}: {became}.")
-            elif not _loads(was, col_decimal, value):  # seen among the values, not in the loader's full report
-                mended.append(f"Past the sample, {column} holds {_cut(value)!r}, no {was}: {became}.")
-            else:  # a number not written as it prints back, or a time without an offset: loaded, but changed
-                mended.append(
-                    f"Past the sample, {column} holds {_cut(value)!r}, which as {was} would not load as written: "
-                    f"{became}."
-                )
+            where = f"line {line} holds {_cut(value)!r} in {column}" if line else f"{column} holds {_cut(value)!r}"
+            if value in loads_otherwise:  # a number not written as it prints back, a time without an offset
+                mended.append(f"Past the sample, {where}, which as {was} would not load as written: {became}.")
+            else:
+                mended.append(f"Past the sample, {where}, no {was}: {became}.")
     return mended, unmendable
 
 
@@ -660,7 +753,8 @@ def lines_before_header(text: str, quoting: str = "csv") -> int:
     if _heads_a_table(text, quoting):
         return 0
     lines = LINE_END.split(text, PREAMBLE_LINES_LOOKED_AT)
-    for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):
+    best, widest = 0, 0  # of the tables below a title block, the widest (a title line with a comma in it
+    for skipped in range(1, min(PREAMBLE_LINES_LOOKED_AT, len(lines))):  # reads as a narrower one above it)
         if not lines[skipped].strip():
             continue
         above = [line for line in lines[:skipped] if line.strip()]
@@ -669,10 +763,14 @@ def lines_before_header(text: str, quoting: str = "csv") -> int:
             not lines[skipped - 1].strip()
             or all(line.startswith("#") for line in above)
             or _title_rows(above, rest, quoting)
+            or _title_lines(above, rest, quoting)
         )
         if title_block and _heads_a_table(rest, quoting):
-            return skipped
-    return 0
+            top = _table_top(rest, quoting)
+            width = len(top[0]) if top else 0
+            if width > widest:
+                best, widest = skipped, width
+    return best
 
 
 def _title_rows(lines: list[str], below: str, quoting: str) -> bool:
@@ -683,6 +781,21 @@ def _title_rows(lines: list[str], below: str, quoting: str) -> bool:
     except csv.Error:
         return False
     return bool(rows) and all(_is_title(row) for row in rows)
+
+
+def _title_lines(lines: list[str], below: str, quoting: str) -> bool:
+    """Whether every line is a line of text with no delimiter of the table ``below`` it (a statistics office's
+    ``GENESIS-Tabelle: 44211-11i``, ``Stand: 12.08.2026``): one field each, read with the delimiter of the
+    text below, whose first record names two columns or more and is no row of numbers (so a data row never
+    passes for the header of the rows after it)."""
+    top = _table_top(below, quoting)
+    if top is None or len(top[0]) < 2 or _all_numbers(top[0]):
+        return False
+    try:
+        rows = list(csv.reader(lines, **csv_options(sniff_delimiter(below, quoting), quoting)))
+    except csv.Error:
+        return False
+    return bool(rows) and all(len(row) == 1 for row in rows)
 
 
 def _is_title(fields: list[str]) -> bool:
@@ -746,13 +859,12 @@ def _table_top(text: str, quoting: str = "csv") -> tuple[list[str], list[list[st
 
 
 def _repeated_headers(header: list[str]) -> str:
-    """The header cells written twice (as the loader reads them), e.g. "'Value' (columns 2 and 3)": at most
-    five names, each with at most five columns, and how many there are beyond."""
+    """The header cells written twice, e.g. "'0.00' (columns 1 and 3)": at most five names, each with at most
+    five columns, and how many there are beyond."""
     where: dict[str, list[int]] = {}
     for i, cell in enumerate(header):
-        label = cell.lstrip("\ufeff")
-        if label.strip():
-            where.setdefault(label, []).append(i + 1)
+        if cell.strip():
+            where.setdefault(cell.strip(), []).append(i + 1)
     repeated = [(label, places) for label, places in where.items() if len(places) > 1]
     return listing(
         (f"{label!r} (columns {_columns(places)})" for label, places in repeated), separator="; ", noun="names"
@@ -763,6 +875,17 @@ def _columns(places: list[int]) -> str:
     if len(places) > 5:
         return listing(map(str, places))
     return f"{', '.join(map(str, places[:-1]))} and {places[-1]}"
+
+
+def _repeated_positions(header: list[str]) -> list[int]:
+    """The positions (0-based) of the header cells whose label another cell repeats (as the loader reads a
+    label): the loader could not tell those columns apart by name, so each is read by its position."""
+    where: dict[str, list[int]] = {}
+    for i, cell in enumerate(header):
+        label = cell.lstrip("\ufeff").strip()
+        if label:
+            where.setdefault(label, []).append(i)
+    return sorted(i for places in where.values() if len(places) > 1 for i in places)
 
 
 def _all_numbers(cells: list[str]) -> bool:

@@ -67,8 +67,16 @@ def repeats_header(header: tuple[str, ...] | list[str], fields: list[str]) -> bo
 
 
 def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
-    labels = ColumnLabels((c.name, c.aliases) for c in contract.columns)
-    targets = [labels.resolve(h, i) for i, h in enumerate(header)]
+    """Which header cell each column reads. A column with a ``position`` reads that cell of the header, when
+    the cell names it (a header that repeats a name: ``Value`` in columns 2 and 5); the others, the cell that
+    names them, wherever it is."""
+    pinned = {c.position - 1: c for c in contract.columns if c.position is not None}
+    pinned_at = {c.name: i for i, c in pinned.items()}
+    labels = ColumnLabels((c.name, c.aliases) for c in contract.columns if c.position is None)
+    targets = [
+        pinned[i].name if i in pinned and _names(pinned[i], h, i) else labels.resolve(h, i)
+        for i, h in enumerate(header)
+    ]
     if not any(targets):
         expected = ",".join(contract.column_names)
         where = (
@@ -96,6 +104,21 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
             positions[target] = index
     if duplicates:
         raise FileRejected("duplicate_header", "duplicate header names: " + listing(duplicates, separator="; "))
+    misplaced = [name for name in pinned_at if name not in positions]
+    if misplaced:
+        raise FileRejected(
+            "missing_columns",
+            "column(s) read by position not where the contract expects them: "
+            + listing(
+                f"{name} (column {pinned_at[name] + 1}: "
+                + (
+                    f"{header[pinned_at[name]].strip()!r})"
+                    if pinned_at[name] < len(header)
+                    else "the header is narrower)"
+                )
+                for name in misplaced
+            ),
+        )
     missing = [c.name for c in contract.columns if c.required and c.name not in positions]
     if missing:
         raise FileRejected(
@@ -116,6 +139,11 @@ def plan_header(contract: Contract, header: list[str]) -> HeaderPlan:
         ignored=tuple(unknown),
         header=tuple(header),
     )
+
+
+def _names(col: Column, header: str, position: int) -> bool:
+    """Whether a header cell names ``col`` (its name or an alias, exactly or as mapped)."""
+    return ColumnLabels([(col.name, col.aliases)]).resolve(header, position) == col.name
 
 
 Coercer = Callable[[str], str]

@@ -97,7 +97,7 @@ def test_contract_new_drafts_a_contract_that_parses_and_accepts_its_sample(tmp_p
     ("content", "reason", "detail"),
     [
         (b'id,name\n1,"Ada "The Countess" Lovelace"\n', "malformed_csv", "line 2: malformed CSV"),
-        (b"id,Value,Value\n1,a,b\n", "duplicate_header", "'Value' (columns 2 and 3)"),
+        (b"1,2,1\n3,4,5\n", "duplicate_header", "'1' (columns 1 and 3): it is a row of numbers"),
         (b"\x00\x01\x02binary\x00" * 100, "binary_content", ""),
         (b"sep=:\r\nid:name\r\n1:Ada\r\n", "no_header", "the delimiter ':' (sep=:), which the loader does not read"),
     ],
