@@ -91,6 +91,7 @@ class DraftedColumn:
     header: str
     position: int | None = None  # the file's column (1-based), for a header that repeats this one's name
     blank: str = ""  # what whitespace-only cells of a typed column become, said where the column keeps trim
+    edges: str = ""  # how many cells of a typed column have whitespace around their value (trimmed)
     type: str = "text"
     formats: tuple[str, ...] = ()
     decimal: str = "."
@@ -358,6 +359,8 @@ class _Draft:
                 lines.append("trim = false")
             elif col.blank:
                 lines.append(f"trim = true  # {col.blank}")
+            if col.edges:
+                lines.append(f"# {col.edges}")
             if col.required:
                 lines.append("required = true")
             if key_candidates and col.name == key_candidates[0]:
@@ -416,13 +419,14 @@ def _fit_to_every_row(read: Callable[[], Iterable[bytes]], draft: _Draft) -> lis
     the header again) are tolerated by ``max_rejected_share`` and named. Notes of what changed and why."""
     notes: list[str] = []
     try:
-        _fit_as_written(read, draft, notes)
+        whitespace = _fit_as_written(read, draft, notes)
         unmendable: list[str] = []
         for _round in range(FIT_ROUNDS):
             problems, outcome = _problems(read, draft, notes)
             past = [p for p in problems if p[2] not in UNMENDABLE_RULES or p[0] > draft.sample_end]
             mended, cannot = _mend(past, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
             notes += mended
+            whitespace.apply(draft, notes)  # a column mended to text keeps its cells' whitespace too
             unmendable += [note for note in cannot if note not in unmendable]
             if not mended:  # nothing more to mend: what is left, if anything, cannot be
                 return notes + unmendable + _tolerate(draft, outcome, problems)
@@ -466,7 +470,39 @@ def _problems(
     return _report(read, _fitting(draft, notes))
 
 
-def _fit_as_written(read: Callable[[], Iterable[bytes]], draft: _Draft, notes: list[str]) -> None:
+@dataclass
+class _Whitespace:
+    """Cells of each column with whitespace at an edge, and of whitespace alone, as the file writes them."""
+
+    edges: dict[str, _Cells]
+    blank: dict[str, _Cells]
+    truncated: bool  # counted from the first ERRORS_CSV_MAX_LINES problems only
+
+    def apply(self, draft: _Draft, notes: list[str]) -> None:
+        """What the draft does with them (again after each mending: a column may have become text): a text
+        column keeps them (trim = false); a typed one says what trimming makes of them."""
+        for col in draft.columns:
+            edges, blank = self.edges.get(col.name), self.blank.get(col.name)
+            if col.type == "text":
+                col.blank = col.edges = ""
+                if col.trim and (edges or blank):
+                    col.trim = False
+                    said = " and ".join(
+                        f"{cells.said(self.truncated)} {what}"
+                        for cells, what in ((edges, "with whitespace at an edge"), (blank, "of whitespace alone"))
+                        if cells
+                    )
+                    notes.append(f"{col.name} has {said}: kept as written (trim = false).")
+                continue
+            if blank:
+                shown = ", ".join(repr(v) for v in blank.values)
+                col.blank = f"{blank.said(self.truncated)} of whitespace alone ({shown}): trimmed to empty, so NULL"
+                col.required = col.unique = False
+            if edges:
+                col.edges = f"{edges.said(self.truncated)} with whitespace around the value: trimmed"
+
+
+def _fit_as_written(read: Callable[[], Iterable[bytes]], draft: _Draft, notes: list[str]) -> _Whitespace:
     """Read every cell as written (untrimmed, nothing NULL but an empty cell) and mend what the draft would
     change of it: a text column whose cells have whitespace at an edge anywhere keeps it (``trim = false``);
     a typed column says how many of its cells are whitespace alone (trimmed, they load as NULL) or have it
@@ -514,38 +550,21 @@ def _fit_as_written(read: Callable[[], Iterable[bytes]], draft: _Draft, notes: l
         drafted = draft.columns[index[column]]
         if value != value.strip():
             (blank if not value.strip() else edges).setdefault(column, _Cells()).add(line, value)
-        elif (
-            value
-            and value not in drafted.null_values
-            and not _as_written(drafted, [value])
-            and _loads(drafted.type, drafted.decimal, value)
+        stripped = value.strip()  # what a trimmed typed column reads
+        if (
+            stripped
+            and drafted.type != "text"
+            and stripped not in drafted.null_values
+            and not _as_written(drafted, [stripped])
+            and _loads(drafted.type, drafted.decimal, stripped)
         ):
-            not_as_written.append((line, column, "as_written", value))
-    for name, cells in edges.items():
-        drafted = draft.columns[index[name]]
-        if drafted.type == "text" and drafted.trim:
-            drafted.trim = False
-            notes.append(
-                f"Past the sample, {name} has whitespace at the edge of {cells.said(truncated)}: kept (trim = false)."
-            )
-        elif drafted.type != "text":
-            drafted.notes.append(
-                f"{cells.said(truncated)} have whitespace around their value: trimmed, the value loads"
-            )
-    for name, cells in blank.items():
-        drafted = draft.columns[index[name]]
-        if drafted.type == "text" and drafted.trim:
-            drafted.trim = False
-            notes.append(
-                f"Past the sample, {name} has {cells.said(truncated)} of whitespace alone: kept (trim = false)."
-            )
-        elif drafted.type != "text":
-            shown = ", ".join(repr(v) for v in cells.values)
-            drafted.blank = f"{cells.said(truncated)} of whitespace alone ({shown}): trimmed to empty, so NULL"
-            drafted.required = drafted.unique = False
+            not_as_written.append((line, column, "as_written", stripped))
+    whitespace = _Whitespace(edges, blank, truncated)
     if not_as_written:
         mended, _cannot = _mend(not_as_written, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
         notes += mended
+    whitespace.apply(draft, notes)
+    return whitespace
 
 
 def _as_written(col: DraftedColumn, values: list[str]) -> bool:

@@ -602,6 +602,60 @@ def test_any_file_loads_through_its_own_drafted_contract_with_every_value_intact
     assert_round_trip(pipeline, contract, header, rows)
 
 
+#: What rows past a draft's sample hold that its sample may not: whitespace alone, or at a cell's edge.
+STRAY_WHITESPACE = st.sampled_from([" ", "  ", "\t "])
+TITLE = st.text(
+    st.characters(whitelist_categories=("Lu", "Ll", "Nd")) | st.sampled_from(" :-."), min_size=1, max_size=30
+)
+
+
+@st.composite
+def untidy_files(draw: Any) -> tuple[list[str], list[list[str]], list[str]]:
+    """A file with, perhaps, title lines above its header (one field each), header names written more than once,
+    and cells of whitespace alone or with whitespace at an edge (in any row, past the sample too)."""
+    width = draw(st.integers(2, 5))
+    names = HEADER.filter(lambda h: h.strip() and h.strip() == h)
+    header = draw(st.lists(names, min_size=width, max_size=width))
+    if draw(st.booleans()):  # a name written twice
+        header[draw(st.integers(1, width - 1))] = header[0]
+    kinds = [draw(st.sampled_from(sorted(COLUMN_KINDS))) for _ in header]
+    untidy = {
+        k: st.one_of(
+            COLUMN_KINDS[k], st.just(""), STRAY_WHITESPACE, st.tuples(STRAY_WHITESPACE, COLUMN_KINDS[k]).map("".join)
+        )
+        for k in COLUMN_KINDS
+    }
+    rows = [[draw(untidy[k]) for k in kinds] for _ in range(draw(st.integers(2, 8)))]
+    titles = draw(st.lists(TITLE.filter(lambda t: t.strip() and t.strip() == t), max_size=3))
+    return header, rows, titles
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=untidy_files(), sample=st.integers(1, 4))
+def test_an_untidy_file_loads_through_its_draft_and_every_change_is_written_in_it(pipeline, file, sample):
+    """Title lines above the header, names written twice, whitespace alone or at a cell's edge in rows past the
+    sample: the draft loads every row, each cell as written or as the draft openly says (a trimmed number, a
+    cell of whitespace alone read as NULL with the count of such cells)."""
+    from ingest.drafting import _all_numbers
+
+    header, rows, titles = file
+    if _all_numbers(header):
+        return  # a header of numbers is no header (the drafter says so): not this test's subject
+    data = "".join(f"{t}\n" for t in titles).encode() + render(header, rows)
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    contract, receipt, drafted = draft_and_load(pipeline, data, name, rows=sample)
+    assert receipt.status == "loaded", (receipt.reason, receipt.message, drafted)
+    assert receipt.rows_rejected == 0 and receipt.rows_loaded == len(rows), drafted
+    assert contract.skip_lines == len(titles), drafted
+    assert_round_trip(pipeline, contract, header, rows)
+    for i, col in enumerate(contract.columns):  # what trimming changes is written down
+        blanks = sum(1 for row in rows if row[i] and not row[i].strip())
+        if col.type != "text" and blanks:
+            assert f"{blanks} cell" in drafted and "of whitespace alone" in drafted, drafted
+        if col.type == "text" and any(row[i] != row[i].strip() for row in rows):
+            assert not col.trim, drafted
+
+
 @pytest.mark.parametrize(
     ("filename", "suffix"),
     [
