@@ -7,6 +7,8 @@ decides where those bytes go (COPY, S3); memory stays bounded by the block size,
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections import Counter
@@ -15,9 +17,9 @@ from dataclasses import dataclass, field
 
 from .columnar import ExactEngineNeeded, process_columnar, split_header, supported
 from .contract import Contract
-from .reading import Source, TextFormat, inspect, read_records, text_stream
+from .reading import Source, TextFormat, after_lines, csv_options, inspect, read_records, sniff_delimiter, text_stream
 from .rejection import FileRejected
-from .validation import RowError, RowValidator, plan_header
+from .validation import HeaderPlan, RowError, RowValidator, plan_header
 
 BLOCK_CHARS = 1024 * 1024
 FIRST_ERRORS_KEPT = 20
@@ -263,7 +265,7 @@ def _process_columnar(
     outcome: Outcome,
 ) -> Outcome:
     outcome.engine = "columnar"
-    plan = plan_header(contract, header)
+    plan = _plan(contract, header, source)
     outcome.ignored_columns = plan.ignored
     out = _Outputs(contract, valid_sink, error_sink, outcome)
     process_columnar(
@@ -281,7 +283,7 @@ def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_s
     except StopIteration:
         after = f" after the {contract.skip_lines} lines the contract skips (skip_lines)" if contract.skip_lines else ""
         raise FileRejected("no_header", f"the object has no header line{after}") from None
-    plan = plan_header(contract, header)
+    plan = _plan(contract, header, source)
     outcome.ignored_columns = plan.ignored
     validate = RowValidator(contract, plan)
     out = _Outputs(contract, valid_sink, error_sink, outcome)
@@ -295,6 +297,48 @@ def _process_exact(source: Source, contract: Contract, valid_sink: Sink, error_s
             outcome.rows_rejected += 1
             out.row_errors(row_errors)
     return out.finish()
+
+
+#: How far below the line taken for the header a rejection looks for the contract's header (a title block above it).
+HEADER_LOOKED_FOR_LINES = 50
+
+
+def _plan(contract: Contract, header: list[str], source: Source) -> HeaderPlan:
+    """``plan_header``; where the line taken for the header names no column of the contract, or not those it
+    requires, the rejection says which later line of the sample does (a title block above the table: a
+    statistics office's export) and the ``skip_lines`` that reads it."""
+    try:
+        return plan_header(contract, header)
+    except FileRejected as rejection:
+        if rejection.reason not in ("no_header", "missing_columns", "unknown_columns"):
+            raise
+        below = _header_below(contract, source)
+        if below is None:
+            raise
+        raise FileRejected(
+            rejection.reason,
+            f"{rejection.message}. Line {below} of the file names the contract's columns: should the lines above "
+            f"it be a title or notes, set skip_lines = {below - 1 - int(source.text_format.delimiter_hint)}",
+        ) from None
+
+
+def _header_below(contract: Contract, source: Source) -> int | None:
+    """The line of the sample (1-based, in the file) below the one taken for the header that heads the
+    contract's table, read with the delimiter sniffed from it down; None if none does."""
+    skipped = source.text_format.lines_before_header
+    text = after_lines(source.sample.decode(source.codec, errors="replace"), skipped)
+    for below in range(1, HEADER_LOOKED_FOR_LINES):
+        rest = after_lines(text, below)
+        if not rest.strip():
+            return None
+        try:
+            record = next(csv.reader(io.StringIO(rest, newline=""), **csv_options(sniff_delimiter(rest))), None)
+            if record and len(record) > 1:
+                plan_header(contract, record)
+                return skipped + below + 1
+        except (csv.Error, FileRejected):
+            continue
+    return None
 
 
 def _count_error(outcome: Outcome, error: RowError) -> None:

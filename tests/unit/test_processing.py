@@ -94,3 +94,26 @@ def test_a_bzip2_or_xz_bomb_is_refused_by_its_inflation(compress):
         run(data, words)
     assert info.value.reason == "decompression_bomb" and "max_inflation" in info.value.message
     assert f"{len(data):,} compressed bytes" in info.value.message  # every one taken in, each counted once
+
+
+def test_a_title_block_above_the_table_is_named_with_the_skip_lines_that_reads_it():
+    """A statistics office's export: lines of one field above a ';' header. A contract without skip_lines is
+    told which line names its columns."""
+    from ingest.processing import process
+
+    data = (
+        b"GENESIS-Tabelle: 44211-11i\nLohn- und Einkommensteuerstatistik: Deutschland, Jahre\nStand: 12.08.2026\n"
+        b"Gemeinde;AGS;Einwohner\nOrt 1;05111000;1000\nOrt 2;05111001;1001\n"
+    )
+    columns = [{"name": "gemeinde"}, {"name": "ags"}, {"name": "einwohner", "type": "integer"}]
+    contract = parse_contract("genesis", {"table": "genesis", "keys": ["incoming/g.csv"], "columns": columns})
+    for engine in ("auto", "exact"):
+        with pytest.raises(FileRejected) as rejected:
+            process([data], contract, lambda _b: None, lambda _b: None, engine=engine)
+        assert rejected.value.reason == "no_header"
+        assert "Line 4 of the file names the contract's columns" in rejected.value.message
+        assert rejected.value.message.endswith("set skip_lines = 3")
+    told = parse_contract(
+        "genesis", {"table": "genesis", "keys": ["incoming/g.csv"], "columns": columns, "skip_lines": 3}
+    )
+    assert process([data], told, lambda _b: None, lambda _b: None).rows_valid == 2
