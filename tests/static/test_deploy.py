@@ -155,3 +155,37 @@ def test_the_queue_trigger_caps_concurrent_loads_and_reserved_concurrency_never_
     assert reserved == {"If": ["Direct", {"Ref": "MaximumConcurrency"}, {"Ref": "AWS::NoValue"}]}
     assert t["Conditions"]["Direct"] == {"Equals": [{"Ref": "Trigger"}, "s3"]}
     assert "ReservedConcurrency" not in t["Parameters"]
+
+
+def test_the_dev_stacks_wiring_and_the_template_agree_on_everything_they_share():
+    """localstack/resources.json wires both dev stacks; deploy/template.yaml wires AWS: what they share is the
+    same, so that what runs locally is what runs there."""
+    wiring = json.loads((REPO / "localstack" / "resources.json").read_text())
+    t = template()
+    parameters, resources = t["Parameters"], t["Resources"]
+    [rule] = resources["Bucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"]["If"][1]
+    assert rule["Event"] == "s3:ObjectCreated:*" and wiring["notification"]["events"] == ["s3:ObjectCreated:*"]
+    assert rule["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": wiring["notification"]["prefix"]}]
+    queue = resources["UploadsQueue"]["Properties"]
+    assert parameters["QueueVisibilityTimeout"]["Default"] == wiring["queue"]["visibility_timeout_seconds"]
+    assert queue["MessageRetentionPeriod"] == wiring["queue"]["message_retention_seconds"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    assert parameters["MaxReceiveCount"]["Default"] == wiring["dead_letter_queue"]["max_receive_count"]
+    dlq = resources["DeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] == wiring["dead_letter_queue"]["message_retention_seconds"]
+    # the visibility timeout outlasts the function, six times over as AWS recommends (a delivery still running
+    # when its message came back would be taken for one that died)
+    assert parameters["Timeout"]["Default"] == wiring["function"]["timeout_seconds"]
+    assert wiring["queue"]["visibility_timeout_seconds"] >= 6 * wiring["function"]["timeout_seconds"]
+    assert parameters["MemorySize"]["Default"] == wiring["function"]["memory_mb"]
+    trigger = resources["QueueTrigger"]["Properties"]
+    event_source = wiring["event_source"]
+    assert (trigger["BatchSize"], trigger["MaximumBatchingWindowInSeconds"]) == (
+        event_source["batch_size"],
+        event_source["maximum_batching_window_seconds"],
+    )
+    assert parameters["MaximumConcurrency"]["Default"] == event_source["maximum_concurrency"]
+    assert resources["Function"]["Properties"]["ImageConfig"]["Command"] == [wiring["function"]["handler"]]
+    # receipts: one topic, which the dev stacks' tap and the template's e-mail subscribe to
+    assert resources["ReceiptsTopic"]["Type"] == "AWS::SNS::Topic" and wiring["topic"] == "ingest-receipts"
+    assert resources["FailureEmailSubscription"]["Properties"]["TopicArn"] == {"Ref": "ReceiptsTopic"}
