@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS ingest_files (
 	finished_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
 	duration_ms INTEGER, 
 	schema_changes TEXT, 
+	lag_ms BIGINT, 
 	PRIMARY KEY (id), 
 	CONSTRAINT ingest_files_status_check CHECK (status IN ('loaded', 'rejected', 'skipped', 'failed'))
 );

@@ -435,8 +435,11 @@ def status(limit: int, as_json: bool) -> None:
     Example:
       ingest status --limit 5
     """
-    rows = _ledger_rows(_stack_env(), limit=limit)
-    lines = [f"{'id':>5}  {'status':<9} {'table':<16} {'rows':>9} {'rejected':>8} {'ms':>7}  {'key':<44} reason"]
+    env = _stack_env()
+    rows = _ledger_rows(env, limit=limit)
+    hour = _last_hour(env)
+    lines = [_hour_line(hour)] if hour else []
+    lines += [f"{'id':>5}  {'status':<9} {'table':<16} {'rows':>9} {'rejected':>8} {'ms':>7}  {'key':<44} reason"]
     for r in rows:
         lines.append(
             f"{r['id']:>5}  {r['status']:<9} {r['table_name'] or '-':<16} {r['rows_loaded'] or 0:>9,} "
@@ -444,7 +447,56 @@ def status(limit: int, as_json: bool) -> None:
         )
     if not rows:
         lines.append("  (no files yet)")
-    _emit(as_json, {"files": rows}, "\n".join(lines))
+    _emit(as_json, {"last_hour": hour, "files": rows}, "\n".join(lines))
+
+
+def _last_hour(env: dict[str, str]) -> dict[str, Any] | None:
+    """The ledger's last hour: files by outcome, rows loaded (per second over the hour, and while loading),
+    and the lag from upload to commit (median, 95th percentile); None without a ledger."""
+    with _database(env) as conn:
+        columns = conn.execute(
+            "SELECT count(*) FILTER (WHERE column_name = 'lag_ms') AS lag, count(*) AS n "
+            "FROM information_schema.columns WHERE table_name = 'ingest_files' AND table_schema = current_schema()"
+        ).fetchone()
+        if not columns or not columns["n"]:
+            return None
+        recent = "finished_at > now() - interval '1 hour'"
+        outcomes = conn.execute(
+            f"SELECT status, count(*) AS n FROM ingest_files WHERE {recent} GROUP BY status ORDER BY status"
+        ).fetchall()
+        lag = "lag_ms" if columns["lag"] else "NULL::bigint"
+        loads = conn.execute(
+            f"SELECT coalesce(sum(rows_loaded), 0) AS rows, coalesce(sum(duration_ms), 0) AS ms, "
+            f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) AS p50, "
+            f"percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) AS p95 "
+            f"FROM ingest_files WHERE status = 'loaded' AND {recent}"
+        ).fetchone()
+    assert loads is not None
+    return {
+        "files": {o["status"]: o["n"] for o in outcomes},
+        "rows_loaded": int(loads["rows"]),
+        "rows_per_second": round(int(loads["rows"]) / 3600, 1),
+        "rows_per_second_loading": round(int(loads["rows"]) / (loads["ms"] / 1000), 1) if loads["ms"] else None,
+        "lag_p50_seconds": round(loads["p50"] / 1000, 2) if loads["p50"] is not None else None,
+        "lag_p95_seconds": round(loads["p95"] / 1000, 2) if loads["p95"] is not None else None,
+    }
+
+
+def _hour_line(hour: dict[str, Any]) -> str:
+    files = hour["files"]
+    if not files:
+        return "last hour: no files"
+    outcomes = ", ".join(f"{status} {n:,}" for status, n in files.items())
+    loading = f", {hour['rows_per_second_loading']:,.0f}/s while loading" if hour["rows_per_second_loading"] else ""
+    lag = (
+        f"; upload to commit p50 {hour['lag_p50_seconds']:.2f} s, p95 {hour['lag_p95_seconds']:.2f} s"
+        if hour["lag_p50_seconds"] is not None
+        else ""
+    )
+    return (
+        f"last hour: {sum(files.values()):,} files ({outcomes}); {hour['rows_loaded']:,} rows loaded "
+        f"({hour['rows_per_second']:,.1f}/s{loading}){lag}"
+    )
 
 
 def _find(env: dict[str, str], ref: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -25,6 +26,7 @@ class ObjectRef:
     bucket: str
     key: str
     event_name: str = ""
+    event_time: datetime | None = None  # when S3 says the object was created (the metrics' lag starts there)
 
 
 def is_sqs_batch(event: Any) -> bool:
@@ -48,7 +50,7 @@ def object_refs(event: Any) -> list[ObjectRef]:
         if event["detail-type"] != "Object Created":
             return []
         detail = S3EventBridgeNotificationEvent(event).detail
-        return _files([ObjectRef(detail.bucket.name, detail.object.key, "Object Created")])
+        return _files([ObjectRef(detail.bucket.name, detail.object.key, "Object Created", _time(event.get("time")))])
     records = event.get("Records")
     if isinstance(records, list) and records:
         source = records[0].get("EventSource") or records[0].get("eventSource")
@@ -60,7 +62,12 @@ def object_refs(event: Any) -> list[ObjectRef]:
         if source == "aws:s3":
             return _files(
                 [
-                    ObjectRef(r.s3.bucket.name, unquote_plus(r.s3.get_object.key), r.event_name)
+                    ObjectRef(
+                        r.s3.bucket.name,
+                        unquote_plus(r.s3.get_object.key),
+                        r.event_name,
+                        _time(r.raw_event.get("eventTime")),
+                    )
                     for r in S3Event(event).records
                     if r.event_name.startswith("ObjectCreated:")
                 ]
@@ -73,6 +80,14 @@ def object_refs(event: Any) -> list[ObjectRef]:
 def _files(refs: list[ObjectRef]) -> list[ObjectRef]:
     """The objects that are files: not a folder (a key ending with "/")."""
     return [ref for ref in refs if not ref.key.endswith("/")]
+
+
+def _time(text: Any) -> datetime | None:
+    """An event's ISO 8601 time (``2026-12-04T23:19:43.123Z``); None if absent or unreadable."""
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
 
 
 def _json(text: Any, what: str) -> Any:

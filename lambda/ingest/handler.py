@@ -110,7 +110,9 @@ def _ingest_all(
     receipts, failures = [], []
     for ref in refs:
         try:
-            receipts.append(ingest_object(ref.bucket, ref.key, deps, request_id, deadline, ends, delivery))
+            receipts.append(
+                ingest_object(ref.bucket, ref.key, deps, request_id, deadline, ends, delivery, ref.event_time)
+            )
         except Exception as exc:
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from . import metrics
 from .adapters.postgres import (
     AttemptsSoFar,
     Database,
@@ -110,6 +111,8 @@ class _Attempt:
     deadline: float | None = None  # time.monotonic() by which the file must be done (or given up)
     ends: float | None = None  # the invocation's end, less a margin: the ledger row and receipt wait until then
     ledger_asked: bool = False  # whether the ledger was asked about this content (and had no verdict)
+    event_time: datetime | None = None  # when S3 says the object was created
+    committed: datetime | None = None  # when its load committed
 
     @property
     def past_deadline(self) -> bool:
@@ -184,14 +187,19 @@ def ingest_object(
     deadline: float | None = None,
     ends: float | None = None,
     delivery: Delivery | None = None,
+    event_time: datetime | None = None,
 ) -> Receipt:
-    """Ingest one object and publish its receipt. Raises (after publishing ``failed``) on failures.
+    """Ingest one object, publish its receipt and log its metrics. Raises (after publishing ``failed``) on
+    failures.
 
     ``deadline``: a ``time.monotonic()`` value by which the work must stop (a timeout, recorded as such);
     ``ends``: when the invocation ends, after the deadline's margin: an outcome's own ledger row and the
     receipt's publish are waited for until then at the most (what could not be written is then in the log);
-    ``delivery``: which delivery of a queue message this is (earlier ones that died are put on record)."""
-    attempt = _Attempt(bucket=bucket, key=key, request_id=request_id, deadline=deadline, ends=ends)
+    ``delivery``: which delivery of a queue message this is (earlier ones that died are put on record);
+    ``event_time``: when S3 says the object was created (the metrics' lag from upload to commit)."""
+    attempt = _Attempt(
+        bucket=bucket, key=key, request_id=request_id, deadline=deadline, ends=ends, event_time=event_time
+    )
     logger.append_keys(bucket=bucket, key=key, md5=None)
     trace = _Trace(attempt, deps, delivery) if delivery is not None else None
     status = "failed"
@@ -209,8 +217,10 @@ def ingest_object(
                 exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
             receipt = _failed(attempt, deps, exc)
             _publish(deps, receipt, attempt.ends)
+            _metrics(attempt, receipt)
             raise exc from None
         _publish(deps, receipt, attempt.ends)
+        _metrics(attempt, receipt)
         status = receipt.status
         return receipt
     finally:
@@ -569,12 +579,14 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
             _write_summary(attempt, deps, "loaded", errors_csv=errors_csv_key)
         else:
             errors.abort()
+        lag = metrics.lag_seconds(attempt.event_time, datetime.now(UTC))  # the commit's moment, give or take
         ledger_id = load.commit(
             _ledger_entry(
                 attempt,
                 deps,
                 processed_key=processed_key(contract.table, md5),
                 errors_key=errors_csv_key if attempt.outcome.rows_rejected else None,
+                lag_ms=int(lag * 1000) if lag is not None else None,
             ),
             before_commit=lambda: wait_until_deadline(processed_closed, attempt.deadline, processed.key),
         )
@@ -584,6 +596,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
     if ledger_id is None:
         message = _loaded_already(attempt, bucket, "(a concurrent delivery of the same content)")
         return _skipped(attempt, deps, "duplicate_content", message)
+    attempt.committed = datetime.now(UTC)
     outcome = attempt.outcome
     logger.info(
         "loaded",
@@ -751,6 +764,13 @@ def _ledger_until(attempt: _Attempt) -> float | None:
         return None
     now = time.monotonic()
     return now + max(attempt.ends - now, 0.0) * LEDGER_SHARE
+
+
+def _metrics(attempt: _Attempt, receipt: Receipt) -> None:
+    try:
+        metrics.emit(receipt, attempt.size, attempt.event_time, attempt.committed)
+    except Exception:  # a metric is never worth a file
+        logger.warning("could not write the file's metrics", exc_info=True)
 
 
 def _publish(deps: Dependencies, receipt: Receipt, until: float | None) -> None:

@@ -129,6 +129,22 @@ class Stack:
             time.sleep(0.02)
         raise AssertionError(f"delivery {delivery} of {key} did not begin within {timeout}s")
 
+    def function_log_lines(self) -> list[str]:
+        """Every line the function instances have logged so far (their log files, or their containers' logs)."""
+        if self.kind == "compose":
+            return self._compose("logs", "--no-color", "--no-log-prefix", "lambda").splitlines()
+        from devstack.stack import Settings, function_instances, read_state
+
+        assert self.cli_env is not None
+        state = read_state(Settings.from_env(self.cli_env))
+        assert state is not None
+        lines: list[str] = []
+        for instance in function_instances(state):
+            path = Path(instance["log_file"])
+            if path.exists():
+                lines += path.read_text(errors="replace").splitlines()
+        return lines
+
     def runtime_pids(self) -> list[int]:
         """The runtime (awslambdaric) process of each function instance that has one: the RIE's children."""
         rie = set(self.function_pids())

@@ -26,6 +26,15 @@ def test_upload_status_and_errors(stack, tmp_path):
 
     status = ingest("status", "--limit", "50", env=stack.env)
     assert status.returncode == 0 and key in status.stdout
+    hour = status.stdout.splitlines()[0]  # the last hour: files by outcome, rows, lag from upload to commit
+    assert hour.startswith("last hour: ") and "loaded" in hour and "upload to commit p50" in hour, hour
+    summary = json.loads(ingest("status", "--json", env=stack.env).stdout)["last_hour"]
+    assert summary["files"]["loaded"] >= 1 and summary["rows_loaded"] >= 3 and summary["lag_p95_seconds"] >= 0
+
+    # the file's metrics are a line of the function's log, in the Embedded Metric Format, as on AWS
+    metrics = [json.loads(line) for line in stack.function_log_lines() if '"CloudWatchMetrics"' in line]
+    [mine] = [m for m in metrics if m.get("key") == key]
+    assert (mine["outcome"], mine["RowsLoaded"], mine["RowsRejected"]) == ("loaded", [3.0], [1.0]) and mine["Lag"]
 
     errors = ingest("errors", key, "--json", env=stack.env)
     assert errors.returncode == 0, errors.stderr

@@ -531,3 +531,25 @@ def test_the_file_is_read_and_validated_while_its_table_is_held_by_another_sessi
         assert worker.is_alive() and not receipts  # the load itself waits for the table
     worker.join(60)  # the holder's transaction ended with its connection
     assert [r.status for r in receipts] == ["loaded"]
+
+
+def test_each_file_writes_its_metrics_as_one_emf_line_with_the_lag_from_upload_to_commit(pipeline, capsys):
+    import json as json_
+    from datetime import timedelta
+
+    data = (SAMPLES / "users.csv").read_bytes()
+    pipeline.upload("incoming/users/metrics.csv", data)
+    uploaded = datetime.now(UTC) - timedelta(seconds=3)
+    receipt = ingest_object(pipeline.bucket, "incoming/users/metrics.csv", pipeline.deps, event_time=uploaded)
+    pipeline.upload("incoming/inventory.csv", b"sku,qty\n1,2\n")
+    ingest_object(pipeline.bucket, "incoming/inventory.csv", pipeline.deps)  # no contract: rejected
+    lines = [json_.loads(line) for line in capsys.readouterr().out.splitlines() if '"CloudWatchMetrics"' in line]
+    loaded, rejected = lines
+    assert loaded["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Ingest"
+    assert loaded["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["outcome", "service"]]
+    assert (loaded["outcome"], loaded["Files"], loaded["RowsLoaded"]) == ("loaded", [1.0], [5.0])
+    assert loaded["Lag"][0] >= 3 and loaded["key"] == "incoming/users/metrics.csv" and loaded["md5"] == receipt.md5
+    assert (rejected["outcome"], rejected["reason"], "Lag" in rejected) == ("rejected", "no_contract", False)
+    assert ["outcome", "reason"] in rejected["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    [entry] = pipeline.query("SELECT lag_ms FROM ingest_files WHERE status = 'loaded'")
+    assert entry["lag_ms"] >= 3000

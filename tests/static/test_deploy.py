@@ -189,3 +189,26 @@ def test_the_dev_stacks_wiring_and_the_template_agree_on_everything_they_share()
     # receipts: one topic, which the dev stacks' tap and the template's e-mail subscribe to
     assert resources["ReceiptsTopic"]["Type"] == "AWS::SNS::Topic" and wiring["topic"] == "ingest-receipts"
     assert resources["FailureEmailSubscription"]["Properties"]["TopicArn"] == {"Ref": "ReceiptsTopic"}
+
+
+def test_the_function_is_watched_by_alarms_to_the_receipts_topic_and_a_dashboard_of_its_metrics():
+    t = template()
+    resources = t["Resources"]
+    alarms = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    watched = {(a["Namespace"], a["MetricName"]) for a in alarms.values()}
+    assert watched >= {
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "Throttles"),
+        ("AWS/Lambda", "Duration"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+    }
+    assert all(a["AlarmActions"] == [{"Ref": "ReceiptsTopic"}] for a in alarms.values())
+    assert t["Parameters"]["DurationAlarmMilliseconds"]["Default"] < t["Parameters"]["Timeout"]["Default"] * 1000
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Sub"][0]
+    from ingest.metrics import NAMESPACE
+
+    for metric in ("Files", "RowsLoaded", "RowsRejected", "Lag"):
+        assert f'["{NAMESPACE}", "{metric}"' in body, metric
+    variables = resources["Function"]["Properties"]["Environment"]["Variables"]
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == NAMESPACE

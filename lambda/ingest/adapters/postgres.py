@@ -93,6 +93,7 @@ ledger = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("duration_ms", sa.Integer),
     sa.Column("schema_changes", sa.Text),  # the additive DDL a load applied to its table (contract evolution)
+    sa.Column("lag_ms", sa.BigInteger),  # a load's: from the S3 event's time (the upload) to its commit
     sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ingest_files_status_check"),
     sa.Index(
         "ingest_files_loaded_table_md5", "table_name", "md5", unique=True, postgresql_where=sa.text("status = 'loaded'")
