@@ -563,6 +563,8 @@ def _parsed_blocks(source: Source, header_bytes: int, index: LineIndex, width: i
     for block, records in _record_blocks(source, header_bytes, index):
         if not records:
             continue
+        if block.startswith(b"\xef\xbb\xbf") and source.codec.startswith("utf-8"):
+            raise ExactEngineNeeded("a record that starts with a byte-order mark (pyarrow would drop it)")
         lines = index.take(records)
         invalid: list[tuple[int, str]] = []
 
