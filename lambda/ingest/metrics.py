@@ -39,7 +39,8 @@ def emit(receipt: Receipt, size: int | None, event_time: datetime | None, commit
     lag = lag_seconds(event_time, committed)
     if lag is not None:
         metrics.add_metric(name="Lag", unit=MetricUnit.Seconds, value=lag)
-    for name, value in (("bucket", receipt.bucket), ("key", receipt.key), ("md5", receipt.md5), ("table", receipt.table)):
+    about = {"bucket": receipt.bucket, "key": receipt.key, "md5": receipt.md5, "table": receipt.table}
+    for name, value in about.items():
         if value:
             metrics.add_metadata(key=name, value=value)  # searchable in the log, no dimension (no cost)
     metrics.flush_metrics()
