@@ -8,7 +8,7 @@ STACK ?= embedded
 export STACK
 export OFFLINE  # 1: the compose stack runs on the stand-ins of make offline-images
 
-.PHONY: docker-engine docker-engine-stop offline-images help venv test unit unit-py312 lint typecheck schema bench image push deploy clean up down status logs env demo
+.PHONY: docker-engine docker-engine-stop offline-images help venv test unit unit-py312 lint typecheck scan schema bench image push deploy clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,19 @@ typecheck: venv ## mypy over the function and the dev-stack code
 unit: venv ## the pure unit tests only (milliseconds, no servers)
 	$(BIN)/pytest -q tests/unit
 
-test: venv lint typecheck unit-py312 ## everything: lint, types, unit (3.11 and 3.12), integration, end-to-end
+test: venv lint typecheck scan unit-py312 ## everything: lint, types, security scan, unit (3.11 and 3.12), integration, end-to-end
 	$(BIN)/pytest -q
+
+# checkov (pinned, in a venv of its own) over the template and the function's Dockerfile: a finding fails; each
+# one decided otherwise is suppressed where it arises, with its reason (deploy/template.yaml, lambda/Dockerfile).
+SCAN_VENV := .venv-scan
+$(SCAN_VENV)/.installed: deploy/requirements-scan.txt deploy/requirements-scan.lock
+	@test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install -q --disable-pip-version-check -c deploy/requirements-scan.lock -r deploy/requirements-scan.txt
+	@touch $@
+
+scan: $(SCAN_VENV)/.installed ## security scan: checkov over deploy/template.yaml and lambda/Dockerfile
+	$(SCAN_VENV)/bin/checkov --quiet --compact --skip-download -f deploy/template.yaml -f lambda/Dockerfile
 
 # The function must run on Python 3.11 and 3.12 (the Lambda base image): the pure core's tests run on
 # 3.12 too when the machine has it, in a small venv of the function's own dependencies.
@@ -102,4 +113,4 @@ offline-images: venv ## without a registry: build local stand-ins of the compose
 	$(BIN)/python -m devstack.offline_images $(if $(FORCE),--force)
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) $(VENV312) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) $(BENCH_VENV) $(SCAN_VENV) .pytest_cache .mypy_cache .ruff_cache

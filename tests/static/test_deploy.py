@@ -76,6 +76,7 @@ def test_the_policy_names_no_wildcard_resource_or_action():
         "ReadDatabaseSecret",
         "ConsumeUploads",
         "WriteLogs",
+        "DeadLetterDirectInvocations",
     }
     for statement in statements:
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
@@ -212,3 +213,25 @@ def test_the_function_is_watched_by_alarms_to_the_receipts_topic_and_a_dashboard
         assert f'["{NAMESPACE}", "{metric}"' in body, metric
     variables = resources["Function"]["Properties"]["Environment"]["Variables"]
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == NAMESPACE
+
+
+def test_the_function_joins_the_databases_vpc_only_when_given_subnets_with_endpoints_for_a_vpc_without_nat():
+    t = template()
+    resources, conditions = t["Resources"], t["Conditions"]
+    assert t["Parameters"]["SubnetIds"]["Default"] == "" and t["Parameters"]["SecurityGroupIds"]["Default"] == ""
+    assert conditions["InVpc"] == {"Not": [{"Equals": [{"Join": ["", {"Ref": "SubnetIds"}]}, ""]}]}
+    function = resources["Function"]["Properties"]
+    assert function["VpcConfig"]["If"][0] == "InVpc" and function["VpcConfig"]["If"][2] == {"Ref": "AWS::NoValue"}
+    role = resources["FunctionRole"]["Properties"]
+    assert role["ManagedPolicyArns"]["If"][0] == "InVpc"  # the ENI permissions, only in a VPC
+    assert "AWSLambdaVPCAccessExecutionRole" in str(role["ManagedPolicyArns"]["If"][1])
+    endpoints = {n: r for n, r in resources.items() if r["Type"] == "AWS::EC2::VPCEndpoint"}
+    services = {str(r["Properties"]["ServiceName"]).rsplit(".", 1)[-1].strip("'}") for r in endpoints.values()}
+    assert services == {"s3", "secretsmanager", "sns"} and all(
+        r["Condition"] == "VpcEndpoints" for r in endpoints.values()
+    )
+    # the bucket keeps what is overwritten or deleted, for a while; a direct invocation that fails lands in the DLQ
+    bucket = resources["Bucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert any("NoncurrentVersionExpiration" in r for r in bucket["LifecycleConfiguration"]["Rules"])
+    assert function["DeadLetterConfig"] == {"TargetArn": {"GetAtt": "DeadLetterQueue.Arn"}}
