@@ -19,7 +19,7 @@ from psycopg import sql
 
 from devstack import emulator
 from devstack.postgres import start_postgres
-from devstack.processes import HOST, free_port, stop_pid
+from devstack.processes import HOST, listen_port, stop_pid
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -33,7 +33,7 @@ os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DE
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> Iterator[str]:
-    port = free_port()
+    port = listen_port()
     process = emulator.start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
     try:
         yield f"http://{HOST}:{port}"

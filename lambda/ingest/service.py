@@ -247,6 +247,7 @@ class _Trace:
         self.id = so_far.this
         for dead in so_far.died_now:
             _publish(self.deps, _died(attempt, self.deps, dead, delivery), attempt.ends)
+        self.deps.database.mark_died([dead.id for dead in so_far.died_now])  # reported: no one reports them again
         if delivery.last and so_far.earlier and so_far.died == so_far.earlier:
             raise FunctionDied(_gave_up(so_far, delivery))
         threading.Thread(target=self._beat, name="attempt-heartbeat", daemon=True).start()

@@ -47,7 +47,7 @@ from . import burst, emulator
 from .benchdata import dataset
 from .function import REPO
 from .postgres import find_bin_dir, start_postgres
-from .processes import HOST, free_port, stop_pid
+from .processes import HOST, listen_port, stop_pid
 
 BUCKET = "bench"
 # The child's peak RSS is VmHWM, the high-water mark of its own address space. Not getrusage's ru_maxrss:
@@ -227,7 +227,7 @@ PEERS = {  # name in the report → script in bench/peers/
 
 def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
-    port = free_port()
+    port = listen_port()
     moto = emulator.start_moto(port, workdir / "moto.log")
     pg = None
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")

@@ -40,7 +40,7 @@ from typing import Any
 import boto3
 
 from .function import REPO, WARM_UP_EVENT, invoke_url
-from .processes import free_port
+from .processes import listen_port
 from .stack import Settings, function_instances, read_state
 
 ROWS_PER_FILE = 1_000
@@ -164,8 +164,8 @@ def run_burst(concurrency: int, files: int, workdir: Path, landed: bool = False)
     env = {
         **os.environ,
         "INGEST_STACK_DIR": str(workdir / f"stack-{concurrency}"),
-        "INGEST_EMULATOR_PORT": str(free_port()),
-        "INGEST_FUNCTION_PORT": str(free_port()),
+        "INGEST_EMULATOR_PORT": str(listen_port()),
+        "INGEST_FUNCTION_PORT": str(listen_port()),
         "INGEST_CONCURRENCY": str(concurrency),
         "INGEST_CONTRACTS_DIR": str(write_contracts(workdir / "contracts")),
         "POWERTOOLS_LOG_LEVEL": "WARNING",

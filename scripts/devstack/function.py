@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .processes import HOST, free_port, port_open, spawn, stop_pid, wait_until
+from .processes import HOST, listen_port, port_open, spawn, stop_pid, wait_until
 
 SAM_CLI_VERSION = "1.170.0"
 RIE_SHA256 = {
@@ -143,7 +143,7 @@ class EmbeddedFunction:
             "--runtime-interface-emulator-address",
             f"{HOST}:{self.port}",
             "--runtime-api-address",
-            f"{HOST}:{self.runtime_api_port or free_port()}",
+            f"{HOST}:{self.runtime_api_port or listen_port()}",
             sys.executable,
             "-m",
             "awslambdaric",

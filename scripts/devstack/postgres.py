@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .processes import HOST, free_port
+from .processes import HOST, listen_port
 
 DEFAULT_USER = "ingest"
 DEFAULT_DB = "ingest"
@@ -64,7 +64,7 @@ def start_postgres(data_dir: Path, port: int | None = None, prefer: str | None =
     """Start a fresh cluster in ``data_dir`` (which must not exist yet) and return how to reach it."""
     bin_dir = find_bin_dir()
     if prefer != "pgserver" and bin_dir is not None:
-        return _start_cluster(bin_dir, data_dir, port or free_port())
+        return _start_cluster(bin_dir, data_dir, port or listen_port())
     return _start_pgserver(data_dir)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,6 +19,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def listen_port() -> int:
+    """A free port for a server that binds it later, from below the kernel's ephemeral range: a port of that
+    range (what ``free_port`` gives) may meanwhile become the local port of any outgoing connection, and the
+    server's bind then fails (an RIE panicked: address already in use)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10_000, max(low, 10_001))
+        if not port_open(port) and _bindable(port):
+            return port
+    return free_port()
+
+
+def ephemeral(port: int) -> bool:
+    """Whether ``port`` lies in the kernel's ephemeral range (outgoing connections take their ports there)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        return False
+    return low <= port <= high
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = HOST) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from . import emulator
 from .function import INVOKE_PATH, REPO, install_rie
 from .postgres import PostgresServer, create_function_role, start_postgres
-from .processes import HOST, alive, free_port, port_open, spawn, stop_pid, wait_until
+from .processes import HOST, alive, ephemeral, listen_port, port_open, spawn, stop_pid, wait_until
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
@@ -123,13 +123,14 @@ def function_instances(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def instance_ports(first: int, count: int) -> list[tuple[int, int]]:
     """(invoke port, runtime API port) for ``count`` function instances, all distinct and chosen at once (a
-    port picked later could be one another instance is about to bind): the invoke ports are ``first`` and
-    the ones after it, or a free port where one of those is taken (a second stack, a test's)."""
-    chosen: set[int] = set(range(first, first + count))  # kept from free_port()'s picks below
+    port picked later could be one another instance is about to bind), none in the kernel's ephemeral range
+    (see processes.listen_port): the invoke ports are ``first`` and the ones after it, or another free port
+    where one of those is taken (a second stack, a test's) or ephemeral."""
+    chosen: set[int] = set(range(first, first + count))  # kept from listen_port()'s picks below
 
     def pick(port: int | None = None) -> int:
-        while port is None or port_open(port):
-            port = free_port()
+        while port is None or port_open(port) or ephemeral(port):  # see processes.listen_port
+            port = listen_port()
             if port in chosen:
                 port = None
         chosen.add(port)

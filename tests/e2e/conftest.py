@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from devstack.processes import free_port
+from devstack.processes import listen_port
 from tests.conftest import REPO
 
 
@@ -79,8 +80,16 @@ class Stack:
                 receipt["_subject"] = envelope.get("Subject")
                 self._seen.append(receipt)
                 self.sqs.delete_message(QueueUrl=self.tap, ReceiptHandle=message["ReceiptHandle"])
-        got = [r["status"] for r in self._seen if r["key"] == key]
-        raise AssertionError(f"waited {timeout}s for {count} receipt(s) for {key!r}, got {got}")
+        got = [(r["status"], r.get("reason")) for r in self._seen if r["key"] == key]
+        raise AssertionError(f"waited {timeout}s for {count} receipt(s) for {key!r}, got {got}{self.dispatcher_tail()}")
+
+    def dispatcher_tail(self, lines: int = 12) -> str:
+        """The last lines of the dispatcher's log (embedded stack), for a failure's message."""
+        if self.state_dir is None:
+            return ""
+        log = self.state_dir / "logs" / "dispatcher.log"
+        tail = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+        return "\n--- dispatcher.log ---\n" + "\n".join(line[:300] for line in tail)
 
     def query(self, statement: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
@@ -131,8 +140,9 @@ class Stack:
 
     def function_log_lines(self) -> list[str]:
         """Every line the function instances have logged so far (their log files, or their containers' logs)."""
-        if self.kind == "compose":
-            return self._compose("logs", "--no-color", "--no-log-prefix", "lambda").splitlines()
+        if self.kind == "compose":  # compose writes an erase-line escape before each line, colours off or not
+            logs = self._compose("logs", "--no-color", "--no-log-prefix", "lambda")
+            return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", logs).splitlines()
         from devstack.stack import Settings, function_instances, read_state
 
         assert self.cli_env is not None
@@ -144,6 +154,27 @@ class Stack:
             if path.exists():
                 lines += path.read_text(errors="replace").splitlines()
         return lines
+
+    def end_deliveries(self, key: str, deliveries: int, end: Callable[[], object]) -> None:
+        """Let each of the first ``deliveries`` deliveries of ``key`` begin, then ``end()`` it (a crash, a
+        freeze): none of them answers."""
+        for delivery in range(1, deliveries + 1):
+            self.wait_for_attempt(key, delivery)
+            end()
+
+    def freeze_until_the_timeout(self) -> None:
+        """Freeze every runtime (SIGSTOP: its own deadline cannot act) until the RIE kills the one that holds an
+        invocation, at the function's timeout; then let the idle ones go on."""
+        from devstack.processes import alive
+
+        frozen = self.runtime_pids()
+        for pid in frozen:  # the idle instances too: which one holds the file is not known here
+            os.kill(pid, signal.SIGSTOP)
+        while all(alive(pid) for pid in frozen):
+            time.sleep(0.05)
+        for pid in frozen:
+            if alive(pid):
+                os.kill(pid, signal.SIGCONT)
 
     def runtime_pids(self) -> list[int]:
         """The runtime (awslambdaric) process of each function instance that has one: the RIE's children."""
@@ -307,8 +338,8 @@ def embedded_stack(state_dir: Path, settings: dict[str, str]) -> Iterator[Stack]
     env = {
         **os.environ,
         "INGEST_STACK_DIR": str(state_dir),
-        "INGEST_EMULATOR_PORT": str(free_port()),
-        "INGEST_FUNCTION_PORT": str(free_port()),
+        "INGEST_EMULATOR_PORT": str(listen_port()),
+        "INGEST_FUNCTION_PORT": str(listen_port()),
         "INGEST_RETRY_DELAY": "1",
     }
     env.pop("AWS_ENDPOINT_URL", None)

@@ -4,7 +4,6 @@ PostgreSQL cluster, a 3-second function timeout) a load past its deadline and a 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -104,7 +103,7 @@ def test_a_load_past_its_deadline_stops_itself_on_record_and_is_dead_lettered_th
 
 
 def test_a_stopped_dispatcher_loses_no_message_and_make_up_restarts_it(own_stack):
-    from devstack.processes import alive, stop_pid
+    from devstack.processes import stop_pid
 
     stack, env = own_stack
     state = read_state(Settings.from_env(env))
@@ -128,8 +127,6 @@ def test_a_stopped_dispatcher_loses_no_message_and_make_up_restarts_it(own_stack
 def test_a_file_whose_every_delivery_outlives_the_hard_timeout_is_on_record_before_the_dead_letter_queue(own_stack):
     """A stand-in for the runtime's hard timeout: each delivery's runtime is frozen (SIGSTOP) while it works on
     the file, so that its own deadline never acts, and the RIE kills it at the function's 3-second timeout."""
-    import signal
-
     from tests.e2e.test_pipeline import _wait_for_dead_letter
 
     stack, _env = own_stack
@@ -137,16 +134,7 @@ def test_a_file_whose_every_delivery_outlives_the_hard_timeout_is_on_record_befo
     key = f"incoming/users/frozen_{uuid.uuid4().hex[:8]}.csv"
     with stack.table_locked("users"):
         stack.upload(key, data)
-        for delivery in (1, 2):
-            stack.wait_for_attempt(key, delivery)
-            frozen = stack.runtime_pids()
-            for pid in frozen:  # the idle instances too: which one holds the file is not known here
-                os.kill(pid, signal.SIGSTOP)
-            while all(alive(pid) for pid in frozen):  # until the RIE has killed the one past its timeout
-                time.sleep(0.05)
-            for pid in frozen:
-                if alive(pid):
-                    os.kill(pid, signal.SIGCONT)
+        stack.end_deliveries(key, 2, stack.freeze_until_the_timeout)
         receipts = stack.receipts_for(key, count=3, timeout=120)
         assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "function_died")] * 3
         assert _wait_for_dead_letter(stack, key) == [key]

@@ -20,7 +20,7 @@ import pytest
 
 from devstack.dispatcher import RemoteFunction
 from devstack.function import INVOKE_PATH, WARM_UP_EVENT, EmbeddedFunction, install_rie
-from devstack.processes import free_port
+from devstack.processes import listen_port
 from tests.conftest import REPO
 
 INIT_SECONDS = 2.5
@@ -48,7 +48,7 @@ def function(tmp_path) -> Iterator[EmbeddedFunction]:
     rie = install_rie(Path(os.environ.get("INGEST_CACHE_DIR") or REPO / ".cache"))
     embedded = EmbeddedFunction(
         rie,
-        free_port(),
+        listen_port(),
         {"AWS_LAMBDA_FUNCTION_TIMEOUT": str(TIMEOUT_SECONDS), "PYTHONPATH": str(tmp_path)},
         tmp_path / "function.log",
         handler="slow_init.handler",

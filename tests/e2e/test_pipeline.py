@@ -262,9 +262,7 @@ def test_a_file_that_kills_the_function_on_every_delivery_is_on_record_before_th
     key = f"incoming/users/deadly_{uuid.uuid4().hex[:8]}.csv"
     with stack.table_locked("users"):
         stack.upload(key, data)
-        for delivery in (1, 2):
-            stack.wait_for_attempt(key, delivery)
-            stack.crash_function()
+        stack.end_deliveries(key, 2, stack.crash_function)
         receipts = stack.receipts_for(key, count=3, timeout=120)
         assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "function_died")] * 3
         assert "delivery 1 of this file" in receipts[0]["message"] and "never answered" in receipts[0]["message"]

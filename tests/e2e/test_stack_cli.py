@@ -10,7 +10,7 @@ import subprocess
 import psycopg
 import pytest
 
-from devstack.processes import alive, free_port
+from devstack.processes import alive, listen_port
 from devstack.stack import Settings, process_table, read_state
 from tests.e2e.conftest import REPO, run_cli
 
@@ -21,8 +21,8 @@ def test_up_status_env_down_leave_nothing_behind(tmp_path):
     env = {
         **os.environ,
         "INGEST_STACK_DIR": str(tmp_path / "stack"),
-        "INGEST_EMULATOR_PORT": str(free_port()),
-        "INGEST_FUNCTION_PORT": str(free_port()),
+        "INGEST_EMULATOR_PORT": str(listen_port()),
+        "INGEST_FUNCTION_PORT": str(listen_port()),
     }
     env.pop("DATABASE_URL", None)
     env.pop("AWS_ENDPOINT_URL", None)

@@ -137,8 +137,9 @@ def test_the_last_delivery_after_nothing_but_deaths_does_not_run_the_file_again_
     key = "incoming/users/died_twice.csv"
     pipeline.upload(key, (SAMPLES / "users.csv").read_bytes())
     database = pipeline.deps.database
-    database.begin_attempt("message-2", 1, pipeline.bucket, key, "request-1")
+    first = database.begin_attempt("message-2", 1, pipeline.bucket, key, "request-1")
     database.begin_attempt("message-2", 2, pipeline.bucket, key, "request-2")  # found the first dead, died too
+    database.mark_died([first.this])  # having put the first on record
     read = []
     monkeypatch.setattr(pipeline.deps.store, "head", lambda *a, **k: read.append(a) or 1 / 0)
     with pytest.raises(FunctionDied):
@@ -163,3 +164,20 @@ def test_a_last_delivery_after_a_failure_that_answered_runs_the_file(pipeline):
     database.end_attempt(answered.this, "failed")
     receipt = ingest_object(pipeline.bucket, key, pipeline.deps, "request-2", delivery=Delivery("message-3", 2, 2))
     assert receipt.status == "loaded"
+
+
+def test_a_death_found_by_a_delivery_that_dies_before_recording_it_is_recorded_by_the_next(pipeline):
+    """Delivery 2 found delivery 1 dead, then died itself before it put that on record (killed, frozen):
+    delivery 3 records both, not one."""
+    from ingest.service import Delivery, FunctionDied
+
+    key = "incoming/users/died_unreported.csv"
+    pipeline.upload(key, (SAMPLES / "users.csv").read_bytes())
+    database = pipeline.deps.database
+    database.begin_attempt("message-4", 1, pipeline.bucket, key, "request-1")
+    database.begin_attempt("message-4", 2, pipeline.bucket, key, "request-2")  # died before reporting the first
+    with pytest.raises(FunctionDied):
+        ingest_object(pipeline.bucket, key, pipeline.deps, "request-3", delivery=Delivery("message-4", 3, 3))
+    ledger = pipeline.query("SELECT reason, request_id FROM ingest_files ORDER BY id")
+    assert [e["request_id"] for e in ledger] == ["request-1", "request-2", "request-3"]
+    assert {e["reason"] for e in ledger} == {"function_died"}

@@ -198,6 +198,7 @@ def staging_table(contract: Contract, backend_pid: int | None = None) -> sa.Tabl
 class DeadAttempt:
     """An earlier delivery of the same message and object that never answered."""
 
+    id: int
     receive_count: int | None
     request_id: str | None
     started_at: Any  # datetime
@@ -212,9 +213,9 @@ class AttemptsSoFar:
     """What the deliveries of one message and object before this one came to."""
 
     this: int  # this attempt's id
-    died_now: list[DeadAttempt]  # found unanswered by this delivery (each reported once: marked "died" here)
+    died_now: list[DeadAttempt]  # found unanswered by this delivery, to report (then mark_died)
     earlier: int  # every earlier attempt
-    died: int  # of which died (now, or found so by a delivery before)
+    died: int  # of which died (found now, or by a delivery before)
 
 
 @dataclass(frozen=True)
@@ -325,24 +326,31 @@ class Database:
         self, message_id: str, receive_count: int | None, bucket: str, key: str, request_id: str | None
     ) -> AttemptsSoFar:
         """Record that a delivery of ``message_id`` (its ``receive_count``-th) begins on this object, and
-        return what the ones before it came to: those still open never answered, and are marked "died" in
-        the same statement, so that each death is reported by one delivery only. (The queue's visibility
-        timeout outlasts the function's timeout, so an open attempt of a message received again is over.)"""
+        return what the ones before it came to: those still open never answered (the queue's visibility timeout
+        outlasts the function's timeout, so an open attempt of a message received again is over). The caller
+        reports them, then marks them (``mark_died``): a delivery that dies in between leaves them open for
+        the next one to report, so a death is never lost (it may be reported twice)."""
         self.ensure_tables()
         a = attempts.c
         mine = (a.message_id == message_id) & (a.bucket == bucket) & (a.object_key == key)
         with self.engine.begin() as conn:
             conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
             dead = conn.execute(
-                sa.update(attempts)
-                .where(mine, a.finished_at.is_(None))
-                .values(finished_at=sa.func.now(), outcome="died")
-                .returning(
-                    a.receive_count, a.request_id, a.started_at, a.progress_at, a.rows_read, a.bytes_read, a.size_bytes
-                )
+                sa.select(
+                    a.id,
+                    a.receive_count,
+                    a.request_id,
+                    a.started_at,
+                    a.progress_at,
+                    a.rows_read,
+                    a.bytes_read,
+                    a.size_bytes,
+                ).where(mine, a.finished_at.is_(None))
             ).all()
             earlier, died = conn.execute(
-                sa.select(sa.func.count(), sa.func.count().filter(a.outcome == "died")).where(mine)
+                sa.select(
+                    sa.func.count(), sa.func.count().filter((a.outcome == "died") | a.finished_at.is_(None))
+                ).where(mine)
             ).one()
             this = conn.execute(
                 sa.insert(attempts)
@@ -357,6 +365,17 @@ class Database:
             ).scalar_one()
         dead_attempts = sorted((DeadAttempt(*row) for row in dead), key=lambda d: d.started_at)
         return AttemptsSoFar(int(this), dead_attempts, int(earlier), int(died))
+
+    def mark_died(self, attempt_ids: list[int]) -> None:
+        """The attempts, reported as dead, are closed: no later delivery reports them again."""
+        if attempt_ids:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+                conn.execute(
+                    sa.update(attempts)
+                    .where(attempts.c.id.in_(attempt_ids), attempts.c.finished_at.is_(None))
+                    .values(finished_at=sa.func.now(), outcome="died")
+                )
 
     def attempt_progress(self, attempt_id: int, rows_read: int, bytes_read: int, size_bytes: int | None) -> None:
         """The attempt's heartbeat: how far it got, should it never answer."""
