@@ -246,8 +246,7 @@ class _Trace:
         )
         self.id = so_far.this
         for dead in so_far.died_now:
-            _publish(self.deps, _died(attempt, self.deps, dead, delivery), attempt.ends)
-        self.deps.database.mark_died([dead.id for dead in so_far.died_now])  # reported: no one reports them again
+            _died(attempt, self.deps, dead, delivery)
         if delivery.last and so_far.earlier and so_far.died == so_far.earlier:
             raise FunctionDied(_gave_up(so_far, delivery))
         threading.Thread(target=self._beat, name="attempt-heartbeat", daemon=True).start()
@@ -267,8 +266,10 @@ class _Trace:
                 logger.warning("could not close this delivery's attempt row", exc_info=True)
 
 
-def _died(attempt: _Attempt, deps: Dependencies, dead: DeadAttempt, delivery: Delivery) -> Receipt:
-    """The ledger row and receipt of an earlier delivery that never answered, as this one found it."""
+def _died(attempt: _Attempt, deps: Dependencies, dead: DeadAttempt, delivery: Delivery) -> None:
+    """The receipt, then the ledger row, of an earlier delivery that never answered, as this one found it: the
+    row closes the dead attempt in its transaction (once on record; a receipt published by a delivery that
+    died before recording goes out again, as SNS may deliver any message twice)."""
     began = f"{dead.started_at:%Y-%m-%d %H:%M:%S} UTC" if dead.started_at else "an unknown time"
     progress = ""
     if dead.progress_at is not None:
@@ -294,11 +295,12 @@ def _died(attempt: _Attempt, deps: Dependencies, dead: DeadAttempt, delivery: De
         "duration_ms": None,
         "rows_total": dead.rows_read,
     }
+    receipt = Receipt(status="failed", bucket=attempt.bucket, key=attempt.key, reason="function_died", message=message)
+    _publish(deps, receipt, attempt.ends)
     try:
-        deps.database.record(entry, _ledger_until(attempt))
+        deps.database.record_death(dead.id, entry, _ledger_until(attempt))
     except Exception:
         logger.warning("could not record the earlier delivery's death in the ledger", exc_info=True)
-    return Receipt(status="failed", bucket=attempt.bucket, key=attempt.key, reason="function_died", message=message)
 
 
 def _gave_up(so_far: AttemptsSoFar, delivery: Delivery) -> str:

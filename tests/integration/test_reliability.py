@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -139,17 +140,30 @@ def test_the_last_delivery_after_nothing_but_deaths_does_not_run_the_file_again_
     database = pipeline.deps.database
     first = database.begin_attempt("message-2", 1, pipeline.bucket, key, "request-1")
     database.begin_attempt("message-2", 2, pipeline.bucket, key, "request-2")  # found the first dead, died too
-    database.mark_died([first.this])  # having put the first on record
+    dead = first.this  # delivery 2 put the first on record (which closes it)
+    database.record_death(
+        dead,
+        {
+            "md5": "unknown",
+            "bucket": pipeline.bucket,
+            "object_key": key,
+            "status": "failed",
+            "reason": "function_died",
+            "request_id": "request-1",
+            "started_at": datetime.now(UTC),
+        },
+    )
     read = []
     monkeypatch.setattr(pipeline.deps.store, "head", lambda *a, **k: read.append(a) or 1 / 0)
     with pytest.raises(FunctionDied):
         ingest_object(pipeline.bucket, key, pipeline.deps, "request-3", delivery=Delivery("message-2", 3, 3))
     assert read == []  # the same work was not run again
     ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_files ORDER BY id")
-    assert [(e["status"], e["reason"]) for e in ledger] == [("failed", "function_died")] * 2  # the second's, the last's
-    assert ledger[0]["request_id"] == "request-2"
-    assert "died on this file 2 time(s)" in ledger[1]["error"] and "ingest replay --dead-letters" in ledger[1]["error"]
-    assert [r["reason"] for r in pipeline.receipts()] == ["function_died", "function_died"]
+    # the first's (recorded by delivery 2), the second's and the last's
+    assert [(e["status"], e["reason"]) for e in ledger] == [("failed", "function_died")] * 3
+    assert [e["request_id"] for e in ledger] == ["request-1", "request-2", "request-3"]
+    assert "died on this file 2 time(s)" in ledger[2]["error"] and "ingest replay --dead-letters" in ledger[2]["error"]
+    assert [r["reason"] for r in pipeline.receipts()] == ["function_died", "function_died"]  # delivery 3's two
     assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 0
 
 

@@ -213,7 +213,7 @@ class AttemptsSoFar:
     """What the deliveries of one message and object before this one came to."""
 
     this: int  # this attempt's id
-    died_now: list[DeadAttempt]  # found unanswered by this delivery, to report (then mark_died)
+    died_now: list[DeadAttempt]  # found unanswered by this delivery, to report (record_death closes each)
     earlier: int  # every earlier attempt
     died: int  # of which died (found now, or by a delivery before)
 
@@ -328,8 +328,8 @@ class Database:
         """Record that a delivery of ``message_id`` (its ``receive_count``-th) begins on this object, and
         return what the ones before it came to: those still open never answered (the queue's visibility timeout
         outlasts the function's timeout, so an open attempt of a message received again is over). The caller
-        reports them, then marks them (``mark_died``): a delivery that dies in between leaves them open for
-        the next one to report, so a death is never lost (it may be reported twice)."""
+        publishes each one's receipt, then records it (``record_death``, which closes it): a delivery that dies
+        in between leaves it open for the next one, so a death is never lost, and on record once."""
         self.ensure_tables()
         a = attempts.c
         mine = (a.message_id == message_id) & (a.bucket == bucket) & (a.object_key == key)
@@ -366,16 +366,22 @@ class Database:
         dead_attempts = sorted((DeadAttempt(*row) for row in dead), key=lambda d: d.started_at)
         return AttemptsSoFar(int(this), dead_attempts, int(earlier), int(died))
 
-    def mark_died(self, attempt_ids: list[int]) -> None:
-        """The attempts, reported as dead, are closed: no later delivery reports them again."""
-        if attempt_ids:
-            with self.engine.begin() as conn:
-                conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
-                conn.execute(
-                    sa.update(attempts)
-                    .where(attempts.c.id.in_(attempt_ids), attempts.c.finished_at.is_(None))
-                    .values(finished_at=sa.func.now(), outcome="died")
-                )
+    def record_death(self, attempt_id: int, entry: Mapping[str, Any], until: float | None = None) -> bool:
+        """Close a dead attempt and write its ledger row, in one transaction: the death is on record exactly
+        once, whoever finds it; False (nothing written) if another delivery recorded it already."""
+        self.ensure_tables()
+        with self.engine.begin() as conn:
+            _statement_timeout(conn, until)
+            closed = conn.execute(
+                sa.update(attempts)
+                .where(attempts.c.id == attempt_id, attempts.c.finished_at.is_(None))
+                .values(finished_at=sa.func.now(), outcome="died")
+                .returning(attempts.c.id)
+            ).first()
+            if closed is None:
+                return False
+            conn.execute(sa.insert(ledger).values(**entry))
+        return True
 
     def attempt_progress(self, attempt_id: int, rows_read: int, bytes_read: int, size_bytes: int | None) -> None:
         """The attempt's heartbeat: how far it got, should it never answer."""
