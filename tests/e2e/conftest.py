@@ -156,10 +156,20 @@ class Stack:
         return lines
 
     def end_deliveries(self, key: str, deliveries: int, end: Callable[[], object]) -> None:
-        """Let each of the first ``deliveries`` deliveries of ``key`` begin, then ``end()`` it (a crash, a
-        freeze): none of them answers."""
+        """Let each of the first ``deliveries`` deliveries of ``key`` begin, and put the death of the one before
+        on record, then ``end()`` it (a crash, a freeze): none of them answers. (A delivery ended before it
+        recorded the death leaves it to the next: tests/integration/test_reliability.py.)"""
         for delivery in range(1, deliveries + 1):
             self.wait_for_attempt(key, delivery)
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and self.query(
+                    "SELECT count(*) AS n FROM ingest_files WHERE object_key = %s AND reason = 'function_died'", key
+                )[0]["n"]
+                < delivery - 1
+            ):
+                time.sleep(0.02)
             end()
 
     def freeze_until_the_timeout(self) -> None:
