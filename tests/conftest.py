@@ -31,6 +31,20 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
 os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION=REGION)
 
 
+def lock_waiters(query, relation: str | None = None) -> int:
+    """How many sessions of the function wait for a lock (on ``relation``, if given); ``query`` runs a statement
+    on the test's database (a pipeline's or a stack's ``query``)."""
+    return int(
+        query(
+            "SELECT count(DISTINCT l.pid) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.application_name = 'ingest' "
+            "AND (CAST(%s AS text) IS NULL OR l.relation = to_regclass(%s))",
+            relation,
+            relation,
+        )[0]["n"]
+    )
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> Iterator[str]:
     port = listen_port()

@@ -422,7 +422,7 @@ def _fit_to_every_row(read: Callable[[], Iterable[bytes]], draft: _Draft) -> lis
         whitespace = _fit_as_written(read, draft, notes)
         unmendable: list[str] = []
         for _round in range(FIT_ROUNDS):
-            problems, outcome = _problems(read, draft, notes)
+            problems, outcome = _report(read, _fitting(draft, notes))
             past = [p for p in problems if p[2] not in UNMENDABLE_RULES or p[0] > draft.sample_end]
             mended, cannot = _mend(past, draft.sample_rows, draft.columns, draft.fmt.delimiter != ",")
             notes += mended
@@ -462,12 +462,6 @@ def _report(read: Callable[[], Iterable[bytes]], contract: Contract) -> tuple[li
         for line, column, rule, value, _message in lines
     ]
     return problems, outcome
-
-
-def _problems(
-    read: Callable[[], Iterable[bytes]], draft: _Draft, notes: list[str]
-) -> tuple[list[tuple[int, str, str, str]], Outcome]:
-    return _report(read, _fitting(draft, notes))
 
 
 @dataclass

@@ -25,10 +25,7 @@ def listen_port() -> int:
     """A free port for a server that binds it later, from below the kernel's ephemeral range: a port of that
     range (what ``free_port`` gives) may meanwhile become the local port of any outgoing connection, and the
     server's bind then fails (an RIE panicked: address already in use)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
+    low, _high = _ephemeral_range()
     for _ in range(200):
         port = random.randrange(10_000, max(low, 10_001))
         if not port_open(port) and _bindable(port):
@@ -38,11 +35,17 @@ def listen_port() -> int:
 
 def ephemeral(port: int) -> bool:
     """Whether ``port`` lies in the kernel's ephemeral range (outgoing connections take their ports there)."""
+    low, high = _ephemeral_range()
+    return low <= port <= high
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux's default where it cannot be read)."""
     try:
         low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
     except (OSError, ValueError):
-        return False
-    return low <= port <= high
+        return 32768, 60999
+    return low, high
 
 
 def _bindable(port: int) -> bool:

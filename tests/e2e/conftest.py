@@ -26,7 +26,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from devstack.processes import listen_port
-from tests.conftest import REPO
+from tests.conftest import REPO, lock_waiters
 
 
 def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -119,12 +119,7 @@ class Stack:
         """Wait until ``count`` function sessions are blocked waiting for a lock on ``table``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            waiting = self.query(
-                "SELECT count(DISTINCT l.pid) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND l.relation = %s::regclass AND a.application_name = 'ingest'",
-                table,
-            )[0]["n"]
-            if waiting >= count:
+            if lock_waiters(self.query, table) >= count:
                 return
             time.sleep(0.05)
         raise AssertionError(f"fewer than {count} loads waited for the lock on {table} within {timeout}s")

@@ -24,6 +24,7 @@ import pytest
 from ingest.adapters.postgres import Database, TableBusy
 from ingest.contract import ContractRegistry, parse_contract
 from ingest.service import Dependencies, ingest_object
+from tests.conftest import lock_waiters
 from tests.integration.objects import upload_multipart
 
 AT_ONCE = 8
@@ -81,14 +82,7 @@ def wait_for_waiters(pipeline, count: int, relation: str | None = None, timeout:
     polled, not a guess of time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        waiting = pipeline.query(
-            "SELECT count(DISTINCT l.pid) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE NOT l.granted AND a.application_name = 'ingest' "
-            "AND (CAST(%s AS text) IS NULL OR l.relation = to_regclass(%s))",
-            relation,
-            relation,
-        )[0]["n"]
-        if waiting >= count:
+        if lock_waiters(pipeline.query, relation) >= count:
             return
         time.sleep(0.02)
     raise AssertionError(f"fewer than {count} loads waited for a lock within {timeout}s")
