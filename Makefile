@@ -8,7 +8,7 @@ STACK ?= embedded
 export STACK
 export OFFLINE  # 1: the compose stack runs on the stand-ins of make offline-images
 
-.PHONY: docker-engine docker-engine-stop offline-images help venv test unit unit-py312 lint typecheck scan schema bench image push deploy clean up down status logs env demo
+.PHONY: docker-engine docker-engine-stop offline-images help venv test unit unit-py312 lint typecheck scan schema bench rds-ca image push deploy clean up down status logs env demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ $(BENCH_VENV)/.installed: bench/requirements.txt bench/requirements.lock
 
 bench: venv $(BENCH_VENV)/.installed ## the pipeline against raw \copy and its peers, 1M and 5M rows (generates bench/data once; ~15 min)
 	$(BIN)/python -m devstack.bench --peers-python $(BENCH_VENV)/bin/python --chart bench/results.png $(BENCH_ARGS)
+
+rds-ca: ## fetch AWS's RDS CA bundle into lambda/certs/ (for DatabaseSslMode=verify-full; make image does it if missing)
+	scripts/deploy.sh rds-ca
 
 image: ## build the Lambda image (needs Docker)
 	scripts/deploy.sh image

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build, push and deploy the function to real AWS.
+#   scripts/deploy.sh rds-ca   fetch AWS's RDS CA bundle into lambda/certs/ (make rds-ca; image does it if missing)
 #   scripts/deploy.sh image    build the Lambda image from lambda/Dockerfile (make image)
 #   scripts/deploy.sh push     log in to ECR, tag and push the image; print its digest (make push)
 #   scripts/deploy.sh deploy   push, then deploy deploy/template.yaml with that digest (make deploy)
 # Account and region come from the AWS CLI configuration (AWS_PROFILE, AWS_REGION work as usual).
 # Settings: STACK_NAME (ingest), ECR_REPOSITORY (ingest-lambda), DATABASE_SECRET_ARN (deploy only),
-#           TRIGGER (sqs|s3), IMAGE_TAG (the git commit).
+#           TRIGGER (sqs|s3), DATABASE_SSLMODE (require|verify-full), IMAGE_TAG (the git commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,8 +35,20 @@ need_aws() {
   REMOTE_IMAGE=$REGISTRY/$ECR_REPOSITORY:$IMAGE_TAG
 }
 
+RDS_CA_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+RDS_CA=lambda/certs/rds-global-bundle.pem
+
+rds_ca() {
+  echo "fetching the RDS CA bundle from $RDS_CA_URL into $RDS_CA"
+  curl -fsS --proto =https --tlsv1.2 -o "$RDS_CA.new" "$RDS_CA_URL" || { rm -f "$RDS_CA.new"; return 1; }
+  grep -q "BEGIN CERTIFICATE" "$RDS_CA.new" || { rm -f "$RDS_CA.new"; die "$RDS_CA_URL did not answer with certificates"; }
+  mv "$RDS_CA.new" "$RDS_CA"
+  echo "$(grep -c 'BEGIN CERTIFICATE' "$RDS_CA") certificates in $RDS_CA"
+}
+
 image() {
   need_docker
+  [ -f "$RDS_CA" ] || rds_ca || echo "warning: no RDS CA bundle in the image: DatabaseSslMode=verify-full will fail (make rds-ca)" >&2
   echo "building $LOCAL_IMAGE from lambda/Dockerfile"
   docker build --platform linux/amd64 -t "$LOCAL_IMAGE" lambda
 }
@@ -65,14 +78,15 @@ deploy() {
   $AWS cloudformation deploy --region "$REGION" --stack-name "$STACK_NAME" \
     --template-file deploy/template.yaml --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset \
     --parameter-overrides ImageUri="$IMAGE_URI" DatabaseSecretArn="$DATABASE_SECRET_ARN" Trigger="${TRIGGER:-sqs}" \
-      NotifyEmail="${NOTIFY_EMAIL:-}"
+      NotifyEmail="${NOTIFY_EMAIL:-}" DatabaseSslMode="${DATABASE_SSLMODE:-require}"
   $AWS cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
     --query 'Stacks[0].Outputs' --output table
 }
 
 case "$action" in
+  rds-ca) rds_ca ;;
   image) image ;;
   push) push ;;
   deploy) deploy ;;
-  *) echo "usage: scripts/deploy.sh image|push|deploy" >&2; exit 2 ;;
+  *) echo "usage: scripts/deploy.sh rds-ca|image|push|deploy" >&2; exit 2 ;;
 esac

@@ -23,13 +23,13 @@ import pyarrow as pa
 from botocore.config import Config
 from psycopg.conninfo import make_conninfo
 
+from .adapters.network import AWS_CONFIG, Reaching
 from .adapters.postgres import Database
 from .adapters.s3 import ObjectStore
 from .adapters.sns import Notifier
 from .contract import ContractRegistry, default_contracts_dir
 from .service import Dependencies
 
-AWS_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
 # S3 bodies are not hashed into the signature (their CRC32 checksum still travels with them): over HTTPS
 # that is botocore's default anyway, and against a local emulator over plain HTTP it spares a SHA-256 pass
 # over every byte written.
@@ -46,7 +46,9 @@ ARROW_DECAY_MS = 100
 
 
 class ConfigurationError(RuntimeError):
-    pass
+    """The function's environment does not say how to reach what it needs."""
+
+    reason = "configuration_error"
 
 
 def compact_arrow_memory() -> None:
@@ -73,9 +75,17 @@ def dependencies() -> Dependencies:
         contracts=ContractRegistry.from_directory(os.environ.get("INGEST_CONTRACTS_DIR") or default_contracts_dir()),
         store=ObjectStore(session.client("s3", config=S3_CONFIG)),
         database=Database(database_url),
-        notifier=Notifier(session.client("sns", config=AWS_CONFIG), os.environ.get("INGEST_TOPIC_ARN") or None),
+        notifier=notifier(),
         output_bucket=os.environ.get("INGEST_OUTPUT_BUCKET") or None,
     )
+
+
+@lru_cache(maxsize=1)
+def notifier() -> Notifier:
+    """The receipts' publisher alone: it needs neither the database nor its secret, so that a function that
+    could not build the rest still says why on the topic."""
+    client = boto3.session.Session().client("sns", config=AWS_CONFIG)
+    return Notifier(client, os.environ.get("INGEST_TOPIC_ARN") or None)
 
 
 def _database_url_from_secret(session: Any) -> str:
@@ -84,7 +94,8 @@ def _database_url_from_secret(session: Any) -> str:
         raise ConfigurationError(
             "neither DATABASE_URL nor DATABASE_SECRET_ARN is set: the function does not know where to load"
         )
-    value = session.client("secretsmanager", config=AWS_CONFIG).get_secret_value(SecretId=arn)["SecretString"]
+    secrets = Reaching(session.client("secretsmanager", config=AWS_CONFIG), "Secrets Manager")
+    value = secrets.get_secret_value(SecretId=arn)["SecretString"]
     return database_url_from_secret(value)
 
 
@@ -101,6 +112,7 @@ def database_url_from_secret(value: str) -> str:
             user=secret["username"],
             password=secret["password"],
             dbname=secret.get("dbname") or secret.get("dbInstanceIdentifier") or "postgres",
-            sslmode=secret.get("sslmode", "require"),
+            # TLS: the secret's own sslmode, else libpq's PGSSLMODE (the template's DatabaseSslMode), else require
+            sslmode=secret.get("sslmode") or os.environ.get("PGSSLMODE") or "require",
         )
     )

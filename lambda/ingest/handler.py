@@ -22,7 +22,7 @@ from . import bootstrap
 from .events import ObjectRef, UnknownEvent, is_sqs_batch, object_refs
 from .log import logger
 from .receipt import Receipt
-from .service import Delivery, ingest_object
+from .service import Delivery, could_not_start, ingest_object
 
 # Return batchItemFailures even when every record failed: the outcome is the same (all retried) and the
 # response shape stays one thing for callers.
@@ -106,7 +106,12 @@ def _ingest_all(
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
         return [], []
-    deps = bootstrap.dependencies()
+    try:
+        deps = bootstrap.dependencies()
+    except Exception as exc:  # nothing can be read or recorded: each file's receipt says why, then retried
+        for ref in refs:
+            could_not_start(ref.bucket, ref.key, exc, bootstrap.notifier(), ends)
+        return [], [f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}" for ref in refs]
     receipts, failures = [], []
     for ref in refs:
         try:

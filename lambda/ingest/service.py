@@ -39,6 +39,7 @@ from functools import partial
 from typing import Any
 
 from . import metrics
+from .adapters.network import ServiceUnreachable
 from .adapters.postgres import (
     AttemptsSoFar,
     Database,
@@ -216,16 +217,29 @@ def ingest_object(
             if attempt.past_deadline and not isinstance(exc, DeadlineReached | TableBusy):
                 exc = DeadlineReached(f"the deadline passed ({type(exc).__name__}: {exc})")
             receipt = _failed(attempt, deps, exc)
-            _publish(deps, receipt, attempt.ends)
+            _publish(deps.notifier, receipt, attempt.ends)
             _metrics(attempt, receipt)
             raise exc from None
-        _publish(deps, receipt, attempt.ends)
+        _publish(deps.notifier, receipt, attempt.ends)
         _metrics(attempt, receipt)
         status = receipt.status
         return receipt
     finally:
         if trace is not None:
             trace.end(status)
+
+
+def could_not_start(bucket: str, key: str, exc: Exception, notifier: Notifier, ends: float | None = None) -> Receipt:
+    """The receipt of a file the function could not begin, its dependencies not built (the database's secret
+    out of reach, say): published and logged, with no ledger row (the database is not known yet); the caller
+    raises, so that the delivery is retried."""
+    reason = str(getattr(exc, "reason", "error"))  # ServiceUnreachable's, bootstrap.ConfigurationError's
+    message = bounded(f"{exc}; the file was not read and the delivery will be retried", FAILURE_MESSAGE_CHARS)
+    logger.append_keys(bucket=bucket, key=key, md5=None)
+    logger.error("failed", extra={"detail": message, "reason": reason})
+    receipt = Receipt(status="failed", bucket=bucket, key=key, reason=reason, message=message)
+    _publish(notifier, receipt, ends)
+    return receipt
 
 
 class _Trace:
@@ -296,7 +310,7 @@ def _died(attempt: _Attempt, deps: Dependencies, dead: DeadAttempt, delivery: De
         "rows_total": dead.rows_read,
     }
     receipt = Receipt(status="failed", bucket=attempt.bucket, key=attempt.key, reason="function_died", message=message)
-    _publish(deps, receipt, attempt.ends)
+    _publish(deps.notifier, receipt, attempt.ends)
     try:
         deps.database.record_death(dead.id, entry, _ledger_until(attempt))
     except Exception:
@@ -735,8 +749,8 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
         message = bounded(f"{exc}; stopped at the function's own deadline {how_far}", FAILURE_MESSAGE_CHARS)
     elif isinstance(exc, FunctionDied):
         reason, message = "function_died", bounded(str(exc), FAILURE_MESSAGE_CHARS)
-    elif isinstance(exc, DatabaseUnreachable):
-        reason = "database_unreachable"
+    elif isinstance(exc, ServiceUnreachable):
+        reason = exc.reason
         message = bounded(f"{exc}; nothing was loaded and the delivery will be retried", FAILURE_MESSAGE_CHARS)
     elif isinstance(exc, ContractTableMismatch):
         reason = "contract_table_mismatch"
@@ -744,6 +758,8 @@ def _failed(attempt: _Attempt, deps: Dependencies, exc: BaseException) -> Receip
     else:
         reason, message = "error", bounded(f"{type(exc).__name__}: {exc}", FAILURE_MESSAGE_CHARS)
     logger.exception("failed", extra={"detail": message, "reason": reason})
+    if isinstance(exc, DatabaseUnreachable):  # the ledger row would wait for the same connection again
+        return _receipt(attempt, "failed", reason=reason, message=message)
     try:
         deps.database.record(
             {
@@ -776,8 +792,15 @@ def _metrics(attempt: _Attempt, receipt: Receipt) -> None:
         logger.warning("could not write the file's metrics", exc_info=True)
 
 
-def _publish(deps: Dependencies, receipt: Receipt, until: float | None) -> None:
+def _publish(notifier: Notifier, receipt: Receipt, until: float | None) -> None:
+    """Publish the receipt; one that cannot go out is logged whole (the ledger row holds the outcome, and a
+    retry would not load the file again: it is not raised)."""
     try:
-        deps.notifier.publish(receipt, until)
+        notifier.publish(receipt, until)
+    except ServiceUnreachable as exc:
+        logger.error(
+            "could not publish the receipt",
+            extra={"reason": exc.reason, "detail": str(exc), "receipt": receipt.to_dict()},
+        )
     except Exception:
         logger.exception("could not publish the receipt", extra={"receipt": receipt.to_dict()})

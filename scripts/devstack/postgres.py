@@ -154,6 +154,24 @@ def _start_cluster(bin_dir: Path, data_dir: Path, port: int) -> PostgresServer:
     )
 
 
+def enable_tls(server: PostgresServer, certificate: bytes, key: bytes) -> None:
+    """Turn TLS on in a cluster of ours, with this server certificate and key (PEM), without a restart: new
+    connections may then ask for it (``sslmode=require`` or ``verify-full``); the others still connect."""
+    import psycopg
+
+    assert server.kind == "cluster" and server.data_dir is not None, "TLS is turned on in clusters of ours only"
+    for name, content in (("server.crt", certificate), ("server.key", key)):
+        path = server.data_dir / name
+        path.write_bytes(content)
+        os.chmod(path, 0o600)  # PostgreSQL refuses a key others can read
+        if server.run_as:
+            user = pwd.getpwnam(server.run_as)
+            os.chown(path, user.pw_uid, user.pw_gid)
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET ssl = on")
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def _can_reach(user: str, directory: Path) -> bool:
     return _run(["test", "-x", str(directory)], user, check=False).returncode == 0
 

@@ -319,6 +319,82 @@ class Stack:
         assert state is not None
         return [int(Path(f["pid_file"]).read_text()) for f in function_instances(state)]
 
+    # -- an instance of the function of its own, its environment changed (a service out of reach) -----------
+
+    @contextmanager
+    def function_with(self, **environment: str) -> Iterator[ExtraFunction]:
+        """One more instance of the function, beside the stack's, with ``environment`` over the stack's own
+        function environment; invoked directly (the dispatcher never feeds it). Stopped after the block."""
+        from devstack.function import EmbeddedFunction, Runtime
+
+        port = listen_port()
+        if self.kind == "compose":
+            name = f"ingest-extra-{uuid.uuid4().hex[:8]}"
+            pairs = [arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")]
+            published = f"127.0.0.1:{port}:8080"
+            self._compose("run", "--detach", "--no-deps", "--name", name, "--publish", published, *pairs, "lambda")
+            try:
+                deadline = time.monotonic() + 60  # until its healthcheck sees the RIE listen (as compose's --wait)
+                while (health := self._docker("inspect", "--format", "{{.State.Health.Status}}", name)) != "healthy":
+                    assert time.monotonic() < deadline, f"the extra function is {health}: {self._docker('logs', name)}"
+                    time.sleep(0.2)
+                url = f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations"
+                runtime = Runtime(url)
+                yield ExtraFunction(lambda event: runtime.invoke(event, 180), lambda: self._docker("logs", name))
+            finally:
+                self._docker("rm", "--force", name)
+            return
+        from devstack.stack import Settings
+
+        assert self.cli_env is not None and self.state_dir is not None
+        config = json.loads((Settings.from_env(self.cli_env).stack_dir / "function.json").read_text())
+        log_file = self.state_dir / "logs" / f"function-extra-{port}.log"
+        function = EmbeddedFunction(
+            Path(config["rie"]),
+            port,
+            {**config["environment"], **environment},
+            log_file,
+            handler=config["handler"],
+            reload=False,
+            runtime_api_port=listen_port(),
+        )
+        function.start()
+        try:
+            yield ExtraFunction(function.invoke, lambda: log_file.read_text(errors="replace"))
+        finally:
+            function.stop()
+
+    @contextmanager
+    def black_hole(self) -> Iterator[str]:
+        """``host:port``, as the function reaches it, where connections are never answered (devstack.blackhole)."""
+        from devstack.blackhole import BlackHole
+
+        if self.kind != "compose":
+            with BlackHole() as hole:
+                yield hole.address
+            return
+        name = f"ingest-blackhole-{uuid.uuid4().hex[:8]}"
+        command = ["-m", "devstack.blackhole", "--host", "0.0.0.0", "--port", "4566"]
+        self._compose("run", "--detach", "--no-deps", "--name", name, "--entrypoint", "python3", "dispatcher", *command)
+        try:
+            deadline = time.monotonic() + 60
+            while "black hole on" not in self._docker("logs", name):
+                assert time.monotonic() < deadline, f"the black hole did not start: {self._docker('logs', name)}"
+                time.sleep(0.1)
+            yield f"{name}:4566"
+        finally:
+            self._docker("rm", "--force", name)
+
+    def closed_port(self) -> str:
+        """``host:port``, as the function reaches it, where nothing listens (a connection is refused)."""
+        return "postgres:1" if self.kind == "compose" else f"127.0.0.1:{listen_port()}"
+
+
+@dataclass
+class ExtraFunction:
+    invoke: Callable[[Any], Any]  # event -> devstack.function.Invocation
+    log: Callable[[], str]
+
 
 @pytest.fixture(scope="session", params=["embedded", "compose"])
 def stack(request) -> Stack:

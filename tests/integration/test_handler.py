@@ -211,5 +211,8 @@ def test_without_any_database_setting_the_function_says_so(pipeline, monkeypatch
     monkeypatch.delenv("DATABASE_SECRET_ARN", raising=False)
     bootstrap.dependencies.cache_clear()
     pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
-    with pytest.raises(bootstrap.ConfigurationError, match="neither DATABASE_URL nor DATABASE_SECRET_ARN"):
+    with pytest.raises(ObjectsFailed, match="ConfigurationError: neither DATABASE_URL nor DATABASE_SECRET_ARN"):
         lambda_handler(s3_event(pipeline.bucket, "incoming/users.csv"), Context())
+    (receipt,) = pipeline.receipts()
+    assert (receipt["status"], receipt["reason"]) == ("failed", "configuration_error")
+    assert receipt["message"].startswith("neither DATABASE_URL nor DATABASE_SECRET_ARN is set")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 from ..contract import ATTEMPTS_TABLE, LEDGER_TABLE, Contract
 from ..deadlines import awaited, call_at, in_thread
+from .network import DATABASE_CONNECT_TIMEOUT_SECONDS, ServiceUnreachable, kind_of
 
 #: A first load into an empty table at least this big COPYs without the table's indexes and builds them after.
 BULK_LOAD_BYTES = 16 * 1024 * 1024
@@ -230,20 +231,22 @@ class EarlierOutcome:
     reason: str | None
 
 
-class DatabaseUnreachable(RuntimeError):
-    """PostgreSQL did not accept a connection (down, restarting, unknown host, wrong password)."""
+class DatabaseUnreachable(ServiceUnreachable):
+    """PostgreSQL did not accept a connection (down, restarting, unknown host, wrong password, TLS)."""
+
+    def __init__(self, detail: str):
+        super().__init__("PostgreSQL", detail, kind_of(detail))
 
 
 def _connect(database_url: str, connect_timeout: int) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(database_url, connect_timeout=connect_timeout, application_name="ingest")
     except psycopg.OperationalError as exc:
-        detail = " ".join(str(exc).split())
-        raise DatabaseUnreachable(f"PostgreSQL did not accept a connection: {detail}") from exc
+        raise DatabaseUnreachable(" ".join(str(exc).split())) from exc
 
 
 class Database:
-    def __init__(self, database_url: str, connect_timeout: int = 10):
+    def __init__(self, database_url: str, connect_timeout: int = DATABASE_CONNECT_TIMEOUT_SECONDS):
         # libpq parses the URL (or key=value string) itself, exactly as psql would; SQLAlchemy only
         # pools the connections it makes.
         self.engine = sa.create_engine(

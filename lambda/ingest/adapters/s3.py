@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..deadlines import awaited, bounded, call_at, in_thread
+from .network import Reaching
 
 T = TypeVar("T")
 
@@ -48,7 +49,7 @@ class ObjectInfo:
 
 class ObjectStore:
     def __init__(self, client: Any):
-        self.client = client
+        self.client = Reaching(client, "S3")  # a failed connection raises ServiceUnreachable("S3")
 
     def head(self, bucket: str, key: str, deadline: float | None = None) -> ObjectInfo:
         response = answered(deadline, f"HeadObject of {key}", self.client.head_object, Bucket=bucket, Key=key)

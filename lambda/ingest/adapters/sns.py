@@ -9,6 +9,7 @@ from typing import Any
 
 from ..deadlines import bounded
 from ..receipt import Receipt
+from .network import Reaching
 
 
 class PublishCutOff(TimeoutError):
@@ -17,7 +18,7 @@ class PublishCutOff(TimeoutError):
 
 class Notifier:
     def __init__(self, client: Any, topic_arn: str | None):
-        self.client = client
+        self.client = Reaching(client, "SNS")  # a failed connection raises ServiceUnreachable("SNS")
         self.topic_arn = topic_arn
 
     def publish(self, receipt: Receipt, until: float | None = None) -> str | None:
