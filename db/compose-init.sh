@@ -4,4 +4,5 @@
 # variables of its own, so db/roles.sql cannot run there unaided).
 set -eu
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-  -v password="'${INGEST_FUNCTION_PASSWORD:?set INGEST_FUNCTION_PASSWORD}'" -f /opt/ingest-db/roles.sql
+  -v password="'${INGEST_FUNCTION_PASSWORD:?set INGEST_FUNCTION_PASSWORD}'" \
+  -v schemas="${INGEST_FUNCTION_SCHEMAS:?set INGEST_FUNCTION_SCHEMAS}" -f /opt/ingest-db/roles.sql

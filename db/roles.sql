@@ -1,10 +1,31 @@
--- The function's database role: it may create the tables its contracts describe and write those,
--- and nothing else. It owns what it creates; every other table stays out of its reach (no INSERT,
--- UPDATE, DELETE, ALTER or DROP). Run as a superuser or the database owner; the password is yours.
---   psql "$ADMIN_URL" -v password="'…'" -f db/roles.sql
-CREATE ROLE ingest_function LOGIN PASSWORD :password NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
-GRANT CONNECT ON DATABASE ingest TO ingest_function;
-GRANT USAGE, CREATE ON SCHEMA public TO ingest_function;
+-- The function's database role: it may create tables in, and write, exactly the schemas it loads (the
+-- pipeline's own, `ingest`, for its ledger, plus the schemas the contracts name), and nothing else: no
+-- privilege on `public` unless a contract loads there. It owns what it creates; every other table stays out
+-- of its reach (no SELECT, INSERT, UPDATE, DELETE, ALTER or DROP). The schemas are created here if missing,
+-- so the role needs no CREATE on the database. Run as a superuser or the database owner; the password is
+-- yours, the schemas a comma-separated list (the sample contracts load `public`):
+--   psql "$ADMIN_URL" -v password="'…'" -v schemas=ingest_ledger,raw -f db/roles.sql
+-- Run it again with more schemas when a contract names a new one (the role is then left as it is).
+-- PostgreSQL 15+ gives PUBLIC no CREATE on `public`; on older servers a DBA revokes it:
+--   REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+SELECT set_config('ingest.password', :password, false), set_config('ingest.schemas', :'schemas', false);
+DO $$
+DECLARE
+  s text;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ingest_function') THEN
+    EXECUTE format('CREATE ROLE ingest_function LOGIN PASSWORD %L NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION',
+                   current_setting('ingest.password'));
+  END IF;
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO ingest_function', current_database());
+  FOREACH s IN ARRAY string_to_array(current_setting('ingest.schemas'), ',') LOOP
+    s := btrim(s);
+    CONTINUE WHEN s = '';
+    EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', s);
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO ingest_function', s);
+  END LOOP;
+END $$;
+SELECT set_config('ingest.password', '', false);
 -- If the ledger or a target table already exists (created by someone else), grant on it explicitly:
---   GRANT SELECT, INSERT, UPDATE ON ingest_files TO ingest_function;
---   GRANT SELECT, INSERT, UPDATE, DELETE ON users TO ingest_function;   -- DELETE: replace mode
+--   GRANT SELECT, INSERT, UPDATE ON ingest_ledger.ingest_files, ingest_ledger.ingest_attempts TO ingest_function;
+--   GRANT SELECT, INSERT, UPDATE, DELETE ON raw.users TO ingest_function;   -- DELETE: replace mode

@@ -83,7 +83,7 @@ def session_database_url(postgres_server_url) -> Iterator[str]:
 def database_url(session_database_url) -> str:
     """The session database, emptied: every test starts without tables."""
     with psycopg.connect(session_database_url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        conn.execute("DROP SCHEMA IF EXISTS ingest_ledger CASCADE; DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     return session_database_url
 
 

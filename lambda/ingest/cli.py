@@ -19,7 +19,14 @@ from typing import Any
 
 import click
 
-from .contract import ContractError, ContractRegistry, contracts_overlap, default_contracts_dir
+from .contract import (
+    LEDGER_TABLE,
+    PIPELINE_SCHEMA,
+    ContractError,
+    ContractRegistry,
+    contracts_overlap,
+    default_contracts_dir,
+)
 from .processing import judge_file
 from .rejection import FileRejected
 
@@ -122,7 +129,7 @@ def check(
         "file": str(file),
         "key": key,
         "contract": contract.name,
-        "table": contract.table,
+        "table": contract.target,
         "verdict": "rejected" if rejection else "loadable",
         "reason": rejection.reason if rejection else None,
         "message": rejection.message if rejection else None,
@@ -138,7 +145,7 @@ def check(
         "seconds": round(time.monotonic() - started, 3),
     }
     lines = [
-        f"{file}  ->  contract {contract.name} (table {contract.table})",
+        f"{file}  ->  contract {contract.name} (table {contract.target})",
         f"  read as {data['encoding']}, delimiter {data['delimiter']!r}"
         + (f", {data['compression']}" if data["compression"] else "")
         + f", {data['engine']} engine, {data['seconds']}s",
@@ -229,8 +236,9 @@ def _text_head(file: Path, limit: int) -> tuple[bytes, bool]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="contract (and table) name: a lower-case SQL identifier")
 @click.option("--rows", default=10_000, show_default=True, help="how many rows to infer types from")
+@click.option("--schema", default=None, help="the schema the table lands in (default: public)")
 @click.pass_obj
-def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
+def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int, schema: str | None) -> None:
     """Draft a contract from a sample CSV (types, required columns, key candidates), to edit by hand.
 
     The draft loads its file unchanged (codes with leading zeros stay text, only empty cells are NULL,
@@ -241,6 +249,7 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
     \b
     Example:
       ingest contract new exports/orders.csv --name orders > lambda/contracts/orders.toml
+      ingest contract new exports/orders.csv --name orders --schema raw > lambda/contracts/orders.toml
     """
     from .drafting import draft_contract, draft_keys, key_suffix
 
@@ -258,7 +267,7 @@ def contract_new(obj: dict[str, Any], file: Path, name: str, rows: int) -> None:
             with file.open("rb") as handle:
                 yield from iter(lambda: handle.read(READ_BYTES), b"")
 
-        click.echo(draft_contract(head, name, rows, existing, suffix, read_all=whole_file))
+        click.echo(draft_contract(head, name, rows, existing, suffix, read_all=whole_file, schema=schema))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except FileRejected as rejection:  # the loader would reject the file too: no draft could load it
@@ -412,14 +421,24 @@ def _aws(env: dict[str, str], service: str) -> Any:
     return session.client(service, endpoint_url=env.get("AWS_ENDPOINT_URL"))
 
 
+def _ledger(conn: Any, env: dict[str, str]) -> str | None:
+    """The ledger's qualified name: in the pipeline's schema (INGEST_SCHEMA, else ingest_ledger), or still in public
+    where no function has started since it moved (the function moves it on its first start); None if none."""
+    schema = env.get("INGEST_SCHEMA") or PIPELINE_SCHEMA
+    for name in (f'"{schema}".{LEDGER_TABLE}', f"public.{LEDGER_TABLE}"):
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL AS e", (name,)).fetchone()["e"]:
+            return name
+    return None
+
+
 def _ledger_rows(env: dict[str, str], where: str = "", params: tuple[Any, ...] = (), limit: int = 20) -> list[dict]:
     with _database(env) as conn:
-        exists = conn.execute("SELECT to_regclass('ingest_files') IS NOT NULL AS e").fetchone()
-        if not exists or not exists["e"]:
+        ledger = _ledger(conn, env)
+        if ledger is None:
             return []
         return conn.execute(
             "SELECT id, md5, bucket, object_key, contract, table_name, status, reason, error, rows_total, "
-            f"rows_valid, rows_rejected, rows_loaded, errors_key, finished_at, duration_ms FROM ingest_files {where} "
+            f"rows_valid, rows_rejected, rows_loaded, errors_key, finished_at, duration_ms FROM {ledger} {where} "
             "ORDER BY id DESC LIMIT %s",
             (*params, limit),
         ).fetchall()
@@ -454,22 +473,25 @@ def _last_hour(env: dict[str, str]) -> dict[str, Any] | None:
     """The ledger's last hour: files by outcome, rows loaded (per second over the hour, and while loading),
     and the lag from upload to commit (median, 95th percentile); None without a ledger."""
     with _database(env) as conn:
-        columns = conn.execute(
-            "SELECT count(*) FILTER (WHERE column_name = 'lag_ms') AS lag, count(*) AS n "
-            "FROM information_schema.columns WHERE table_name = 'ingest_files' AND table_schema = current_schema()"
-        ).fetchone()
-        if not columns or not columns["n"]:
+        ledger = _ledger(conn, env)
+        if ledger is None:
             return None
+        columns = conn.execute(
+            "SELECT count(*) FILTER (WHERE attname = 'lag_ms') AS lag FROM pg_attribute "
+            "WHERE attrelid = CAST(%s AS regclass) AND NOT attisdropped",
+            (ledger,),
+        ).fetchone()
+        assert columns is not None
         recent = "finished_at > now() - interval '1 hour'"
         outcomes = conn.execute(
-            f"SELECT status, count(*) AS n FROM ingest_files WHERE {recent} GROUP BY status ORDER BY status"
+            f"SELECT status, count(*) AS n FROM {ledger} WHERE {recent} GROUP BY status ORDER BY status"
         ).fetchall()
         lag = "lag_ms" if columns["lag"] else "NULL::bigint"
         loads = conn.execute(
             f"SELECT coalesce(sum(rows_loaded), 0) AS rows, coalesce(sum(duration_ms), 0) AS ms, "
             f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {lag}) AS p50, "
             f"percentile_cont(0.95) WITHIN GROUP (ORDER BY {lag}) AS p95 "
-            f"FROM ingest_files WHERE status = 'loaded' AND {recent}"
+            f"FROM {ledger} WHERE status = 'loaded' AND {recent}"
         ).fetchone()
     assert loads is not None
     return {

@@ -49,6 +49,11 @@ RESERVED_COLUMN_PREFIX = RESERVED_PREFIX  # lineage columns and staging tables
 #: The ledger's table (``adapters.postgres``), which no contract may load.
 LEDGER_TABLE = "ingest_files"
 ATTEMPTS_TABLE = "ingest_attempts"  # the deliveries in flight, and those that never answered
+#: The schema a contract's table lands in unless it names one (``schema = "raw"``).
+DEFAULT_SCHEMA = "public"
+#: The pipeline's own schema (ledger, attempts, staging tables), unless the deployment names another
+#: (INGEST_SCHEMA, read by the PostgreSQL adapter); no contract may load into it.
+PIPELINE_SCHEMA = "ingest_ledger"
 
 
 class ContractError(ValueError):
@@ -86,6 +91,7 @@ class Contract:
     keys: tuple[str, ...]
     columns: tuple[Column, ...]
     load_mode: str = "append"
+    schema: str = DEFAULT_SCHEMA
     upsert_key: tuple[str, ...] = ()
     unknown_columns: str = "reject"
     max_rejected_share: float = 0.0
@@ -103,6 +109,12 @@ class Contract:
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @property
+    def target(self) -> str:
+        """The table as the ledger, receipts and outputs name it: ``users`` in the default schema, else
+        ``raw.users`` (two contracts may load tables of one name in two schemas)."""
+        return self.table if self.schema == DEFAULT_SCHEMA else f"{self.schema}.{self.table}"
 
     @property
     def primary_key(self) -> tuple[str, ...]:
@@ -233,6 +245,7 @@ _COLUMN_FIELDS = {
 }
 _CONTRACT_FIELDS = {
     "table",
+    "schema",
     "keys",
     "columns",
     "load",
@@ -262,6 +275,10 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     if problem is not None:
         raise fail(problem)
     assert isinstance(table, str)  # table_name_problem said so
+    schema = data.get("schema", DEFAULT_SCHEMA)
+    problem = schema_name_problem(schema)
+    if problem is not None:
+        raise fail(problem)
     keys = data.get("keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
         raise fail("keys must be a non-empty list of object-key globs")
@@ -343,6 +360,7 @@ def parse_contract(name: str, data: Mapping[str, Any], source: str = "") -> Cont
     return Contract(
         name=name,
         table=table,
+        schema=schema,
         keys=tuple(keys),
         columns=columns,
         load_mode=mode,
@@ -369,6 +387,12 @@ def _strings(value: Any) -> bool:
 
 def table_name_problem(table: object) -> str | None:
     """What is wrong with ``table`` as a contract's table name, or None."""
+    if isinstance(table, str) and "." in table:
+        schema, _, name = table.partition(".")
+        return (
+            f"table {table!r} names a schema: a contract names it in a field of its own, "
+            f'schema = "{schema}" and table = "{name}"'
+        )
     if not isinstance(table, str) or not IDENTIFIER.match(table):
         return f"table must be a lower-case SQL identifier ([a-z_][a-z0-9_]*), got {table!r}"
     if table in (LEDGER_TABLE, ATTEMPTS_TABLE) or table.startswith(RESERVED_COLUMN_PREFIX):
@@ -376,6 +400,16 @@ def table_name_problem(table: object) -> str | None:
             f"table {table!r} is the pipeline's own ({LEDGER_TABLE!r} is the ledger, {ATTEMPTS_TABLE!r} its "
             f"deliveries, {RESERVED_COLUMN_PREFIX!r}… its staging tables): name the contract's table otherwise"
         )
+    return None
+
+
+def schema_name_problem(schema: object) -> str | None:
+    """What is wrong with ``schema`` as a contract's schema, or None."""
+    if not isinstance(schema, str) or not IDENTIFIER.match(schema):
+        return f"schema must be a lower-case SQL identifier ([a-z_][a-z0-9_]*), got {schema!r}"
+    if schema == PIPELINE_SCHEMA or schema.startswith("pg_") or schema == "information_schema":
+        what = "the pipeline's own (its ledger)" if schema == PIPELINE_SCHEMA else "PostgreSQL's own"
+        return f"schema {schema!r} is {what}: name the contract's schema otherwise"
     return None
 
 
@@ -492,10 +526,10 @@ class ContractRegistry:
         for c in contracts:
             if c.name in self.contracts:
                 raise ContractError(f"two contracts are named {c.name!r}")
-            if c.table in tables:
-                raise ContractError(f"contracts {tables[c.table]!r} and {c.name!r} both load table {c.table!r}")
+            if c.target in tables:
+                raise ContractError(f"contracts {tables[c.target]!r} and {c.name!r} both load table {c.target!r}")
             self.contracts[c.name] = c
-            tables[c.table] = c.name
+            tables[c.target] = c.name
 
     @classmethod
     def from_directory(cls, directory: str | Path) -> ContractRegistry:

@@ -38,6 +38,7 @@ from .contract import (
     Contract,
     globs_overlap,
     parse_contract,
+    schema_name_problem,
     table_name_problem,
 )
 from .headers import MAX_IDENTIFIER_BYTES, column_name
@@ -232,14 +233,19 @@ def draft_contract(
     existing: Iterable[Contract] = (),
     suffix: str = ".csv",
     read_all: Callable[[], Iterable[bytes]] | None = None,
+    schema: str | None = None,
 ) -> str:
     """A contract for files like ``sample``, named ``name``, claiming keys that end with ``suffix`` (the
     sample file's own, ``key_suffix``) and that no ``existing`` contract claims. Typed from the first ``rows``
     rows of ``sample`` (the file's beginning, its text), then checked against every row of the whole file
-    (``read_all()``: its bytes from the first, as stored; the sample itself when not given)."""
+    (``read_all()``: its bytes from the first, as stored; the sample itself when not given). With ``schema``,
+    the contract loads into that schema."""
     problem = table_name_problem(name)
     if problem:
         raise ValueError(f"--name (the contract's table): {problem}")
+    problem = schema_name_problem(schema) if schema is not None else None
+    if problem:
+        raise ValueError(f"--schema: {problem}")
     source = inspect([sample])
     # the sample's text after a delimiter hint line: how its quotes read, and where its header is
     top = after_lines(source.sample.decode(source.codec, errors="ignore"), int(source.text_format.delimiter_hint))
@@ -287,6 +293,7 @@ def draft_contract(
         numbers=numbers,
         reading_fields=_reading_fields(top, table, quotes_seen, before_header, padded),
         sample_end=read[-1][0] if read else 0,
+        schema=schema,
     )
     return draft.text(_fit_to_every_row(read_all or (lambda: [sample]), draft))
 
@@ -307,6 +314,7 @@ class _Draft:
     reading_fields: list[str]  # quoting, skip_lines, null_padding, or a note on the header's width
     sample_end: int  # the line of the sample's last record
     max_rejected_share: float = 0.0  # rows no column can hold (a footer's lines) are tolerated, and said
+    schema: str | None = None  # the contract's schema (None: the default, left unsaid)
 
     def text(self, beyond: Iterable[str] = ()) -> str:
         lines = [
@@ -333,7 +341,8 @@ class _Draft:
                 "# should the file have no header line, its first row was taken for one (add a header line to the "
                 "file).",
             ]
-        lines += ['description = ""', f'table = "{self.name}"', "keys = " + json.dumps(self.keys[0])]
+        lines += ['description = ""'] + ([f'schema = "{self.schema}"'] if self.schema else [])
+        lines += [f'table = "{self.name}"', "keys = " + json.dumps(self.keys[0])]
         key_candidates = [c.name for c in self.columns if c.unique and c.type in KEY_TYPES]
         if key_candidates:
             lines.append(

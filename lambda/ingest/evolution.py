@@ -31,7 +31,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
-from .adapters.postgres import target_table
+from .adapters.postgres import quoted, target_table
 from .contract import Contract
 
 ADDITIVE = "additive"
@@ -100,38 +100,50 @@ class ContractTableMismatch(Exception):
 def compare_locked(conn: sa.Connection, contract: Contract) -> Plan:
     """``compare`` under ACCESS EXCLUSIVE on the table, taken first in ``conn``'s transaction: what is found
     is what stays until that transaction ends, so the additive DDL can be applied safely, once."""
-    conn.execute(sa.text(f"LOCK TABLE {_DIALECT.identifier_preparer.quote(contract.table)} IN ACCESS EXCLUSIVE MODE"))
+    conn.execute(sa.text(f"LOCK TABLE {quoted(target_table(contract))} IN ACCESS EXCLUSIVE MODE"))
     return compare(conn, contract)
 
 
 def compare(conn: sa.Connection, contract: Contract) -> Plan:
     """The differences between ``contract`` and its table as it is now (an absent table has none)."""
     inspector = sa.inspect(conn)
-    table = contract.table
-    if not inspector.has_table(table):
-        return Plan(contract.name, table)
-    has_rows = bool(conn.execute(sa.select(sa.exists().select_from(sa.table(table)))).scalar())
     metadata = sa.MetaData()
     wanted = target_table(contract, metadata)
+    table, schema = contract.table, wanted.schema  # schema None: the default one, unqualified
+    if not inspector.has_table(table, schema=schema):
+        return Plan(contract.name, contract.target)
+    has_rows = bool(conn.execute(sa.select(sa.exists().select_from(sa.table(table, schema=schema)))).scalar())
+
+    def include(name: str | None, kind: str, _parent: Any) -> bool:
+        return name == schema if kind == "schema" else kind != "table" or name == table
+
     context = MigrationContext.configure(
-        connection=conn,
-        opts={"compare_type": True, "include_name": lambda name, kind, _parent: kind != "table" or name == table},
+        connection=conn, opts={"compare_type": True, "include_schemas": schema is not None, "include_name": include}
     )
-    live_columns = {c["name"]: c for c in inspector.get_columns(table)}
+    live_columns = {c["name"]: c for c in inspector.get_columns(table, schema=schema)}
     differences: list[Difference] = []
     for diff in compare_metadata(context, metadata):
         for item in diff if isinstance(diff, list) else [diff]:
-            found = _classify(item, table, wanted, has_rows, live_columns)
+            found = _classify(item, _Target(table, schema), wanted, has_rows, live_columns)
             if found:
                 differences.append(found)
-    live_pk = inspector.get_pk_constraint(table)
+    live_pk = inspector.get_pk_constraint(table, schema=schema)
     wanted_pk = [c.name for c in wanted.primary_key.columns]
     if list(live_pk.get("constrained_columns") or []) != wanted_pk:  # first: its columns' NOT NULL depends on it
-        differences.insert(0, _primary_key(table, live_pk, wanted_pk, has_rows))
-    return Plan(contract.name, table, tuple(differences))
+        differences.insert(0, _primary_key(_Target(table, schema), live_pk, wanted_pk, has_rows))
+    return Plan(contract.name, contract.target, tuple(differences))
 
 
-def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Mapping[str, Any]) -> Difference | None:
+@dataclass(frozen=True)
+class _Target:
+    """The table the operations change: its name, and its schema (None: the default one)."""
+
+    table: str
+    schema: str | None
+
+
+def _classify(item: Any, to: _Target, wanted: sa.Table, has_rows: bool, live: Mapping[str, Any]) -> Difference | None:
+    table, schema = to.table, to.schema
     kind = item[0]
     safe_if_empty = ADDITIVE if not has_rows else BREAKING
     if kind == "add_column":
@@ -140,7 +152,9 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
         return _difference(
             ADDITIVE,
             f"column {column.name}: new in the contract (added nullable)",
-            lambda op: op.add_column(table, sa.Column(column.name, column.type, nullable=True, comment=comment)),
+            lambda op: op.add_column(
+                table, sa.Column(column.name, column.type, nullable=True, comment=comment), schema=schema
+            ),
         )
     if kind == "remove_column":
         column = item[3]
@@ -149,7 +163,7 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
         return _difference(
             safe_if_empty,
             f"column {column.name}: NOT NULL in the table but no longer in the contract (later rows would fail)",
-            lambda op: op.alter_column(table, column.name, nullable=True, existing_type=column.type),
+            lambda op: op.alter_column(table, column.name, nullable=True, existing_type=column.type, schema=schema),
         )
     if kind == "modify_type":
         name, existing, new = item[3], item[5], item[6]
@@ -159,7 +173,9 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
             ADDITIVE if widened or not has_rows else BREAKING,
             f"column {name}: {_type(existing)} in the table, {_type(new)} in the contract"
             + ("" if widened else " (not a widening: it could fail, lose data or change how values compare)"),
-            lambda op: op.alter_column(table, name, type_=new, existing_type=existing, postgresql_using=using),
+            lambda op: op.alter_column(
+                table, name, type_=new, existing_type=existing, postgresql_using=using, schema=schema
+            ),
         )
     if kind == "modify_nullable":
         name, options, was_nullable, nullable = item[3], item[4], item[5], item[6]
@@ -169,7 +185,9 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
         return _difference(
             safe_if_empty,
             f"column {name}: {what}" + (" (the table is NOT NULL)" if nullable else ""),
-            lambda op: op.alter_column(table, name, nullable=nullable, existing_type=options.get("existing_type")),
+            lambda op: op.alter_column(
+                table, name, nullable=nullable, existing_type=options.get("existing_type"), schema=schema
+            ),
         )
     if kind in ("add_constraint", "add_index") and _unique_columns(item[1]):
         columns = _unique_columns(item[1])
@@ -177,22 +195,23 @@ def _classify(item: Any, table: str, wanted: sa.Table, has_rows: bool, live: Map
         return _difference(
             safe_if_empty,
             f"unique key ({', '.join(columns)}): asked for by the contract, absent from the table",
-            lambda op: op.create_unique_constraint(name, table, columns),
+            lambda op: op.create_unique_constraint(name, table, columns, schema=schema),
         )
     # Keys and indexes the table has beyond the contract's are someone's deliberate addition: left alone
     # (like comments and server defaults).
     return None
 
 
-def _primary_key(table: str, live: Mapping[str, Any], wanted: list[str], has_rows: bool) -> Difference:
+def _primary_key(to: _Target, live: Mapping[str, Any], wanted: list[str], has_rows: bool) -> Difference:
+    table, schema = to.table, to.schema
     name = live.get("name")
     before = live.get("constrained_columns") or []
 
     def apply(op: Operations) -> None:
         if name:
-            op.drop_constraint(name, table, type_="primary")
+            op.drop_constraint(name, table, type_="primary", schema=schema)
         if wanted:
-            op.create_primary_key(f"{table}_pkey", table, wanted)
+            op.create_primary_key(f"{table}_pkey", table, wanted, schema=schema)
 
     return _difference(
         ADDITIVE if not has_rows else BREAKING,

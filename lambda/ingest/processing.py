@@ -411,7 +411,7 @@ def summary_document(
         "key": key,
         "md5": md5,
         "contract": contract.name if contract else None,
-        "table": contract.table if contract else None,
+        "table": contract.target if contract else None,
         "status": status,
         "reason": reason,
         "message": message,

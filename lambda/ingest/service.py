@@ -443,7 +443,7 @@ class _Outputs:
         contract = attempt.contract
         assert contract is not None
         self.processed = deps.store.writer(
-            deps.output_bucket or attempt.bucket, processed_key(contract.table, md5), "text/csv", attempt.deadline
+            deps.output_bucket or attempt.bucket, processed_key(contract.target, md5), "text/csv", attempt.deadline
         )
         self.errors = self._errors_writer()
         self.opened = True
@@ -454,7 +454,7 @@ class _Outputs:
     def _errors_writer(self) -> StreamingWriter:
         attempt = self.attempt
         assert attempt.contract is not None and attempt.md5 is not None
-        key = errors_keys(attempt.contract.table, attempt.md5)[0]
+        key = errors_keys(attempt.contract.target, attempt.md5)[0]
         return self.deps.store.writer(self.deps.output_bucket or attempt.bucket, key, "text/csv", attempt.deadline)
 
     def errors_only(self) -> bool:
@@ -503,7 +503,7 @@ def _ask_ledger(attempt: _Attempt, deps: Dependencies) -> None:
     contract = attempt.contract
     assert contract is not None and attempt.md5 is not None
     bucket, key = attempt.bucket, attempt.key
-    earlier = deps.database.earlier_outcome(attempt.md5, contract.table, bucket, key, contract.fingerprint)
+    earlier = deps.database.earlier_outcome(attempt.md5, contract.target, bucket, key, contract.fingerprint)
     if earlier is not None and earlier.status == "loaded":
         raise _Decided("duplicate_content", _loaded_already(attempt, earlier.bucket, earlier.object_key))
     if earlier is not None:  # a second delivery of a rejected file: the same contract would say the same
@@ -570,7 +570,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
                 has_errors_csv = outputs.errors_only()
             except _Decided as decided:
                 return _skipped(attempt, deps, decided.reason, decided.message)
-            errors_csv = errors_keys(contract.table, attempt.md5 or "")[0] if has_errors_csv else None
+            errors_csv = errors_keys(contract.target, attempt.md5 or "")[0] if has_errors_csv else None
             return _rejected(attempt, deps, rejection, errors_csv=errors_csv)
         except BaseException as exc:
             outputs.abort(exc)
@@ -582,7 +582,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
     load, processed, errors = outputs.load, outputs.processed, outputs.errors
     assert load is not None and processed is not None and errors is not None and attempt.md5 is not None
     md5 = attempt.md5
-    errors_csv_key = errors_keys(contract.table, md5)[0]
+    errors_csv_key = errors_keys(contract.target, md5)[0]
     if spool is None and digest.hexdigest() != md5:  # an ETag that looked like an MD5 but was not one (SSE-KMS)
         outputs.abort()
         raise ContentChanged()
@@ -601,7 +601,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
             _ledger_entry(
                 attempt,
                 deps,
-                processed_key=processed_key(contract.table, md5),
+                processed_key=processed_key(contract.target, md5),
                 errors_key=errors_csv_key if attempt.outcome.rows_rejected else None,
                 lag_ms=int(lag * 1000) if lag is not None else None,
             ),
@@ -620,7 +620,7 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
         extra={
             "rows_loaded": load.rows_loaded,
             "rows_rejected": outcome.rows_rejected,
-            "table": contract.table,
+            "table": contract.target,
             "duration_ms": attempt.duration_ms,
         },
     )
@@ -629,9 +629,9 @@ def _ingest_identified(attempt: _Attempt, deps: Dependencies, info: ObjectInfo, 
         "loaded",
         rows_loaded=load.rows_loaded,
         schema_changes=load.schema_changes,
-        processed_key=processed_key(contract.table, md5),
+        processed_key=processed_key(contract.target, md5),
         errors_key=errors_csv_key if outcome.rows_rejected else None,
-        summary_key=errors_keys(contract.table, md5)[1] if outcome.rows_rejected else None,
+        summary_key=errors_keys(contract.target, md5)[1] if outcome.rows_rejected else None,
     )
 
 
@@ -644,7 +644,7 @@ def _receipt(attempt: _Attempt, status: str, **extra: Any) -> Receipt:
         key=attempt.key,
         md5=attempt.md5,
         contract=contract.name if contract else None,
-        table=contract.table if contract else None,
+        table=contract.target if contract else None,
         rows_total=outcome.rows_total,
         rows_valid=outcome.rows_valid,
         rows_rejected=outcome.rows_rejected,
@@ -662,7 +662,7 @@ def _ledger_entry(attempt: _Attempt, deps: Dependencies, **extra: Any) -> dict[s
         "object_key": attempt.key,
         "contract": contract.name if contract else None,
         "contract_sha256": contract.fingerprint or None if contract else None,
-        "table_name": contract.table if contract else None,
+        "table_name": contract.target if contract else None,
         "rows_total": outcome.rows_total,
         "rows_valid": outcome.rows_valid,
         "rows_rejected": outcome.rows_rejected,
@@ -680,7 +680,7 @@ def _ledger_entry(attempt: _Attempt, deps: Dependencies, **extra: Any) -> dict[s
 def _write_summary(
     attempt: _Attempt, deps: Dependencies, status: str, errors_csv: str | None, rejection: FileRejected | None = None
 ) -> str:
-    table = attempt.contract.table if attempt.contract else None
+    table = attempt.contract.target if attempt.contract else None
     _csv_key, summary_key = errors_keys(table, attempt.md5 or "unhashed")
     document = summary_document(
         bucket=attempt.bucket,
@@ -721,7 +721,7 @@ def _rejected(attempt: _Attempt, deps: Dependencies, rejection: FileRejected, er
 
 
 def _loaded_already(attempt: _Attempt, loaded_bucket: str, loaded_key: str) -> str:
-    table = attempt.contract.table if attempt.contract else None
+    table = attempt.contract.target if attempt.contract else None
     return (
         f"this content (md5 {attempt.md5}) was already loaded into table {table} from s3://{loaded_bucket}/{loaded_key}"
     )

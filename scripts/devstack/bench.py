@@ -146,7 +146,7 @@ class Bench:
             self.sql("CHECKPOINT")
 
     def fresh_tables(self) -> None:
-        self.sql("DROP TABLE IF EXISTS users; DROP TABLE IF EXISTS ingest_files;")
+        self.sql("DROP TABLE IF EXISTS users; DROP TABLE IF EXISTS ingest_ledger.ingest_files;")
 
     def upload(self, path: Path, key: str) -> None:
         self.s3.upload_file(str(path), BUCKET, key, Config=TransferConfig(multipart_chunksize=64 * 2**20))

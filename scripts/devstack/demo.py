@@ -98,10 +98,12 @@ def _run(env: dict[str, str]) -> list[str]:
 
 def _already_loaded(database_url: str, md5: str) -> bool:
     with psycopg.connect(database_url) as conn:
-        exists = conn.execute("SELECT to_regclass('ingest_files') IS NOT NULL").fetchone()
+        exists = conn.execute("SELECT to_regclass('ingest_ledger.ingest_files') IS NOT NULL").fetchone()
         if not exists or not exists[0]:
             return False
-        row = conn.execute("SELECT 1 FROM ingest_files WHERE md5 = %s AND status = 'loaded'", (md5,)).fetchone()
+        row = conn.execute(
+            "SELECT 1 FROM ingest_ledger.ingest_files WHERE md5 = %s AND status = 'loaded'", (md5,)
+        ).fetchone()
         return row is not None
 
 
@@ -143,9 +145,9 @@ def _print_tables(database_url: str) -> None:
             for row in rows:
                 print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
         ledger = conn.execute(
-            "SELECT object_key, status, coalesce(reason, ''), rows_loaded FROM ingest_files ORDER BY id"
+            "SELECT object_key, status, coalesce(reason, ''), rows_loaded FROM ingest_ledger.ingest_files ORDER BY id"
         ).fetchall()
-        print(f"\nledger ingest_files ({len(ledger)} entries):")
+        print(f"\nledger ingest_ledger.ingest_files ({len(ledger)} entries):")
         for key, status, reason, loaded in ledger:
             print(f"  {status:<9} {key:<40} {reason:<20} {'' if loaded is None else str(loaded) + ' rows'}")
 

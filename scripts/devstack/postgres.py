@@ -200,17 +200,29 @@ FUNCTION_ROLE = "ingest_function"
 FUNCTION_PASSWORD = "ingest_function"  # a throwaway local cluster's: the role's grants are what matter here
 
 
-def create_function_role(admin_url: str) -> str:
-    """Create the function's least-privilege role of ``db/roles.sql`` in a stack's own cluster and return
-    the URL the function connects with, so that every local run exercises the grants production relies on."""
+def function_schemas(contracts_dir: str | Path | None = None) -> list[str]:
+    """The schemas the function writes: the pipeline's own (INGEST_SCHEMA, else ingest_ledger), then each schema
+    the contracts name (``public`` for contracts that name none), as db/roles.sql takes them."""
+    from ingest.adapters.postgres import pipeline_schema
+    from ingest.contract import ContractRegistry, default_contracts_dir
+
+    folder = contracts_dir or os.environ.get("INGEST_CONTRACTS_DIR") or default_contracts_dir()
+    return list(dict.fromkeys([pipeline_schema(), *(c.schema for c in ContractRegistry.from_directory(folder))]))
+
+
+def create_function_role(admin_url: str, schemas: list[str] | None = None) -> str:
+    """Create the function's least-privilege role of ``db/roles.sql`` in a stack's own cluster, with USAGE and
+    CREATE on exactly ``schemas`` (default: function_schemas()), and return the URL the function connects
+    with, so that every local run exercises the grants production relies on."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.sql import Literal
 
+    chosen = ",".join(schemas if schemas is not None else function_schemas())
     roles = (Path(__file__).resolve().parents[2] / "db" / "roles.sql").read_text()
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (FUNCTION_ROLE,)).fetchone()
-        if not exists:
-            conn.execute(roles.replace(":password", "'" + FUNCTION_PASSWORD + "'"))  # type: ignore[arg-type]
+        script = roles.replace(":password", Literal(FUNCTION_PASSWORD).as_string(conn))
+        conn.execute(script.replace(":'schemas'", Literal(chosen).as_string(conn)))  # type: ignore[arg-type]
     params = conninfo_to_dict(admin_url)
     params.update(user=FUNCTION_ROLE, password=FUNCTION_PASSWORD)
     return make_conninfo(**params)  # type: ignore[arg-type]

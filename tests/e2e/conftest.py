@@ -128,7 +128,11 @@ class Stack:
         """Until the ``delivery``-th delivery of the message announcing ``key`` has begun (its attempt row)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.query("SELECT 1 FROM ingest_attempts WHERE object_key = %s AND receive_count >= %s", key, delivery):
+            if self.query(
+                "SELECT 1 FROM ingest_ledger.ingest_attempts WHERE object_key = %s AND receive_count >= %s",
+                key,
+                delivery,
+            ):
                 return
             time.sleep(0.02)
         raise AssertionError(f"delivery {delivery} of {key} did not begin within {timeout}s")
@@ -160,7 +164,9 @@ class Stack:
             while (
                 time.monotonic() < deadline
                 and self.query(
-                    "SELECT count(*) AS n FROM ingest_files WHERE object_key = %s AND reason = 'function_died'", key
+                    "SELECT count(*) AS n FROM ingest_ledger.ingest_files"
+                    " WHERE object_key = %s AND reason = 'function_died'",
+                    key,
                 )[0]["n"]
                 < delivery - 1
             ):

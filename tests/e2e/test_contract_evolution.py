@@ -98,7 +98,9 @@ def test_an_added_column_applies_itself_and_a_breaking_change_waits_for_the_user
     replayed = ingest("replay", f"s3://{stack.bucket}/{third}", env=stack.env)
     assert replayed.returncode == 0 and "LOADED" in replayed.stdout, replayed.stdout + replayed.stderr
     md5 = hashlib.md5(data).hexdigest()
-    loaded = stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)
+    loaded = stack.query(
+        "SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE md5 = %s AND status = 'loaded'", md5
+    )
     assert loaded[0]["n"] == 1
     assert stack.query("SELECT label FROM things WHERE id = 4") == [{"label": 400}]
 

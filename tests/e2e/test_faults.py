@@ -55,7 +55,12 @@ def test_postgres_down_then_back_the_file_is_retried_and_loaded_once(fault_stack
     receipts = stack.receipts_for(key, count=2, timeout=60)
     assert receipts[-1]["status"] == "loaded"
     md5 = hashlib.md5(data).hexdigest()
-    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
+    assert (
+        stack.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[
+            0
+        ]["n"]
+        == 1
+    )
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 4
 
 
@@ -83,7 +88,9 @@ def test_a_load_past_its_deadline_stops_itself_on_record_and_is_dead_lettered_th
             time.sleep(0.5)
         else:
             pytest.fail("the timed-out upload never reached the dead-letter queue")
-        entries = stack.query("SELECT status, reason FROM ingest_files WHERE object_key = %s ORDER BY id", key)
+        entries = stack.query(
+            "SELECT status, reason FROM ingest_ledger.ingest_files WHERE object_key = %s ORDER BY id", key
+        )
         assert [(e["status"], e["reason"]) for e in entries] == [("failed", "table_busy")] * 3
         status = ingest("status", env=stack.env)
         assert status.returncode == 0 and "table_busy" in status.stdout

@@ -30,7 +30,7 @@ def test_upload_lands_in_the_table_with_outputs_ledger_and_receipt(stack):
 
     rows = stack.query("SELECT id, email, _ingest_md5 FROM users WHERE id = ANY(%s) ORDER BY id", ids)
     assert [r["id"] for r in rows] == ids and {r["_ingest_md5"] for r in rows} == {md5}
-    [entry] = stack.query("SELECT status, rows_loaded, request_id FROM ingest_files WHERE md5 = %s", md5)
+    [entry] = stack.query("SELECT status, rows_loaded, request_id FROM ingest_ledger.ingest_files WHERE md5 = %s", md5)
     assert entry["status"] == "loaded" and entry["rows_loaded"] == 4 and entry["request_id"]
 
     processed = stack.s3.get_object(Bucket=stack.bucket, Key=f"processed/users/{md5}.csv")["Body"].read()
@@ -89,7 +89,12 @@ def test_a_multipart_upload_loads_once_however_many_events_it_sends(stack):
     assert receipts[0]["status"] == "loaded"
     assert {r["status"] for r in receipts[1:]} <= {"skipped"}
     md5 = hashlib.md5(data).hexdigest()
-    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
+    assert (
+        stack.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[
+            0
+        ]["n"]
+        == 1
+    )
     assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == 90_000
 
 
@@ -99,9 +104,9 @@ def test_a_key_with_spaces_plus_and_unicode(stack):
     stack.upload(key, data)
     [receipt] = stack.receipts_for(key)
     assert receipt["status"] == "loaded"
-    assert stack.query("SELECT object_key FROM ingest_files WHERE md5 = %s", hashlib.md5(data).hexdigest()) == [
-        {"object_key": key}
-    ]
+    assert stack.query(
+        "SELECT object_key FROM ingest_ledger.ingest_files WHERE md5 = %s", hashlib.md5(data).hexdigest()
+    ) == [{"object_key": key}]
 
 
 def test_a_failing_function_is_retried_then_dead_lettered_and_the_object_kept(stack):
@@ -132,7 +137,7 @@ def test_a_failing_function_is_retried_then_dead_lettered_and_the_object_kept(st
         assert "the database refuses this row" in receipts[0]["message"]
         assert _wait_for_dead_letter(stack, key) == [key]
         assert stack.s3.head_object(Bucket=stack.bucket, Key=key)
-        statuses = stack.query("SELECT status FROM ingest_files WHERE object_key = %s", key)
+        statuses = stack.query("SELECT status FROM ingest_ledger.ingest_files WHERE object_key = %s", key)
         assert [s["status"] for s in statuses] == ["failed"] * 3
 
         # the dependency is fixed; the documented replay brings the message back and the file loads, once
@@ -191,7 +196,12 @@ def test_the_same_content_under_eight_keys_at_once_loads_exactly_once(stack):
     statuses = sorted(stack.receipts_for(key)[0]["status"] for key in keys)
     assert statuses == ["loaded"] + ["skipped"] * 7
     md5 = hashlib.md5(data).hexdigest()
-    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[0]["n"] == 1
+    assert (
+        stack.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE md5 = %s AND status = 'loaded'", md5)[
+            0
+        ]["n"]
+        == 1
+    )
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 5
 
 
@@ -226,7 +236,9 @@ def test_killing_the_function_during_copy_leaves_nothing_and_the_retry_loads_onc
     assert receipts[-1]["rows_loaded"] == rows
     assert stack.function_identity() != killed  # the runtime was started again
     assert stack.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5)[0]["n"] == rows
-    loaded = stack.query("SELECT count(*) AS n FROM ingest_files WHERE md5 = %s AND status = 'loaded'", md5)
+    loaded = stack.query(
+        "SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE md5 = %s AND status = 'loaded'", md5
+    )
     assert loaded[0]["n"] == 1
 
 
@@ -248,7 +260,8 @@ def test_every_function_instance_loads_at_once_and_overlapping_upserts_all_land(
     rows = stack.query("SELECT id, full_name FROM users WHERE id = ANY(%s)", ids)
     assert sorted(r["id"] for r in rows) == ids
     [last] = stack.query(
-        "SELECT object_key FROM ingest_files WHERE object_key = ANY(%s) AND status = 'loaded' ORDER BY id DESC LIMIT 1",
+        "SELECT object_key FROM ingest_ledger.ingest_files"
+        " WHERE object_key = ANY(%s) AND status = 'loaded' ORDER BY id DESC LIMIT 1",
         keys,
     )
     assert {r["full_name"] for r in rows} == {f"Version {keys.index(last['object_key']) + 1}"}
@@ -269,7 +282,9 @@ def test_a_file_that_kills_the_function_on_every_delivery_is_on_record_before_th
         assert "delivery 2 of this file" in receipts[1]["message"]
         assert "died on this file 2 time(s)" in receipts[2]["message"]
         assert _wait_for_dead_letter(stack, key) == [key]
-    entries = stack.query("SELECT status, reason FROM ingest_files WHERE object_key = %s ORDER BY id", key)
+    entries = stack.query(
+        "SELECT status, reason FROM ingest_ledger.ingest_files WHERE object_key = %s ORDER BY id", key
+    )
     assert [(e["status"], e["reason"]) for e in entries] == [("failed", "function_died")] * 3
     replayed = ingest("replay", "--dead-letters", env=stack.env)
     assert replayed.returncode == 0 and "moved 1 message" in replayed.stdout, replayed.stderr

@@ -66,7 +66,7 @@ def test_s3_black_holed_is_named_with_its_likely_cause_and_retried(stack):
     receipt = unreachable_receipt(stack, key, "s3_unreachable")
     assert receipt["message"].startswith("S3 did not accept a connection: no answer to the connection")
     assert "VPC endpoint" in receipt["message"] and "CreateVpcEndpoints" in receipt["message"]
-    rows = stack.query("SELECT status, reason, error FROM ingest_files WHERE object_key = %s", key)
+    rows = stack.query("SELECT status, reason, error FROM ingest_ledger.ingest_files WHERE object_key = %s", key)
     assert [(r["status"], r["reason"]) for r in rows] == [("failed", "s3_unreachable")]
     assert '"reason":"s3_unreachable"' in log.replace(" ", "")
 
@@ -89,7 +89,7 @@ def test_the_database_black_holed_is_named_in_the_receipt_and_log_and_retried(st
     receipt = unreachable_receipt(stack, key, "database_unreachable")
     assert receipt["message"].startswith("PostgreSQL did not accept a connection: no answer to the connection")
     assert "security group" in receipt["message"]
-    assert stack.query("SELECT count(*) AS n FROM ingest_files WHERE object_key = %s", key)[0]["n"] == 0
+    assert stack.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE object_key = %s", key)[0]["n"] == 0
     assert '"reason":"database_unreachable"' in log.replace(" ", "")
 
 
@@ -118,7 +118,7 @@ def test_sns_on_a_closed_port_the_file_loads_and_the_lost_receipt_is_in_the_log(
         invocation = fn.invoke(event)
         log = fn.log()
     assert invocation.ok and invocation.payload == {"batchItemFailures": []}, invocation.payload
-    rows = stack.query("SELECT status FROM ingest_files WHERE object_key = %s ORDER BY id", key)
+    rows = stack.query("SELECT status FROM ingest_ledger.ingest_files WHERE object_key = %s ORDER BY id", key)
     assert rows[0]["status"] == "loaded"
     assert len(stack.query("SELECT id FROM users WHERE id = ANY(%s)", ids)) == 3
     line = next(json.loads(x) for x in log.splitlines() if '"could not publish the receipt"' in x)

@@ -186,8 +186,8 @@ def test_a_role_that_may_not_create_tables_stages_a_big_upsert_in_a_temporary_ta
     ingest_object(pipeline.bucket, "incoming/users/seed.csv", pipeline.deps)
     with function_role(database_url, "ingest_fn_nocreate") as function_url:
         with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute("REVOKE CREATE ON SCHEMA public FROM ingest_fn_nocreate")
-            admin.execute("GRANT SELECT, INSERT, UPDATE ON users, ingest_files TO ingest_fn_nocreate")
+            admin.execute("REVOKE CREATE ON SCHEMA public, ingest_ledger FROM ingest_fn_nocreate")
+            admin.execute("GRANT SELECT, INSERT, UPDATE ON users, ingest_ledger.ingest_files TO ingest_fn_nocreate")
         pipeline.deps.database = Database(function_url)
         try:
             pipeline.upload("incoming/users/next.csv", users_csv(1, 1000).replace(b"User 7,", b"Changed 7,"))

@@ -138,7 +138,8 @@ def test_replaces_at_once_leave_exactly_the_rows_of_the_file_that_committed_last
     )
     assert statuses(results) == ["loaded"] * AT_ONCE
     last = pipeline.query(
-        "SELECT md5 FROM ingest_files WHERE table_name = 'prices' AND status = 'loaded' ORDER BY id DESC LIMIT 1"
+        "SELECT md5 FROM ingest_ledger.ingest_files"
+        " WHERE table_name = 'prices' AND status = 'loaded' ORDER BY id DESC LIMIT 1"
     )[0]["md5"]
     rows = pipeline.query("SELECT _ingest_md5 AS md5, count(*) AS n FROM prices GROUP BY 1")
     assert rows == [{"md5": last, "n": files[last]}], f"the table mixes files: {rows}"
@@ -153,11 +154,14 @@ def test_a_rejected_file_delivered_at_once_is_recorded_once_and_the_others_are_s
     pipeline.deps.database.ensure_tables(pipeline.deps.contracts["users"])
     # The deliveries read the ledger (nothing yet), then wait to write it: the test keeps writers out.
     results = while_held(
-        pipeline, "LOCK TABLE ingest_files IN SHARE MODE", AT_ONCE, lambda: deliver(pipeline, [key] * AT_ONCE)
+        pipeline,
+        "LOCK TABLE ingest_ledger.ingest_files IN SHARE MODE",
+        AT_ONCE,
+        lambda: deliver(pipeline, [key] * AT_ONCE),
     )
     assert statuses(results) == ["rejected"] + ["skipped"] * (AT_ONCE - 1)
     assert {r.reason for r in results if r.status == "skipped"} == {"already_rejected"}
-    ledger = pipeline.query("SELECT status, count(*) AS n FROM ingest_files GROUP BY 1 ORDER BY 1")
+    ledger = pipeline.query("SELECT status, count(*) AS n FROM ingest_ledger.ingest_files GROUP BY 1 ORDER BY 1")
     assert ledger == [{"status": "rejected", "n": 1}, {"status": "skipped", "n": AT_ONCE - 1}]
     receipts = pipeline.receipts()
     assert sorted(r["status"] for r in receipts) == ["rejected"] + ["skipped"] * (AT_ONCE - 1)
@@ -205,7 +209,7 @@ def test_the_same_content_at_once_loads_once_and_the_others_skip(pipeline, keys)
     assert statuses(results) == ["loaded"] + ["skipped"] * (AT_ONCE - 1)
     assert {r.reason for r in results if r.status == "skipped"} == {"duplicate_content"}
     assert pipeline.query("SELECT count(*) AS n FROM users WHERE _ingest_md5 = %s", md5(data))[0]["n"] == 499
-    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 1
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE status = 'loaded'")[0]["n"] == 1
 
 
 def test_a_multipart_file_delivered_again_during_its_load_loads_once(pipeline):
@@ -296,7 +300,7 @@ def test_a_load_that_waits_for_its_table_past_its_deadline_fails_as_table_busy_n
         with pytest.raises(TableBusy):
             ingest_object(pipeline.bucket, key, pipeline.deps, deadline=time.monotonic() + 1.5)
         holder.rollback()
-    [entry] = pipeline.query("SELECT status, reason, error FROM ingest_files")
+    [entry] = pipeline.query("SELECT status, reason, error FROM ingest_ledger.ingest_files")
     assert (entry["status"], entry["reason"]) == ("failed", "table_busy")
     assert "table users was busy" in entry["error"] and "operator-psql" in entry["error"], entry["error"]
     assert "ShareRowExclusiveLock" in entry["error"], entry["error"]  # an upsert into an empty table

@@ -502,7 +502,7 @@ def test_the_same_bytes_load_into_each_table_once(pipeline):
     assert pipeline.query("SELECT count(*) AS n FROM second")[0]["n"] == 2
 
 
-def test_an_existing_ledger_migrates_to_per_table_identity_without_losing_rows(pipeline):
+def test_an_existing_ledger_in_public_moves_to_the_pipelines_schema_and_to_per_table_identity_with_its_rows(pipeline):
     from ingest.adapters.postgres import Database
 
     with psycopg.connect(pipeline.database_url, autocommit=True) as conn:
@@ -523,10 +523,19 @@ def test_an_existing_ledger_migrates_to_per_table_identity_without_losing_rows(p
     database.ensure_tables()
     database.dispose()
     indexes = {
-        r["indexname"] for r in pipeline.query("SELECT indexname FROM pg_indexes WHERE tablename = 'ingest_files'")
+        r["indexname"]
+        for r in pipeline.query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'ingest_files' AND schemaname = 'ingest_ledger'"
+        )
     }
+    assert pipeline.query("SELECT to_regclass('public.ingest_files') AS t")[0]["t"] is None  # moved, not copied
     assert "ingest_files_loaded_table_md5" in indexes and "ingest_files_loaded_md5" not in indexes
-    assert [r["object_key"] for r in pipeline.query("SELECT object_key FROM ingest_files ORDER BY id")] == ["k1", "k2"]
+    assert [
+        r["object_key"] for r in pipeline.query("SELECT object_key FROM ingest_ledger.ingest_files ORDER BY id")
+    ] == [
+        "k1",
+        "k2",
+    ]
 
 
 def test_drafted_keys_never_collide_with_existing_contracts():

@@ -80,7 +80,9 @@ def test_a_new_column_is_added_nullable_on_load_recorded_and_required_for_new_ro
     assert change.startswith("ALTER TABLE things ADD COLUMN phone TEXT; COMMENT ON COLUMN things.phone IS '[added")
     rows = pipeline.query("SELECT id, phone FROM things ORDER BY id")
     assert rows == [{"id": 1, "phone": None}, {"id": 2, "phone": "+44 20 7946 0000"}]
-    ledger = pipeline.query("SELECT schema_changes FROM ingest_files WHERE object_key = 'incoming/things/v2.csv'")
+    ledger = pipeline.query(
+        "SELECT schema_changes FROM ingest_ledger.ingest_files WHERE object_key = 'incoming/things/v2.csv'"
+    )
     assert ledger == [{"schema_changes": change}]
     # required applies to the rows of new files; the older rows' NULLs are no difference
     assert compare_now(pipeline).differences == ()
@@ -323,7 +325,11 @@ def test_a_table_the_function_does_not_own_gets_the_additive_ddl_to_run_by_hand(
         with pipeline.deps.database.engine.begin() as conn:  # made by the admin, granted as roles.sql says
             target_table(pipeline.deps.contracts.contracts["things"]).create(conn)
             ledger.create(conn)
-            conn.execute(sa.text("GRANT SELECT, INSERT, UPDATE, DELETE ON things, ingest_files TO ingest_fn_notowner"))
+            conn.execute(
+                sa.text(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON things, ingest_ledger.ingest_files TO ingest_fn_notowner"
+                )
+            )
             conn.execute(sa.text("INSERT INTO things VALUES (1, 'one', 1.00)"))
         pipeline.deps.database = Database(function_url)
         use(pipeline, tmp_path, contract_text('[[columns]]\nname = "phone"\ntype = "text"'))

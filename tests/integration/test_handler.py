@@ -129,7 +129,7 @@ def test_direct_s3_event_with_an_encoded_key(pipeline):
     result = lambda_handler(s3_event(pipeline.bucket, key), Context())
     [receipt] = result["receipts"]
     assert receipt["status"] == "loaded" and receipt["key"] == key
-    assert pipeline.query("SELECT request_id FROM ingest_files") == [{"request_id": "req-123"}]
+    assert pipeline.query("SELECT request_id FROM ingest_ledger.ingest_files") == [{"request_id": "req-123"}]
 
 
 def test_sns_wrapped_and_eventbridge_events(pipeline):
@@ -171,7 +171,10 @@ def test_sqs_batch_reports_only_the_failed_records(pipeline):
     )
     result = lambda_handler(event, Context())
     assert result == {"batchItemFailures": [{"itemIdentifier": "msg-1"}, {"itemIdentifier": "msg-3"}]}
-    statuses = {r["object_key"]: r["status"] for r in pipeline.query("SELECT object_key, status FROM ingest_files")}
+    statuses = {
+        r["object_key"]: r["status"]
+        for r in pipeline.query("SELECT object_key, status FROM ingest_ledger.ingest_files")
+    }
     assert statuses == {
         "incoming/users.csv": "loaded",
         "incoming/inventory.csv": "rejected",

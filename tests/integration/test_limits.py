@@ -37,7 +37,8 @@ def row_bomb(rows: int) -> bytes:
 
 def ledger(pipeline, key: str) -> list[dict]:
     return pipeline.query(
-        "SELECT status, reason, error, rows_total FROM ingest_files WHERE object_key = %s ORDER BY id", key
+        "SELECT status, reason, error, rows_total FROM ingest_ledger.ingest_files WHERE object_key = %s ORDER BY id",
+        key,
     )
 
 
@@ -192,7 +193,7 @@ def test_a_download_that_stalls_is_cut_off_at_the_deadline_with_a_timeout_on_rec
     [receipt] = pipeline.receipts()
     assert receipt["status"] == "failed" and receipt["reason"] == "timeout"
     assert pipeline.keys("processed/") == [] and pipeline.keys("errors/") == []
-    assert not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
+    assert not pipeline.query("SELECT 1 FROM ingest_ledger.ingest_files WHERE status = 'loaded'")
     # the network back (the same function, its usual client): the retry loads every row, once
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 120_000
@@ -256,7 +257,7 @@ def test_a_request_without_an_answer_is_given_up_at_the_deadline_with_a_timeout_
     assert isinstance(error, DeadlineReached) and message in str(error), (held, error)
     [entry] = ledger(pipeline, key)
     assert entry["status"] == "failed" and entry["reason"] == "timeout", held
-    assert not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
+    assert not pipeline.query("SELECT 1 FROM ingest_ledger.ingest_files WHERE status = 'loaded'")
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 120_000
 
@@ -297,7 +298,7 @@ def test_an_outcome_whose_ledger_row_waits_on_a_lock_is_given_up_before_the_invo
     logging.getLogger("ingest").addHandler(handler)
     try:
         with psycopg.connect(pipeline.database_url) as holder:
-            holder.execute("LOCK TABLE ingest_files IN EXCLUSIVE MODE")  # reads go on, writes wait
+            holder.execute("LOCK TABLE ingest_ledger.ingest_files IN EXCLUSIVE MODE")  # reads go on, writes wait
             worker = threading.Thread(
                 target=lambda: outcome.append(_ingest_until(pipeline, key, ends=time.monotonic() + 4.0)), daemon=True
             )

@@ -53,7 +53,7 @@ def test_suspicious_keys_are_refused(pipeline, key):
     pipeline.upload(key, b"id,email,full_name\n1,a@b.co,A\n")
     receipt = ingest_object(pipeline.bucket, key, pipeline.deps)
     assert (receipt.status, receipt.reason) == ("rejected", "invalid_key")
-    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 0
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE status = 'loaded'")[0]["n"] == 0
 
 
 def test_formula_cells_are_data_in_the_table_and_defused_in_the_errors_csv(pipeline):
@@ -114,7 +114,7 @@ def test_a_delivery_puts_an_earlier_one_that_never_answered_on_record_then_loads
     pipeline.deps.database.attempt_progress(first.this, 120_000, 9_000_000, 40_000_000)
     receipt = ingest_object(pipeline.bucket, key, pipeline.deps, "request-2", delivery=Delivery("message-1", 2, 3))
     assert receipt.status == "loaded"
-    ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_files ORDER BY id")
+    ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_ledger.ingest_files ORDER BY id")
     assert [(e["status"], e["reason"], e["request_id"]) for e in ledger] == [
         ("failed", "function_died", "request-1"),
         ("loaded", None, "request-2"),
@@ -125,7 +125,9 @@ def test_a_delivery_puts_an_earlier_one_that_never_answered_on_record_then_loads
         and "120,000 rows and 9,000,000 of 40,000,000 bytes" in ledger[0]["error"]
     )
     assert [(r["status"], r["reason"]) for r in pipeline.receipts()] == [("failed", "function_died"), ("loaded", None)]
-    attempts = pipeline.query("SELECT receive_count, outcome, finished_at IS NOT NULL AS closed FROM ingest_attempts")
+    attempts = pipeline.query(
+        "SELECT receive_count, outcome, finished_at IS NOT NULL AS closed FROM ingest_ledger.ingest_attempts"
+    )
     assert sorted((a["receive_count"], a["outcome"], a["closed"]) for a in attempts) == [
         (1, "died", True),
         (2, "loaded", True),
@@ -158,13 +160,13 @@ def test_the_last_delivery_after_nothing_but_deaths_does_not_run_the_file_again_
     with pytest.raises(FunctionDied):
         ingest_object(pipeline.bucket, key, pipeline.deps, "request-3", delivery=Delivery("message-2", 3, 3))
     assert read == []  # the same work was not run again
-    ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_files ORDER BY id")
+    ledger = pipeline.query("SELECT status, reason, request_id, error FROM ingest_ledger.ingest_files ORDER BY id")
     # the first's (recorded by delivery 2), the second's and the last's
     assert [(e["status"], e["reason"]) for e in ledger] == [("failed", "function_died")] * 3
     assert [e["request_id"] for e in ledger] == ["request-1", "request-2", "request-3"]
     assert "died on this file 2 time(s)" in ledger[2]["error"] and "ingest replay --dead-letters" in ledger[2]["error"]
     assert [r["reason"] for r in pipeline.receipts()] == ["function_died", "function_died"]  # delivery 3's two
-    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 0
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE status = 'loaded'")[0]["n"] == 0
 
 
 def test_a_last_delivery_after_a_failure_that_answered_runs_the_file(pipeline):
@@ -192,6 +194,6 @@ def test_a_death_found_by_a_delivery_that_dies_before_recording_it_is_recorded_b
     database.begin_attempt("message-4", 2, pipeline.bucket, key, "request-2")  # died before reporting the first
     with pytest.raises(FunctionDied):
         ingest_object(pipeline.bucket, key, pipeline.deps, "request-3", delivery=Delivery("message-4", 3, 3))
-    ledger = pipeline.query("SELECT reason, request_id FROM ingest_files ORDER BY id")
+    ledger = pipeline.query("SELECT reason, request_id FROM ingest_ledger.ingest_files ORDER BY id")
     assert [e["request_id"] for e in ledger] == ["request-1", "request-2", "request-3"]
     assert {e["reason"] for e in ledger} == {"function_died"}

@@ -42,7 +42,7 @@ def test_clean_file_loads_normalized_rows_with_ledger_outputs_and_receipt(pipeli
     assert rows[2]["is_active"] is True and rows[3]["age"] is None
     assert {r["_ingest_md5"] for r in rows} == {md5(data)}
 
-    [entry] = pipeline.query("SELECT * FROM ingest_files")
+    [entry] = pipeline.query("SELECT * FROM ingest_ledger.ingest_files")
     assert (entry["status"], entry["rows_total"], entry["rows_valid"], entry["rows_loaded"]) == ("loaded", 5, 5, 5)
     assert entry["md5"] == md5(data) and entry["object_key"] == "incoming/users.csv"
     assert entry["request_id"] == "req-1" and entry["encoding"] == "utf-8" and entry["delimiter"] == ","
@@ -82,7 +82,7 @@ def test_same_content_under_another_key_is_skipped(pipeline):
     third = ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps)
     assert second.status == third.status == "skipped"
     assert "already loaded into table users from s3://ingest-test/incoming/users.csv" in second.message
-    statuses = [r["status"] for r in pipeline.query("SELECT status FROM ingest_files ORDER BY id")]
+    statuses = [r["status"] for r in pipeline.query("SELECT status FROM ingest_ledger.ingest_files ORDER BY id")]
     assert statuses == ["loaded", "skipped", "skipped"]
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5
 
@@ -95,7 +95,7 @@ def test_key_without_contract_is_rejected_never_guessed(pipeline):
     assert "incoming/inventory.csv" in receipt.message and "users" in receipt.message
     assert pipeline.keys("errors/") == [f"errors/_unmatched/{md5(data)}.json"]
     assert pipeline.keys("incoming/") == ["incoming/inventory.csv"]  # the original stays
-    [entry] = pipeline.query("SELECT status, reason, contract FROM ingest_files")
+    [entry] = pipeline.query("SELECT status, reason, contract FROM ingest_ledger.ingest_files")
     assert entry == {"status": "rejected", "reason": "no_contract", "contract": None}
     assert pipeline.receipts()[0]["_attributes"] == {"status": "rejected"}
 
@@ -118,7 +118,9 @@ def test_rejected_files_load_nothing_and_say_why(pipeline, data, reason):
     assert pipeline.keys("processed/") == []
     summary = pipeline.get(f"errors/users/{md5(data)}.json")
     assert f'"reason": "{reason}"'.encode() in summary
-    assert pipeline.query("SELECT status, reason FROM ingest_files") == [{"status": "rejected", "reason": reason}]
+    assert pipeline.query("SELECT status, reason FROM ingest_ledger.ingest_files") == [
+        {"status": "rejected", "reason": reason}
+    ]
 
 
 def test_rejecting_too_many_bad_rows_still_writes_the_row_errors(pipeline):
@@ -204,7 +206,7 @@ def test_a_compressed_upload_loads(pipeline, compress, suffix, name):
     pipeline.upload("incoming/users.csv" + suffix, data)
     receipt = ingest_object(pipeline.bucket, "incoming/users.csv" + suffix, pipeline.deps)
     assert receipt.status == "loaded" and receipt.rows_loaded == 5
-    assert pipeline.query("SELECT compression FROM ingest_files") == [{"compression": name}]
+    assert pipeline.query("SELECT compression FROM ingest_ledger.ingest_files") == [{"compression": name}]
 
 
 @pytest.mark.parametrize("room_to_spool", [True, False])
@@ -319,7 +321,9 @@ def test_a_multipart_upload_rejected_before_its_hash_is_recorded_under_its_md5_t
     assert opened_before_rejection == [False]
     assert first.errors_key == f"errors/users/{md5(data)}.csv"
     assert pipeline.get(first.errors_key).decode().splitlines()[1].startswith("2,email,pattern,not-an-email")
-    assert not pipeline.keys("processed/") and not pipeline.query("SELECT 1 FROM ingest_files WHERE status = 'loaded'")
+    assert not pipeline.keys("processed/") and not pipeline.query(
+        "SELECT 1 FROM ingest_ledger.ingest_files WHERE status = 'loaded'"
+    )
 
     second = ingest_object(pipeline.bucket, key, pipeline.deps)
     assert (second.status, second.reason, second.md5) == ("skipped", "already_rejected", md5(data))
@@ -354,7 +358,7 @@ def test_concurrent_deliveries_of_the_same_content_load_exactly_once(pipeline):
     results = deliver_at_once(pipeline, keys)
     assert sorted(results) == ["loaded"] + ["skipped"] * 7
     assert pipeline.query("SELECT count(*) AS n FROM users")[0]["n"] == 5
-    assert pipeline.query("SELECT count(*) AS n FROM ingest_files WHERE status = 'loaded'")[0]["n"] == 1
+    assert pipeline.query("SELECT count(*) AS n FROM ingest_ledger.ingest_files WHERE status = 'loaded'")[0]["n"] == 1
 
 
 def test_database_down_fails_loudly_keeps_the_object_and_publishes_failed(pipeline):
@@ -394,7 +398,7 @@ def test_a_failure_with_a_long_message_records_its_beginning_and_says_how_long_i
     monkeypatch.setattr(pipeline.deps.store, "head", refusing)
     with pytest.raises(RuntimeError):
         ingest_object(pipeline.bucket, "incoming/users/long.csv", pipeline.deps)
-    [entry] = pipeline.query("SELECT status, reason, error FROM ingest_files")
+    [entry] = pipeline.query("SELECT status, reason, error FROM ingest_ledger.ingest_files")
     assert (entry["status"], entry["reason"]) == ("failed", "error") and len(entry["error"]) <= 2_000
     assert entry["error"].startswith("RuntimeError: the server said: no no")
     assert entry["error"].endswith("… (cut: 9,031 characters in all)")
@@ -418,7 +422,9 @@ def test_a_multipart_download_that_breaks_midway_fails_the_file_and_leaves_nothi
     [receipt] = pipeline.receipts()
     assert receipt["status"] == "failed" and "the connection broke" in receipt["message"]
     assert pipeline.keys() == ["incoming/users/broken.csv"]
-    assert pipeline.query("SELECT status, md5 FROM ingest_files") == [{"status": "failed", "md5": "unknown"}]
+    assert pipeline.query("SELECT status, md5 FROM ingest_ledger.ingest_files") == [
+        {"status": "failed", "md5": "unknown"}
+    ]
     monkeypatch.setattr(Download, "__iter__", iterate)  # the retry loads
     assert ingest_object(pipeline.bucket, "incoming/users/broken.csv", pipeline.deps).rows_loaded == 200_000
 
@@ -499,12 +505,12 @@ def test_tables_dropped_under_a_warm_runtime_are_made_again(pipeline):
     pipeline.upload("incoming/users.csv", (SAMPLES / "users.csv").read_bytes())
     assert ingest_object(pipeline.bucket, "incoming/users.csv", pipeline.deps).status == "loaded"
     with psycopg.connect(pipeline.database_url, autocommit=True) as admin:
-        admin.execute("DROP TABLE users; DROP TABLE ingest_files")
+        admin.execute("DROP TABLE users; DROP TABLE ingest_ledger.ingest_files")
     pipeline.upload("incoming/users/again.csv", b"id,email,full_name\n7,g@h.ij,Gus\n")
     receipt = ingest_object(pipeline.bucket, "incoming/users/again.csv", pipeline.deps)
     assert receipt.status == "loaded" and receipt.rows_loaded == 1
     assert pipeline.query("SELECT id FROM users") == [{"id": 7}]
-    assert [r["status"] for r in pipeline.query("SELECT status FROM ingest_files")] == ["loaded"]
+    assert [r["status"] for r in pipeline.query("SELECT status FROM ingest_ledger.ingest_files")] == ["loaded"]
 
 
 def test_the_file_is_read_and_validated_while_its_table_is_held_by_another_session(pipeline, monkeypatch):
@@ -551,5 +557,5 @@ def test_each_file_writes_its_metrics_as_one_emf_line_with_the_lag_from_upload_t
     assert loaded["Lag"][0] >= 3 and loaded["key"] == "incoming/users/metrics.csv" and loaded["md5"] == receipt.md5
     assert (rejected["outcome"], rejected["reason"], "Lag" in rejected) == ("rejected", "no_contract", False)
     assert ["outcome", "reason"] in rejected["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
-    [entry] = pipeline.query("SELECT lag_ms FROM ingest_files WHERE status = 'loaded'")
+    [entry] = pipeline.query("SELECT lag_ms FROM ingest_ledger.ingest_files WHERE status = 'loaded'")
     assert entry["lag_ms"] >= 3000

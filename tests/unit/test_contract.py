@@ -80,6 +80,10 @@ def test_header_names_are_normalized():
         ({"table": "x; DROP TABLE y"}, "table must be"),
         ({"table": "ingest_files"}, "table 'ingest_files' is the pipeline's own .*ledger"),
         ({"table": "_ingest_stage_users"}, "table '_ingest_stage_users' is the pipeline's own"),
+        ({"table": "raw.users"}, 'names a schema: .* schema = "raw" and table = "users"'),
+        ({"schema": "Raw"}, "schema must be a lower-case SQL identifier"),
+        ({"schema": "ingest_ledger"}, "schema 'ingest_ledger' is the pipeline's own"),
+        ({"schema": "pg_catalog"}, "schema 'pg_catalog' is PostgreSQL's own"),
         ({"keys": []}, "keys must be a non-empty list"),
         ({"columns": [{"name": "a b"}]}, "column name must be"),
         ({"columns": [{"name": "_ingest_md5"}]}, "column name must be"),
@@ -195,3 +199,16 @@ def test_decimal_is_a_point_or_a_comma_for_numeric_and_double_columns():
         parse_contract("prices", contract({"type": "numeric", "decimal": "'"}))
     with pytest.raises(ContractError, match="applies to numeric and double columns only"):
         parse_contract("prices", contract({"type": "integer", "decimal": ","}))
+
+
+def test_a_contract_names_its_schema_and_two_may_load_one_table_name_in_two_schemas():
+    base = {"table": "users", "keys": ["incoming/a/*.csv"], "columns": [{"name": "id", "type": "integer"}]}
+    public = parse_contract("users", base)
+    raw = parse_contract("raw_users", {**base, "schema": "raw", "keys": ["incoming/b/*.csv"]})
+    assert (public.schema, public.target) == ("public", "users")  # the default: as before schemas
+    assert (raw.schema, raw.target) == ("raw", "raw.users")
+    assert public.fingerprint == parse_contract("users", base).fingerprint  # an unchanged contract: same identity
+    registry = ContractRegistry([public, raw])
+    assert [c.name for c in registry.match("incoming/b/x.csv")] == ["raw_users"]
+    with pytest.raises(ContractError, match=r"both load table 'raw\.users'"):
+        ContractRegistry([raw, parse_contract("again", {**base, "schema": "raw"})])

@@ -40,7 +40,9 @@ def test_what_happened_is_read_from_the_error(text, kind):
 def test_a_connect_timeout_names_the_service_and_the_vpc_as_the_likely_cause():
     exc = boto_unreachable("S3", ConnectTimeoutError(endpoint_url="https://s3.eu-west-1.amazonaws.com/b/k"))
     assert exc.reason == "s3_unreachable"
-    assert str(exc).startswith("S3 did not accept a connection: no answer to the connection, its packets dropped (ConnectTimeoutError")
+    assert str(exc).startswith(
+        "S3 did not accept a connection: no answer to the connection, its packets dropped (ConnectTimeoutError"
+    )
     assert "NAT gateway, or a VPC endpoint for S3" in str(exc)
 
 

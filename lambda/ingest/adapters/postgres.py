@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql as pg
 if TYPE_CHECKING:
     from sqlalchemy.util.typing import TupleAny
 
-from ..contract import ATTEMPTS_TABLE, LEDGER_TABLE, Contract
+from ..contract import ATTEMPTS_TABLE, DEFAULT_SCHEMA, IDENTIFIER, LEDGER_TABLE, PIPELINE_SCHEMA, Contract
 from ..deadlines import awaited, call_at, in_thread
 from .network import DATABASE_CONNECT_TIMEOUT_SECONDS, ServiceUnreachable, kind_of
 
@@ -101,6 +101,7 @@ ledger = sa.Table(
     ),
     sa.Index("ingest_files_md5", "md5"),
     sa.Index("ingest_files_finished_at", "finished_at"),
+    schema=PIPELINE_SCHEMA,  # the deployment's own (INGEST_SCHEMA), by the engine's schema_translate_map
 )
 
 #: One row per delivery of an object by the queue (an SQS message's receive), written as it begins and closed as
@@ -123,6 +124,7 @@ attempts = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),  # NULL: it has not answered (yet)
     sa.Column("outcome", sa.Text),  # the receipt's status; "died" once a later delivery found it unanswered
     sa.Index("ingest_attempts_message", "message_id", "bucket", "object_key"),
+    schema=PIPELINE_SCHEMA,
 )
 
 _COLUMN_TYPES: dict[str, Any] = {
@@ -140,6 +142,22 @@ _COLUMN_TYPES: dict[str, Any] = {
 def sql_identifier(name: str) -> str:
     """A quoted identifier for the few statements SQLAlchemy has no construct for (LOCK TABLE, MERGE)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def quoted(table: sa.Table) -> str:
+    """A table's name as a statement writes it: schema-qualified (but a temporary table's), quoted."""
+    name = sql_identifier(table.name)
+    return f"{sql_identifier(table.schema)}.{name}" if table.schema else name
+
+
+def pipeline_schema(environ: Mapping[str, str] | None = None) -> str:
+    """The pipeline's own schema (ledger, attempts, big upserts' staging tables): INGEST_SCHEMA, else ingest_ledger."""
+    import os
+
+    schema = (environ if environ is not None else os.environ).get("INGEST_SCHEMA") or PIPELINE_SCHEMA
+    if not IDENTIFIER.match(schema) or schema == "public" or schema.startswith("pg_"):
+        raise ValueError(f"INGEST_SCHEMA must be a lower-case SQL identifier of a schema of its own, got {schema!r}")
+    return schema
 
 
 def column_type(col: Any) -> Any:
@@ -174,18 +192,20 @@ def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Tabl
         ),
         sa.Column("_ingest_loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     ]
-    return sa.Table(contract.table, meta, *columns, comment=contract.description or None)
+    # The default schema stays unqualified, as before contracts named schemas (the role's search_path finds it).
+    schema = None if contract.schema == DEFAULT_SCHEMA else contract.schema
+    return sa.Table(contract.table, meta, *columns, schema=schema, comment=contract.description or None)
 
 
-def staging_table(contract: Contract, backend_pid: int | None = None) -> sa.Table:
+def staging_table(contract: Contract, backend_pid: int | None = None, schema: str = PIPELINE_SCHEMA) -> sa.Table:
     """A copy of the target's columns without constraints: temporary, dropped at commit; or, with the
     session's ``backend_pid`` (unique among the sessions of the moment), a plain table without WAL
     (UNLOGGED) named after it, made and dropped inside one transaction, so that no other session ever sees
-    it and a rollback or a crash leaves nothing behind. Unlike a temporary table, parallel workers can scan
-    it."""
+    it and a rollback or a crash leaves nothing behind, in the pipeline's ``schema``. Unlike a temporary
+    table, parallel workers can scan it."""
     columns = (sa.Column(c.name, column_type(c)) for c in contract.columns)
     if backend_pid is not None:
-        return sa.Table(f"_ingest_stage_{backend_pid}", sa.MetaData(), *columns, prefixes=["UNLOGGED"])
+        return sa.Table(f"_ingest_stage_{backend_pid}", sa.MetaData(), *columns, schema=schema, prefixes=["UNLOGGED"])
     return sa.Table(
         f"_ingest_stage_{contract.table}",
         sa.MetaData(),
@@ -245,8 +265,16 @@ def _connect(database_url: str, connect_timeout: int) -> psycopg.Connection[Any]
         raise DatabaseUnreachable(" ".join(str(exc).split())) from exc
 
 
+class SchemaMissing(RuntimeError):
+    """A schema a contract names (or the pipeline's own) does not exist, and the function may not create it."""
+
+
 class Database:
-    def __init__(self, database_url: str, connect_timeout: int = DATABASE_CONNECT_TIMEOUT_SECONDS):
+    def __init__(
+        self, database_url: str, connect_timeout: int = DATABASE_CONNECT_TIMEOUT_SECONDS, schema: str | None = None
+    ):
+        #: the pipeline's own schema: ledger, attempts, big upserts' staging tables (INGEST_SCHEMA)
+        self.schema = schema or pipeline_schema()
         # libpq parses the URL (or key=value string) itself, exactly as psql would; SQLAlchemy only
         # pools the connections it makes.
         self.engine = sa.create_engine(
@@ -255,6 +283,7 @@ class Database:
             pool_size=1,
             max_overflow=4,
             pool_pre_ping=True,
+            execution_options={"schema_translate_map": {PIPELINE_SCHEMA: self.schema}},
         )
         self._ready_tables: set[str] = set()
         self._lock = threading.Lock()
@@ -265,21 +294,27 @@ class Database:
         """Create the ledger and the contract's table when absent. Made once per process, then only looked
         for (one cheap query): a warm runtime outlives tables dropped meanwhile (a developer starting
         afresh), and makes them again rather than failing every file on a table that is gone."""
-        wanted = [LEDGER_TABLE, ATTEMPTS_TABLE] + ([contract.table] if contract else [])
+        own = [f"{sql_identifier(self.schema)}.{sql_identifier(t)}" for t in (LEDGER_TABLE, ATTEMPTS_TABLE)]
+        wanted = own + ([quoted(target_table(contract))] if contract else [])
         if all(t in self._ready_tables for t in wanted) and self._all_exist(wanted):
             return
         made: Contract | None = None  # the contract whose table this call made
         with self._lock, self.engine.begin() as conn:
             # Serialize DDL across concurrent functions: CREATE TABLE IF NOT EXISTS can still race.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ingest.ddl'))"))
+            _ensure_schema(conn, self.schema, "the pipeline's own schema (INGEST_SCHEMA)")
+            _move_ledger_from_public(conn, self.schema)
             ledger.create(conn, checkfirst=True)
             attempts.create(conn, checkfirst=True)
-            _migrate_ledger(conn)
-            if contract is not None and not sa.inspect(conn).has_table(contract.table):
-                target_table(contract).create(conn)
-                made = contract
+            _migrate_ledger(conn, self.schema)
+            if contract is not None:
+                if contract.schema != DEFAULT_SCHEMA:
+                    _ensure_schema(conn, contract.schema, f"contract {contract.name}'s schema")
+                if not sa.inspect(conn).has_table(contract.table, schema=target_table(contract).schema):
+                    target_table(contract).create(conn)
+                    made = contract
         if made is not None:  # made from this very contract: no need to compare them
-            self._matching[made.table] = made.fingerprint
+            self._matching[made.target] = made.fingerprint
         self._ready_tables.update(wanted)
 
     def _all_exist(self, tables: list[str]) -> bool:
@@ -449,15 +484,24 @@ class Database:
         """The load of one file: its transaction open, its table ready; the COPY open once ``md5`` is given
         (here, or later to ``Load.start``)."""
         self.ensure_tables(contract)
-        evolve = self._matching.get(contract.table) != contract.fingerprint
-        return Load(self.engine, contract, md5, deadline, evolve=evolve, matched=self._matched, size_bytes=size_bytes)
+        evolve = self._matching.get(contract.target) != contract.fingerprint
+        return Load(
+            self.engine,
+            contract,
+            md5,
+            deadline,
+            evolve=evolve,
+            matched=self._matched,
+            size_bytes=size_bytes,
+            schema=self.schema,
+        )
 
     def _matched(self, contract: Contract, matches: bool) -> None:
         """A load found (or made) the table to match its contract; or failed, so check again next time."""
         if matches:
-            self._matching[contract.table] = contract.fingerprint
+            self._matching[contract.target] = contract.fingerprint
         else:
-            self._matching.pop(contract.table, None)
+            self._matching.pop(contract.target, None)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -493,7 +537,7 @@ def _busy_at_deadline(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
         except BaseException as exc:
             if self.waited_for is not None and not isinstance(exc, TableBusy):
-                raise TableBusy(self.contract.table, self.waited_for) from exc
+                raise TableBusy(self.contract.target, self.waited_for) from exc
             raise
 
     return step
@@ -526,8 +570,10 @@ class Load:
         evolve: bool = True,
         matched: Callable[[Contract, bool], None] | None = None,
         size_bytes: int = 0,
+        schema: str = PIPELINE_SCHEMA,
     ):
         self.contract = contract
+        self._schema = schema  # the pipeline's own: where a big upsert's unlogged staging table lies
         self.md5 = md5
         self.target = target_table(contract)
         self.staging = staging_table(contract)  # an unlogged one instead for a big upsert (_create_staging)
@@ -567,7 +613,7 @@ class Load:
             self._transaction.rollback()
             self._conn.close()
             if self.waited_for is not None and not isinstance(exc, TableBusy):
-                raise TableBusy(contract.table, self.waited_for) from exc
+                raise TableBusy(contract.target, self.waited_for) from exc
             raise
 
     @_busy_at_deadline
@@ -581,8 +627,9 @@ class Load:
             self._rebuild += self._constant_lineage_default(md5)
         into = self.staging if self.strategy == "staging" else self.target
         driver = conn.connection.driver_connection
+        name = sql.Identifier(*([into.schema] if into.schema else []), into.name)
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
-            sql.Identifier(into.name), sql.SQL(", ").join(sql.Identifier(n) for n in self.contract.column_names)
+            name, sql.SQL(", ").join(sql.Identifier(n) for n in self.contract.column_names)
         )
         self._cursor = driver.cursor()  # type: ignore[union-attr]
         self._copy_context = self._cursor.copy(statement)
@@ -614,7 +661,7 @@ class Load:
             self.schema_changes = plan.apply(self._conn)
         except sa.exc.DBAPIError as exc:
             if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
-                why = f"the function's database role does not own table {self.target.name}"
+                why = f"the function's database role does not own table {self.contract.target}"
                 raise ContractTableMismatch(plan, not_allowed=why) from exc
             raise
         return True
@@ -683,7 +730,7 @@ class Load:
             # hold: the file's duplicates were rejected, and a build that fails fails the load. The lock is
             # this transaction's first on the table (the look was another's), so two such loads queue
             # rather than deadlock; readers of the (empty) table wait for this load.
-            conn.execute(sa.text(f"LOCK TABLE {sql_identifier(target.name)} IN ACCESS EXCLUSIVE MODE"))
+            conn.execute(sa.text(f"LOCK TABLE {quoted(target)} IN ACCESS EXCLUSIVE MODE"))
             if not self._has_rows(conn):
                 self._bulk = True
                 self._rebuild = self._drop_indexes()
@@ -711,7 +758,7 @@ class Load:
         else:
             pid, parallel = None, False
         if parallel:
-            unlogged = staging_table(self.contract, pid)
+            unlogged = staging_table(self.contract, pid, self._schema)
             try:
                 with conn.begin_nested():
                     unlogged.create(conn)
@@ -737,17 +784,17 @@ class Load:
                     "(SELECT 1 FROM pg_constraint f WHERE f.confrelid = c.oid) "
                     "FROM pg_class c WHERE c.oid = CAST(:name AS regclass)"
                 ),
-                {"name": sql_identifier(self.target.name)},
+                {"name": quoted(self.target)},
             ).scalar()
             return bool(row) and not self._has_rows(look)
 
     def _drop_indexes(self) -> list[str]:
         """Drop the target's keys and indexes; return the statements that build them again."""
-        name = sql_identifier(self.target.name)
+        name = quoted(self.target)
         rows = self._about_target(
             "SELECT con.conname, pg_get_constraintdef(con.oid), NULL FROM pg_constraint con "
             "WHERE con.conrelid = CAST(:t AS regclass) AND con.contype IN ('p', 'u') "
-            "UNION ALL SELECT i.relname, NULL, pg_get_indexdef(i.oid) FROM pg_index x "
+            "UNION ALL SELECT CAST(CAST(i.oid AS regclass) AS text), NULL, pg_get_indexdef(i.oid) FROM pg_index x "
             "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = CAST(:t AS regclass) "
             "AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = x.indexrelid)"
         ).all()
@@ -757,7 +804,7 @@ class Load:
                 self._conn.execute(sa.text(f"ALTER TABLE {name} DROP CONSTRAINT {sql_identifier(index_name)}"))
                 rebuild.append(f"ALTER TABLE {name} ADD CONSTRAINT {sql_identifier(index_name)} {constraint}")
             else:
-                self._conn.execute(sa.text(f"DROP INDEX {sql_identifier(index_name)}"))
+                self._conn.execute(sa.text(f"DROP INDEX {index_name}"))  # as regclass writes it: quoted, qualified
                 rebuild.append(index_definition)
         return rebuild
 
@@ -774,7 +821,7 @@ class Load:
         ).first()
         if found is None:  # a table without the lineage column: nothing to set
             return []
-        column = f"ALTER TABLE {sql_identifier(self.target.name)} ALTER COLUMN _ingest_md5"
+        column = f"ALTER TABLE {quoted(self.target)} ALTER COLUMN _ingest_md5"
         constant = sql.Literal(md5).as_string(self._conn.connection.driver_connection)  # type: ignore[arg-type]
         self._conn.execute(sa.text(f"{column} SET DEFAULT {constant}"))
         own = found[0]
@@ -782,11 +829,11 @@ class Load:
 
     def _about_target(self, query: str) -> sa.CursorResult[*TupleAny]:
         """A catalog ``query`` about the target, in this transaction, its name bound as ``:t``."""
-        return self._conn.execute(sa.text(query), {"t": sql_identifier(self.target.name)})
+        return self._conn.execute(sa.text(query), {"t": quoted(self.target)})
 
     def _lock_target(self) -> None:
         """Keep other writers of the target out until this transaction ends (readers go on)."""
-        self._conn.execute(sa.text(f"LOCK TABLE {sql_identifier(self.target.name)} IN SHARE ROW EXCLUSIVE MODE"))
+        self._conn.execute(sa.text(f"LOCK TABLE {quoted(self.target)} IN SHARE ROW EXCLUSIVE MODE"))
 
     @_busy_at_deadline
     def write(self, data: bytes) -> None:
@@ -899,7 +946,7 @@ class Load:
         locked against other writers (readers go on) from before the ledger row (see commit) to the commit,
         a moment after the rows were staged; loads into one table serialize only for their merge."""
         q = sql_identifier
-        target, staging = q(self.target.name), q(self.staging.name)
+        target, staging = quoted(self.target), quoted(self.staging)
         key = self.contract.upsert_key
         others = [n for n in names if n not in key]
         on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in key)
@@ -939,14 +986,13 @@ class Load:
         """Whether fewer than CHANGED_SHARE_FOR_PREFILTER of a sample of the staged rows (SAMPLE_PAGES of its
         pages or so, taken at random, at most SAMPLE_ROWS rows, each looked up by key) are new or differ from
         the target's row."""
-        q = sql_identifier
         percent = min(100.0, 100.0 * SAMPLE_PAGES * 8192 / max(self._size_bytes, 1))
         sampled, different = self._conn.execute(
             sa.text(
                 f"SELECT count(*), count(*) FILTER (WHERE {differs}) FROM "
-                f"(SELECT * FROM {q(self.staging.name)} TABLESAMPLE SYSTEM ({percent:.4f}) REPEATABLE (0) "
+                f"(SELECT * FROM {quoted(self.staging)} TABLESAMPLE SYSTEM ({percent:.4f}) REPEATABLE (0) "
                 f"LIMIT {SAMPLE_ROWS}) AS s "
-                f"LEFT JOIN {q(self.target.name)} AS t ON {on}"
+                f"LEFT JOIN {quoted(self.target)} AS t ON {on}"
             )
         ).one()
         return bool(sampled) and different < sampled * CHANGED_SHARE_FOR_PREFILTER
@@ -959,7 +1005,7 @@ class Load:
         changed 0.6-0.9 s against 1.2-1.3 s for the MERGE of them all; all changed, this join costs ~0.9 s
         more than it saves (hence _mostly_unchanged first)."""
         q = sql_identifier
-        staging, target = q(self.staging.name), q(self.target.name)
+        staging, target = quoted(self.staging), quoted(self.target)
         rows = q(f"_ingest_changed_{self.contract.table}")
         key = self.contract.upsert_key
         # The planner counts every staged row as leaving the join (it cannot tell how many differ) and so
@@ -992,21 +1038,49 @@ class Load:
 _OLD_LOADED_INDEX = "ingest_files_loaded_md5"
 
 
-def _migrate_ledger(conn: sa.Connection) -> None:
+def _ensure_schema(conn: sa.Connection, schema: str, what: str) -> None:
+    """Create ``schema`` if it is missing (where the role may: db/roles.sql makes the schemas beforehand, so
+    that the function needs no CREATE on the database); runs under the DDL lock."""
+    if conn.execute(sa.text("SELECT to_regnamespace(:s) IS NOT NULL"), {"s": sql_identifier(schema)}).scalar():
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(sa.text(f"CREATE SCHEMA {sql_identifier(schema)}"))
+    except sa.exc.ProgrammingError as exc:  # no CREATE on the database: say who makes it
+        raise SchemaMissing(
+            f"schema {schema!r} ({what}) does not exist and the function's role may not create it: run "
+            f"db/roles.sql with schemas={schema} (it creates the schemas and grants USAGE, CREATE on them)"
+        ) from exc
+
+
+def _move_ledger_from_public(conn: sa.Connection, schema: str) -> None:
+    """A ledger made before the pipeline had a schema of its own lies in ``public``: move it (and the
+    attempts table) with every row, index and sequence, once. Runs under the DDL lock."""
+    found = sa.text(  # the catalog, not to_regclass: a role without USAGE on public may ask too
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = :t AND n.nspname IN ('public', :s) AND c.relkind = 'r'"
+    )
+    for table in (LEDGER_TABLE, ATTEMPTS_TABLE):
+        if set(conn.execute(found, {"t": table, "s": schema}).scalars()) == {"public"}:
+            conn.execute(sa.text(f"ALTER TABLE public.{table} SET SCHEMA {sql_identifier(schema)}"))
+
+
+def _migrate_ledger(conn: sa.Connection, schema: str) -> None:
     """Bring an existing ledger up to date, keeping every row: the unique index of loads becomes per
     (table, MD5). Runs under the DDL lock; does nothing (and needs no privilege) when already done."""
     inspector = sa.inspect(conn)
-    indexes = {i["name"] for i in inspector.get_indexes(LEDGER_TABLE)}
-    columns = {c["name"] for c in inspector.get_columns(LEDGER_TABLE)}
+    indexes = {i["name"] for i in inspector.get_indexes(LEDGER_TABLE, schema=schema)}
+    columns = {c["name"] for c in inspector.get_columns(LEDGER_TABLE, schema=schema)}
+    name = f"{sql_identifier(schema)}.{LEDGER_TABLE}"
     for column in ledger.columns:  # columns added since (always nullable)
         if column.name not in columns:
             ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS {ddl}"))
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {ddl}"))
     if _OLD_LOADED_INDEX not in indexes and "ingest_files_loaded_table_md5" in indexes:
         return
     for index in ledger.indexes:
         index.create(conn, checkfirst=True)
-    conn.execute(sa.text(f"DROP INDEX IF EXISTS {_OLD_LOADED_INDEX}"))
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS {sql_identifier(schema)}.{_OLD_LOADED_INDEX}"))
 
 
 def ledger_ddl() -> str:
