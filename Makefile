@@ -86,7 +86,7 @@ deploy: venv ## push, then deploy deploy/template.yaml with the new image digest
 	scripts/deploy.sh deploy
 
 schema: venv ## regenerate db/ledger.sql from the SQLAlchemy description
-	@{ head -n 3 db/ledger.sql; echo; $(BIN)/python -c "from ingest.adapters.postgres import ledger_ddl; print(ledger_ddl(), end='')"; } > db/ledger.sql.new && mv db/ledger.sql.new db/ledger.sql
+	@{ head -n 3 db/ledger.sql; echo; $(BIN)/python -c "from ingest.adapters.tables import ledger_ddl; print(ledger_ddl(), end='')"; } > db/ledger.sql.new && mv db/ledger.sql.new db/ledger.sql
 
 demo: venv ## the walking path: start the stack, upload the samples, report, stop
 	$(BIN)/python -m devstack demo

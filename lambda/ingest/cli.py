@@ -296,7 +296,7 @@ def _chosen_contracts(obj: dict[str, Any], name: str | None) -> list[Any]:
 
 def _plans(contracts: list[Any]) -> list[Any]:
     """Each contract compared with its live table in the stack's database."""
-    from .evolution import compare
+    from .adapters.evolution import compare
 
     engine = _sql_engine()
     try:
@@ -354,7 +354,7 @@ def contract_migrate(obj: dict[str, Any], name: str | None, apply_changes: bool)
     Example:
       ingest contract migrate users --apply
     """
-    from .evolution import compare_locked
+    from .adapters.evolution import compare_locked
 
     contracts = {c.name: c for c in _chosen_contracts(obj, name)}
     plans = _plans(list(contracts.values()))

@@ -60,6 +60,8 @@ STREAM_MAGIC = {
     re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)", re.DOTALL): "bzip2",
     re.compile(rb"\xfd7zXZ\x00"): "xz",
 }
+#: Every compression a file may arrive in (its reasons: truncated_<kind>, corrupt_<kind>).
+COMPRESSED_KINDS = ("gzip", *STREAM_MAGIC.values())
 HEAD_BYTES = 10  # the longest magic
 #: Compressed formats recognised but not read, by their first bytes: a clear refusal rather than "not text".
 UNREAD_MAGIC = {

@@ -39,6 +39,7 @@ from functools import partial
 from typing import Any
 
 from . import metrics
+from .adapters.evolution import ContractTableMismatch
 from .adapters.network import ServiceUnreachable
 from .adapters.postgres import (
     AttemptsSoFar,
@@ -54,7 +55,6 @@ from .adapters.sns import Notifier
 from .columnar import ExactEngineNeeded
 from .contract import Contract, ContractRegistry
 from .deadlines import in_thread
-from .evolution import ContractTableMismatch
 from .log import logger
 from .processing import ENGINES, Outcome, error_dict, process, summary_document
 from .receipt import ERRORS_IN_RECEIPT, Receipt

@@ -15,11 +15,13 @@ bench/data/), uploads it to a moto server, and times, several times each:
 Every route must load exactly the rows of an untimed reference load by the pipeline (count and checksum of
 the typed rows) before its time counts. The methods (the upsert one of them) run in alternating order
 (forward, then reversed) so a slow minute of the machine does not fall on one of them, each after a
-CHECKPOINT (see ``Bench.settle``). It prints medians (rows/s, MB/s, peak RSS of the process, ratio to
-raw), a line with the peers' ratios, and last the 1M-row ratio; with --chart it also draws the run (time
+CHECKPOINT (see ``Bench.settle``). It prints each run's time as it goes, then medians (rows/s, MB/s, peak
+RSS of the process, ratio to raw), the slowest run against raw's median (p-max) and the runs' spread, how
+steady each route was (its slowest run over its fastest), a line with the peers' ratios, and last the 1M-row
+ratio; with --chart it also draws the run (time
 and peak RSS per route) as a PNG and writes the figures as JSON beside it.
 
-    python -m devstack.bench [--rows 1000000 5000000] [--runs 3] [--peers-python .venv-bench/bin/python]
+    python -m devstack.bench [--rows 1000000 5000000] [--runs 5] [--peers-python .venv-bench/bin/python]
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ class Bench:
         """A fresh, empty ``users`` table of the contract's definition (as the pipeline creates it)."""
         from sqlalchemy import create_engine
 
-        from ingest.adapters.postgres import target_table
+        from ingest.adapters.tables import target_table
         from ingest.contract import ContractRegistry, default_contracts_dir
 
         contract = ContractRegistry.from_directory(default_contracts_dir())["users"]
@@ -294,6 +296,7 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
                 "raw_seconds": statistics.median(seconds["raw"]),
                 "raw_rss": max(peaks["raw"]),
                 "raw_spread": (min(seconds["raw"]), max(seconds["raw"])),
+                "runs": seconds,  # every run's seconds, by method, in the order they ran
                 "pipeline_seconds": statistics.median(seconds["pipeline"]),
                 "pipeline_spread": (min(seconds["pipeline"]), max(seconds["pipeline"])),
                 "pipeline_rss": max(peaks["pipeline"]),
@@ -323,16 +326,27 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
 
 
 def _row(r: dict[str, Any], method: str, seconds: float, rss: float, spread: tuple[float, float] | None = None) -> str:
+    """One method's line: its median, and in the p-max column its slowest run against raw's median (what a
+    user meets on a bad run), then the spread of its runs."""
+    worst = f"{spread[1] / r['raw_seconds']:>6.2f}x" if spread else f"{'':>7}"
     noise = f"  ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
     return (
         f"{r['rows']:>10,} {r['mb']:>6.0f}  {method:<34} {seconds:>8.2f} {r['rows'] / seconds:>11,.0f} "
-        f"{r['mb'] / seconds:>7.1f} {rss:>7.0f}MB {seconds / r['raw_seconds']:>6.2f}x{noise}"
+        f"{r['mb'] / seconds:>7.1f} {rss:>7.0f}MB {seconds / r['raw_seconds']:>6.2f}x {worst}{noise}"
     )
+
+
+def steadiness(r: dict[str, Any]) -> str | None:
+    """``steadiness at N rows: slowest / fastest run: ...`` for raw and the pipeline's routes, when runs were kept."""
+    runs = r.get("runs") or {}
+    named = [("raw", "raw"), ("pipeline", "first load"), ("upsert", "upsert")]
+    parts = [f"{label} {max(runs[m]) / min(runs[m]):.2f}x" for m, label in named if runs.get(m)]
+    return f"steadiness at {r['rows']:,} rows, slowest / fastest run: {', '.join(parts)}" if parts else None
 
 
 def report(results: list[dict[str, Any]], bursts: list[dict[str, Any]] | None = None) -> str:
     header = f"{'rows':>10} {'MB':>6}  {'method':<34} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {'peak RSS':>9}"
-    lines = ["", header + f" {'vs raw':>7}"]
+    lines = ["", header + f" {'vs raw':>7} {'p-max':>7}"]
     for r in results:
         lines.append(_row(r, "raw psql \\copy (valid rows)", r["raw_seconds"], r["raw_rss"], r["raw_spread"]))
         lines.append(_row(r, "pipeline, first load", r["pipeline_seconds"], r["pipeline_rss"], r["pipeline_spread"]))
@@ -342,6 +356,7 @@ def report(results: list[dict[str, Any]], bursts: list[dict[str, Any]] | None = 
         for name, peer in r.get("peers", {}).items():
             label = f"peer: {name}" + (" (WRONG ROWS)" if peer["mismatch"] else "")
             lines.append(_row(r, label, peer["seconds"], peer["rss"], peer["spread"]))
+    lines += [line for line in map(steadiness, results) if line]
     for r in results:
         for name, problem in r.get("mismatches", {}).items():
             lines.append(f"{r['rows']:,} rows, {name}: {problem}: its time does not count")
@@ -368,7 +383,7 @@ def report(results: list[dict[str, Any]], bursts: list[dict[str, Any]] | None = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--peers-python", help="the Python of the bench venv (bench/requirements.txt): runs the peers")
     parser.add_argument("--chart", type=Path, help="write the run as a PNG here (and its figures as .json beside it)")
     parser.add_argument("--burst-files", type=int, default=400, help="files in the burst (0: no burst)")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
+from .engine import docker_engine
 from .function import REPO
+from .offline_images import offline_environment
 
 LOCALSTACK_ACCOUNT = "000000000000"  # LocalStack's (and Floci's) fixed account id; moto's is 123456789012
 
@@ -29,36 +30,13 @@ def compose_files(emulator: str | None = None) -> list[Path]:
     return files
 
 
-def docker_engine() -> str | None:
-    """None when a Docker engine answers; else why not (printed as the reason tests are skipped)."""
-    if not shutil.which("docker"):
-        return "no docker client on PATH"
-    try:
-        info = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=15
-        )
-    except subprocess.TimeoutExpired:
-        return "docker info did not answer within 15 s"
-    if info.returncode != 0:
-        lines = (info.stderr or info.stdout).strip().splitlines()
-        return f"no Docker engine answers ({lines[-1] if lines else 'docker info failed'})"
-    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    if plugin.returncode != 0:
-        return "the docker compose plugin is not installed"
-    return None
-
-
 def compose_environment() -> dict[str, str]:
     """The environment ``docker compose`` runs with: this one, plus the stand-ins' names with OFFLINE=1."""
-    from .offline_images import offline_environment
-
     return {**os.environ, **offline_environment()}
 
 
 def missing_images(env: dict[str, str]) -> list[str]:
     """The OFFLINE=1 stand-ins this engine does not have (pulling them would fail: they exist nowhere else)."""
-    from .offline_images import offline_environment
-
     wanted = offline_environment(env).values()
     return [
         image

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compose import docker_engine
+from .engine import docker_engine
 from .function import REPO, install_rie, rie_arch
 
 FOLDER = REPO / "offline-images"

@@ -203,7 +203,7 @@ FUNCTION_PASSWORD = "ingest_function"  # a throwaway local cluster's: the role's
 def function_schemas(contracts_dir: str | Path | None = None) -> list[str]:
     """The schemas the function writes: the pipeline's own (INGEST_SCHEMA, else ingest_ledger), then each schema
     the contracts name (``public`` for contracts that name none), as db/roles.sql takes them."""
-    from ingest.adapters.postgres import pipeline_schema
+    from ingest.adapters.tables import pipeline_schema
     from ingest.contract import ContractRegistry, default_contracts_dir
 
     folder = contracts_dir or os.environ.get("INGEST_CONTRACTS_DIR") or default_contracts_dir()

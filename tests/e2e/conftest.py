@@ -448,8 +448,9 @@ def embedded_stack(state_dir: Path, settings: dict[str, str]) -> Iterator[Stack]
 
 def _compose_stack() -> Iterator[Stack]:
     from devstack import compose
+    from devstack.engine import docker_engine
 
-    problem = compose.docker_engine()
+    problem = docker_engine()
     if problem:
         pytest.skip(f"compose stack (testcontainers) not run: {problem}")
     # testcontainers runs `docker compose` with this process's environment: the image variables of

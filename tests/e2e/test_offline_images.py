@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.compose import docker_engine
+from devstack.engine import docker_engine
 from devstack.offline_images import LAMBDA_BASE_IMAGE, POSTGRES_IMAGE
 
 pytestmark = pytest.mark.stack

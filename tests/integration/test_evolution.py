@@ -11,9 +11,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from ingest.adapters.postgres import Database, ledger, target_table
+from ingest.adapters.evolution import BREAKING, compare
+from ingest.adapters.postgres import Database
+from ingest.adapters.tables import ledger, target_table
 from ingest.contract import ContractRegistry
-from ingest.evolution import BREAKING, compare
 from ingest.service import ingest_object
 from tests.integration.roles import function_role
 
@@ -343,7 +344,7 @@ def test_a_table_the_function_does_not_own_gets_the_additive_ddl_to_run_by_hand(
 def test_a_table_the_function_makes_from_its_contract_is_not_compared_with_it(pipeline, monkeypatch):
     """The first load makes the table from the contract, so comparing the two (reflection, ~50 ms) can only
     find them alike: it is skipped. A table found already there is compared, as before."""
-    from ingest import evolution
+    from ingest.adapters import evolution
 
     compared = []
     real_compare = evolution.compare

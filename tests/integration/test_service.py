@@ -16,10 +16,10 @@ import pytest
 from ingest import service
 from ingest.adapters import postgres as postgres_adapter
 from ingest.adapters import s3 as s3_adapter
+from ingest.adapters.evolution import ContractTableMismatch
 from ingest.adapters.postgres import Database
 from ingest.adapters.s3 import Download, ObjectStore
 from ingest.contract import ContractRegistry, parse_contract
-from ingest.evolution import ContractTableMismatch
 from ingest.service import Dependencies, ingest_object
 from tests.conftest import SAMPLES
 from tests.integration.objects import big_users_file, upload_multipart

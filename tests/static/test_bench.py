@@ -79,3 +79,16 @@ def test_the_burst_is_summed_up_in_the_line_before_the_peers_line():
     assert lines[-2] == "peers at 1,000,000 rows: polars + COPY 1.90x"
     assert lines[-3] == "burst of 400 files: concurrency 1 20.0 files/s, 2 30.5 files/s, 4 41.0 files/s"
     assert any(line.split()[:3] == ["4", "9.8", "41.0"] and line.endswith("2.05x") for line in lines)
+
+
+def test_each_route_shows_its_slowest_run_and_how_steady_it_was():
+    from devstack.bench import report
+
+    results = _results({})
+    results[0]["runs"] = {"raw": [2.0, 2.1, 2.0], "pipeline": [2.4, 2.5, 3.6], "upsert": [2.8, 2.9, 3.0]}
+    results[0]["pipeline_spread"] = (2.4, 3.6)
+    lines = report(results).splitlines()
+    first_load = next(line for line in lines if "pipeline, first load" in line)
+    assert first_load.split()[-3:] == ["1.25x", "1.80x", "(2.40-3.60)"]  # median, p-max: 3.6 s / raw 2.0 s
+    assert "steadiness at 1,000,000 rows, slowest / fastest run: raw 1.05x, first load 1.50x, upsert 1.07x" in lines
+    assert lines[-1] == "1,000,000-row ratio, pipeline / raw \\copy: 1.25x"

@@ -4,7 +4,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.schema import CreateTable
 
-from ingest.adapters.postgres import ledger_ddl, target_table
+from ingest.adapters.tables import ledger_ddl, target_table
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,6 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 
+#: The services the function reaches, as its messages name them (each has its reason code, reason_code()).
+SERVICES = ("S3", "SNS", "Secrets Manager", "PostgreSQL")
 #: How long a connection to an AWS service may take to be accepted, and how many tries a request makes (the
 #: standard retry mode also retries throttling): a black-holed endpoint is given up after ~10 s.
 CONNECT_TIMEOUT_SECONDS = 3

@@ -31,8 +31,8 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
-from .adapters.postgres import quoted, target_table
-from .contract import Contract
+from ..contract import Contract
+from .tables import quoted, target_table
 
 ADDITIVE = "additive"
 BREAKING = "breaking"
