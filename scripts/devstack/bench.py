@@ -118,11 +118,47 @@ def measure(argv: list[str], env: dict[str, str] | None = None, sample: bool = T
     return seconds, peak, out.decode()
 
 
+def machine_snapshot() -> dict[str, float]:
+    """What the machine was doing, to tell a slow run's cause: CPU ticks by kind (/proc/stat), and the page
+    cache's dirty and writeback megabytes (/proc/meminfo)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    user, nice, system, idle, iowait, irq, softirq, steal = map(float, fields)
+    memory = {
+        line.split(":")[0]: float(line.split()[1]) / 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith(("Dirty:", "Writeback:"))
+    }
+    return {
+        "busy": user + nice + system + irq + softirq,
+        "idle": idle,
+        "iowait": iowait,
+        "steal": steal,
+        "dirty_mb": memory.get("Dirty", 0.0),
+        "writeback_mb": memory.get("Writeback", 0.0),
+    }
+
+
+def conditions(before: dict[str, float], after: dict[str, float], checkpoints: int, moto_mb: float) -> dict[str, float]:
+    """A run's conditions: the share of CPU time that was iowait and steal, the cores busy, the dirty page
+    cache when it began, the checkpoints PostgreSQL began meanwhile, and the emulator's RSS after it."""
+    total = sum(after[k] - before[k] for k in ("busy", "idle", "iowait", "steal")) or 1.0
+    cores = os.cpu_count() or 1
+    return {
+        "iowait": round((after["iowait"] - before["iowait"]) / total, 3),
+        "steal": round((after["steal"] - before["steal"]) / total, 3),
+        "cores_busy": round(cores * (after["busy"] - before["busy"]) / total, 2),
+        "dirty_mb_before": round(before["dirty_mb"] + before["writeback_mb"]),
+        "checkpoints": checkpoints,
+        "emulator_mb": round(moto_mb),
+    }
+
+
 class Bench:
     def __init__(self, workdir: Path, database_url: str, endpoint: str):
         self.workdir = workdir
         self.database_url = database_url
         self.endpoint = endpoint
+        self.settles = 0  # the CHECKPOINTs the bench asked for (see settle)
         self.s3 = boto3.session.Session().client("s3", endpoint_url=endpoint)
         self.s3.create_bucket(Bucket=BUCKET)
         bin_dir = find_bin_dir()
@@ -146,6 +182,17 @@ class Bench:
         of three 1M upserts). Skipped where the role may not (a BENCH_DATABASE_URL of the user's)."""
         with suppress(psycopg.errors.InsufficientPrivilege):
             self.sql("CHECKPOINT")
+            self.settles += 1
+
+    def checkpoints(self) -> int:
+        """How many checkpoints PostgreSQL has begun (timed or requested, the bench's own included)."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            if conn.info.server_version >= 170000:
+                query = "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+            else:
+                query = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+        return int(row[0]) if row else 0
 
     def fresh_tables(self) -> None:
         self.sql("DROP TABLE IF EXISTS users; DROP TABLE IF EXISTS ingest_ledger.ingest_files;")
@@ -268,8 +315,10 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
             seconds: dict[str, list[float]] = {m: [] for m in methods}
             peaks: dict[str, list[float]] = {m: [] for m in methods}
             mismatches: dict[str, str] = {}
+            observed: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
             for i in range(runs):
                 for method in methods if i % 2 == 0 else methods[::-1]:
+                    began, checkpoints, settles = machine_snapshot(), bench.checkpoints(), bench.settles
                     if method == "raw":
                         s, peak = bench.raw_copy(valid_csv)
                         table = "users"
@@ -288,7 +337,18 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
                         mismatches[method] = f"loaded {got[0]:,} rows (checksum {got[1]}), expected {expected[0]:,}"
                     seconds[method].append(s)
                     peaks[method].append(peak)
-                    print(f"  {method} run {i + 1}: {s:.2f}s, peak RSS {peak:.0f} MB", flush=True)
+                    moto_mb = psutil.Process(moto.pid).memory_info().rss / 2**20
+                    others = bench.checkpoints() - checkpoints - (bench.settles - settles)  # not the bench's own
+                    seen = conditions(began, machine_snapshot(), others, moto_mb)
+                    observed[method].append(seen)
+                    print(
+                        f"  {method} run {i + 1}: {s:.2f}s, peak RSS {peak:.0f} MB "
+                        f"(cores busy {seen['cores_busy']:.2f}, iowait {seen['iowait']:.0%}, "
+                        f"steal {seen['steal']:.0%}, "
+                        f"dirty {seen['dirty_mb_before']:.0f} MB before, checkpoints {seen['checkpoints']}, "
+                        f"emulator {seen['emulator_mb']:.0f} MB)",
+                        flush=True,
+                    )
             entry: dict[str, Any] = {
                 "rows": rows,
                 "mb": size_mb,
@@ -297,6 +357,7 @@ def run(sizes: list[int], runs: int, peers_python: str | None = None) -> list[di
                 "raw_rss": max(peaks["raw"]),
                 "raw_spread": (min(seconds["raw"]), max(seconds["raw"])),
                 "runs": seconds,  # every run's seconds, by method, in the order they ran
+                "conditions": observed,  # and what the machine did meanwhile (machine_snapshot, conditions)
                 "pipeline_seconds": statistics.median(seconds["pipeline"]),
                 "pipeline_spread": (min(seconds["pipeline"]), max(seconds["pipeline"])),
                 "pipeline_rss": max(peaks["pipeline"]),

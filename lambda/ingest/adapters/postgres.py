@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 from ..contract import ATTEMPTS_TABLE, DEFAULT_SCHEMA, LEDGER_TABLE, PIPELINE_SCHEMA, Contract
 from ..deadlines import awaited, call_at, in_thread
-from .evolution import ContractTableMismatch, compare, compare_locked
+from . import evolution
+from .evolution import ContractTableMismatch
 from .network import DATABASE_CONNECT_TIMEOUT_SECONDS, ServiceUnreachable, kind_of
 from .tables import (
     attempts,
@@ -507,12 +508,12 @@ class Load:
         made them. Readers of the table wait until this load commits: it happens once per change."""
 
         with engine.connect() as look:
-            plan = compare(look, self.contract)
+            plan = evolution.compare(look, self.contract)
         if plan.breaking:
             raise ContractTableMismatch(plan)
         if not plan.additive:
             return False
-        plan = compare_locked(self._conn, self.contract)
+        plan = evolution.compare_locked(self._conn, self.contract)
         if plan.breaking:
             raise ContractTableMismatch(plan)
         try:
