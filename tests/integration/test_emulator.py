@@ -44,8 +44,11 @@ def test_a_parts_file_reads_its_parts_as_one_file_through_descriptors_of_its_own
     """Any seek and read, across the parts' seams and past the end, gives the bytes of the parts joined; a
     dup reads on after the original (and the parts' own files) closed."""
     parts = [os.urandom(n) for n in (7, 1, 13, 5)]
-    fds = []
+    fds: list[tuple[int | bytes, int]] = []
     for i, part in enumerate(parts):
+        if i == 2:  # a part moto kept in memory: read from its bytes
+            fds.append((part, len(part)))
+            continue
         path = tmp_path / f"part{i}"
         path.write_bytes(part)
         fds.append((os.open(path, os.O_RDONLY), len(part)))
