@@ -57,9 +57,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
     deadline, ends = time_limits(context)
     if is_sqs_batch(event):
+        not_built: list[Exception] = []
         return process_partial_response(  # type: ignore[return-value]
             event=event,
-            record_handler=lambda record: _sqs_record(record, request_id, deadline, ends),
+            record_handler=lambda record: _sqs_record(record, request_id, deadline, ends, not_built),
             processor=processor,
             context=context,
         )
@@ -70,7 +71,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _sqs_record(
-    record: SQSRecord, request_id: str | None, deadline: float | None, ends: float | None
+    record: SQSRecord,
+    request_id: str | None,
+    deadline: float | None,
+    ends: float | None,
+    not_built: list[Exception] | None = None,
 ) -> list[dict[str, Any]]:
     try:
         body = json.loads(record.body)
@@ -78,7 +83,7 @@ def _sqs_record(
         raise UnknownEvent(f"SQS message {record.message_id} body is not JSON: {exc}") from None
     count = (record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount")
     delivery = Delivery(record.message_id, _number(count), max_receives())
-    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends, delivery)
+    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends, delivery, not_built)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return [r.to_dict() for r in receipts]
@@ -102,13 +107,21 @@ def _ingest_all(
     deadline: float | None = None,
     ends: float | None = None,
     delivery: Delivery | None = None,
+    not_built: list[Exception] | None = None,
 ) -> tuple[list[Receipt], list[str]]:
+    """Ingest each object; ``not_built`` (one list per invocation) keeps why the dependencies could not be
+    built, so that the other records of a batch fail at once with that reason rather than wait again (ten
+    records each waiting ~10 s for a black-holed Secrets Manager would outlast the invocation)."""
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
         return [], []
     try:
+        if not_built:  # an earlier record of this batch found them out of reach: no second wait
+            raise not_built[0]
         deps = bootstrap.dependencies()
     except Exception as exc:  # nothing can be read or recorded: each file's receipt says why, then retried
+        if not_built is not None and not not_built:
+            not_built.append(exc)
         for ref in refs:
             could_not_start(ref.bucket, ref.key, exc, bootstrap.notifier(), ends)
         return [], [f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}" for ref in refs]

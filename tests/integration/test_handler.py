@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from urllib.parse import quote_plus
@@ -219,3 +220,22 @@ def test_without_any_database_setting_the_function_says_so(pipeline, monkeypatch
     (receipt,) = pipeline.receipts()
     assert (receipt["status"], receipt["reason"]) == ("failed", "configuration_error")
     assert receipt["message"].startswith("neither DATABASE_URL nor DATABASE_SECRET_ARN is set")
+
+
+def test_a_batch_whose_dependencies_are_out_of_reach_waits_once_and_says_so_for_every_record(pipeline, monkeypatch):
+    from ingest.adapters.network import ServiceUnreachable
+
+    calls = []
+
+    def unreachable():
+        calls.append(1)  # each try would wait ~10 s for a black-holed Secrets Manager
+        raise ServiceUnreachable("Secrets Manager", "ConnectTimeoutError: Connect timeout", "timeout")
+
+    monkeypatch.setattr(bootstrap, "dependencies", functools.lru_cache(maxsize=1)(unreachable))  # as it is
+    bodies = [json.dumps(s3_event(pipeline.bucket, f"incoming/users_{i}.csv")) for i in range(3)]
+    result = lambda_handler(sqs_event(*bodies), Context())
+    assert result == {"batchItemFailures": [{"itemIdentifier": f"msg-{i}"} for i in range(3)]}
+    assert calls == [1]
+    receipts = pipeline.receipts()
+    assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "secrets_manager_unreachable")] * 3
+    assert lambda_handler(sqs_event(bodies[0]), Context())["batchItemFailures"] and calls == [1, 1]  # tried again
