@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from . import bootstrap
+from .adapters.network import ServiceUnreachable
 from .events import ObjectRef, UnknownEvent, is_sqs_batch, object_refs
 from .log import logger
 from .receipt import Receipt
@@ -57,10 +58,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
     deadline, ends = time_limits(context)
     if is_sqs_batch(event):
-        not_built: list[Exception] = []
+        out_of_reach: list[Exception] = []
         return process_partial_response(  # type: ignore[return-value]
             event=event,
-            record_handler=lambda record: _sqs_record(record, request_id, deadline, ends, not_built),
+            record_handler=lambda record: _sqs_record(record, request_id, deadline, ends, out_of_reach),
             processor=processor,
             context=context,
         )
@@ -75,7 +76,7 @@ def _sqs_record(
     request_id: str | None,
     deadline: float | None,
     ends: float | None,
-    not_built: list[Exception] | None = None,
+    out_of_reach: list[Exception] | None = None,
 ) -> list[dict[str, Any]]:
     try:
         body = json.loads(record.body)
@@ -83,7 +84,7 @@ def _sqs_record(
         raise UnknownEvent(f"SQS message {record.message_id} body is not JSON: {exc}") from None
     count = (record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount")
     delivery = Delivery(record.message_id, _number(count), max_receives())
-    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends, delivery, not_built)
+    receipts, failures = _ingest_all(object_refs(body), request_id, deadline, ends, delivery, out_of_reach)
     if failures:
         raise ObjectsFailed("; ".join(failures))
     return [r.to_dict() for r in receipts]
@@ -107,21 +108,22 @@ def _ingest_all(
     deadline: float | None = None,
     ends: float | None = None,
     delivery: Delivery | None = None,
-    not_built: list[Exception] | None = None,
+    out_of_reach: list[Exception] | None = None,
 ) -> tuple[list[Receipt], list[str]]:
-    """Ingest each object; ``not_built`` (one list per invocation) keeps why the dependencies could not be
-    built, so that the other records of a batch fail at once with that reason rather than wait again (ten
-    records each waiting ~10 s for a black-holed Secrets Manager would outlast the invocation)."""
+    """Ingest each object; ``out_of_reach`` (one list per invocation) keeps the first service found out of reach
+    (the dependencies could not be built, or S3 or PostgreSQL did not answer), so that the other records of a
+    batch fail at once with that reason rather than wait again: ten records each waiting ~10 s for a
+    black-holed service would outlast the invocation, and end as timeouts. The next invocation tries again."""
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
         return [], []
     try:
-        if not_built:  # an earlier record of this batch found them out of reach: no second wait
-            raise not_built[0]
+        if out_of_reach:  # an earlier record of this batch found them out of reach: no second wait
+            raise out_of_reach[0]
         deps = bootstrap.dependencies()
     except Exception as exc:  # nothing can be read or recorded: each file's receipt says why, then retried
-        if not_built is not None and not not_built:
-            not_built.append(exc)
+        if out_of_reach is not None and not out_of_reach:
+            out_of_reach.append(exc)
         for ref in refs:
             could_not_start(ref.bucket, ref.key, exc, bootstrap.notifier(), ends)
         return [], [f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}" for ref in refs]
@@ -129,8 +131,20 @@ def _ingest_all(
     for ref in refs:
         try:
             receipts.append(
-                ingest_object(ref.bucket, ref.key, deps, request_id, deadline, ends, delivery, ref.event_time)
+                ingest_object(
+                    ref.bucket,
+                    ref.key,
+                    deps,
+                    request_id,
+                    deadline,
+                    ends,
+                    delivery,
+                    ref.event_time,
+                    unreachable=out_of_reach[0] if out_of_reach else None,
+                )
             )
         except Exception as exc:
+            if isinstance(exc, ServiceUnreachable) and out_of_reach is not None and not out_of_reach:
+                out_of_reach.append(exc)
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

@@ -189,6 +189,7 @@ def ingest_object(
     ends: float | None = None,
     delivery: Delivery | None = None,
     event_time: datetime | None = None,
+    unreachable: Exception | None = None,
 ) -> Receipt:
     """Ingest one object, publish its receipt and log its metrics. Raises (after publishing ``failed``) on
     failures.
@@ -197,7 +198,9 @@ def ingest_object(
     ``ends``: when the invocation ends, after the deadline's margin: an outcome's own ledger row and the
     receipt's publish are waited for until then at the most (what could not be written is then in the log);
     ``delivery``: which delivery of a queue message this is (earlier ones that died are put on record);
-    ``event_time``: when S3 says the object was created (the metrics' lag from upload to commit)."""
+    ``event_time``: when S3 says the object was created (the metrics' lag from upload to commit);
+    ``unreachable``: a service an earlier object of the same invocation found out of reach: this one fails
+    at once with that reason (on record where the database answers) rather than wait for it again."""
     attempt = _Attempt(
         bucket=bucket, key=key, request_id=request_id, deadline=deadline, ends=ends, event_time=event_time
     )
@@ -206,6 +209,8 @@ def ingest_object(
     status = "failed"
     try:
         try:
+            if unreachable is not None:
+                raise unreachable
             if trace is not None:
                 trace.begin()
             try:

@@ -239,3 +239,25 @@ def test_a_batch_whose_dependencies_are_out_of_reach_waits_once_and_says_so_for_
     receipts = pipeline.receipts()
     assert [(r["status"], r["reason"]) for r in receipts] == [("failed", "secrets_manager_unreachable")] * 3
     assert lambda_handler(sqs_event(bodies[0]), Context())["batchItemFailures"] and calls == [1, 1]  # tried again
+
+
+def test_a_service_found_out_of_reach_fails_the_rest_of_the_batch_at_once_on_record(pipeline, monkeypatch):
+    from ingest.adapters.network import ServiceUnreachable
+    from ingest.adapters.s3 import ObjectStore
+
+    heads = []
+
+    def unreachable(self, bucket, key, deadline=None):
+        heads.append(key)  # each would wait ~10 s for a black-holed S3
+        raise ServiceUnreachable("S3", "ConnectTimeoutError: Connect timeout", "timeout")
+
+    monkeypatch.setattr(ObjectStore, "head", unreachable)
+    bodies = [json.dumps(s3_event(pipeline.bucket, f"incoming/users_{i}.csv")) for i in range(3)]
+    result = lambda_handler(sqs_event(*bodies), Context())
+    assert result == {"batchItemFailures": [{"itemIdentifier": f"msg-{i}"} for i in range(3)]}
+    assert heads == ["incoming/users_0.csv"]
+    assert [(r["status"], r["reason"]) for r in pipeline.receipts()] == [("failed", "s3_unreachable")] * 3
+    rows = pipeline.query("SELECT object_key, reason FROM ingest_ledger.ingest_files ORDER BY id")
+    assert [(r["object_key"], r["reason"]) for r in rows] == [
+        (f"incoming/users_{i}.csv", "s3_unreachable") for i in range(3)
+    ]
