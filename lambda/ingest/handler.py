@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -58,7 +59,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None)
     deadline, ends = time_limits(context)
     if is_sqs_batch(event):
-        out_of_reach: list[Exception] = []
+        out_of_reach = OutOfReach()
         return process_partial_response(  # type: ignore[return-value]
             event=event,
             record_handler=lambda record: _sqs_record(record, request_id, deadline, ends, out_of_reach),
@@ -76,7 +77,7 @@ def _sqs_record(
     request_id: str | None,
     deadline: float | None,
     ends: float | None,
-    out_of_reach: list[Exception] | None = None,
+    out_of_reach: OutOfReach | None = None,
 ) -> list[dict[str, Any]]:
     try:
         body = json.loads(record.body)
@@ -102,28 +103,37 @@ def _number(value: object) -> int | None:
         return None
 
 
+@dataclass
+class OutOfReach:
+    """What one invocation found out of reach: why its dependencies could not be built, the first service
+    that did not answer."""
+
+    dependencies: Exception | None = None
+    service: ServiceUnreachable | None = None
+
+
 def _ingest_all(
     refs: list[ObjectRef],
     request_id: str | None,
     deadline: float | None = None,
     ends: float | None = None,
     delivery: Delivery | None = None,
-    out_of_reach: list[Exception] | None = None,
+    out_of_reach: OutOfReach | None = None,
 ) -> tuple[list[Receipt], list[str]]:
-    """Ingest each object; ``out_of_reach`` (one list per invocation) keeps the first service found out of reach
-    (the dependencies could not be built, or S3 or PostgreSQL did not answer), so that the other records of a
+    """Ingest each object; ``out_of_reach`` (one per invocation) keeps what was found out of reach (the
+    dependencies could not be built, or S3 or PostgreSQL did not answer), so that the other records of a
     batch fail at once with that reason rather than wait again: ten records each waiting ~10 s for a
     black-holed service would outlast the invocation, and end as timeouts. The next invocation tries again."""
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
         return [], []
     try:
-        if out_of_reach:  # an earlier record of this batch found them out of reach: no second wait
-            raise out_of_reach[0]
+        if out_of_reach is not None and out_of_reach.dependencies is not None:
+            raise out_of_reach.dependencies  # an earlier record of this batch found them out of reach
         deps = bootstrap.dependencies()
     except Exception as exc:  # nothing can be read or recorded: each file's receipt says why, then retried
-        if out_of_reach is not None and not out_of_reach:
-            out_of_reach.append(exc)
+        if out_of_reach is not None:
+            out_of_reach.dependencies = exc
         for ref in refs:
             could_not_start(ref.bucket, ref.key, exc, bootstrap.notifier(), ends)
         return [], [f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}" for ref in refs]
@@ -140,11 +150,11 @@ def _ingest_all(
                     ends,
                     delivery,
                     ref.event_time,
-                    unreachable=out_of_reach[0] if out_of_reach else None,
+                    unreachable=out_of_reach.service if out_of_reach is not None else None,
                 )
             )
         except Exception as exc:
-            if isinstance(exc, ServiceUnreachable) and out_of_reach is not None and not out_of_reach:
-                out_of_reach.append(exc)
+            if isinstance(exc, ServiceUnreachable) and out_of_reach is not None and out_of_reach.service is None:
+                out_of_reach.service = exc
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures
