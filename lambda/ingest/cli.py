@@ -21,11 +21,11 @@ import click
 
 from .contract import (
     LEDGER_TABLE,
-    PIPELINE_SCHEMA,
     ContractError,
     ContractRegistry,
     contracts_overlap,
     default_contracts_dir,
+    pipeline_schema,
 )
 from .processing import judge_file
 from .rejection import FileRejected
@@ -424,7 +424,7 @@ def _aws(env: dict[str, str], service: str) -> Any:
 def _ledger(conn: Any, env: dict[str, str]) -> str | None:
     """The ledger's qualified name: in the pipeline's schema (INGEST_SCHEMA, else ingest_ledger), or still in public
     where no function has started since it moved (the function moves it on its first start); None if none."""
-    schema = env.get("INGEST_SCHEMA") or PIPELINE_SCHEMA
+    schema = pipeline_schema(env)
     for name in (f'"{schema}".{LEDGER_TABLE}', f"public.{LEDGER_TABLE}"):
         if conn.execute("SELECT to_regclass(%s) IS NOT NULL AS e", (name,)).fetchone()["e"]:
             return name

@@ -56,6 +56,15 @@ DEFAULT_SCHEMA = "public"
 PIPELINE_SCHEMA = "ingest_ledger"
 
 
+def pipeline_schema(environ: Mapping[str, str]) -> str:
+    """The pipeline's own schema (ledger, attempts, big upserts' staging tables) in an environment:
+    INGEST_SCHEMA, else PIPELINE_SCHEMA. The function, the CLI and the dev stacks all ask here."""
+    schema = environ.get("INGEST_SCHEMA") or PIPELINE_SCHEMA
+    if not IDENTIFIER.match(schema) or schema == DEFAULT_SCHEMA or schema.startswith("pg_"):
+        raise ValueError(f"INGEST_SCHEMA must be a lower-case SQL identifier of a schema of its own, got {schema!r}")
+    return schema
+
+
 class ContractError(ValueError):
     """A contract file is malformed; the message names the file and the field."""
 

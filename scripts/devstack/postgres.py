@@ -203,11 +203,12 @@ FUNCTION_PASSWORD = "ingest_function"  # a throwaway local cluster's: the role's
 def function_schemas(contracts_dir: str | Path | None = None) -> list[str]:
     """The schemas the function writes: the pipeline's own (INGEST_SCHEMA, else ingest_ledger), then each schema
     the contracts name (``public`` for contracts that name none), as db/roles.sql takes them."""
-    from ingest.adapters.tables import pipeline_schema
-    from ingest.contract import ContractRegistry, default_contracts_dir
+    from ingest.contract import ContractRegistry, default_contracts_dir, pipeline_schema
 
     folder = contracts_dir or os.environ.get("INGEST_CONTRACTS_DIR") or default_contracts_dir()
-    return list(dict.fromkeys([pipeline_schema(), *(c.schema for c in ContractRegistry.from_directory(folder))]))
+    return list(
+        dict.fromkeys([pipeline_schema(os.environ), *(c.schema for c in ContractRegistry.from_directory(folder))])
+    )
 
 
 def create_function_role(admin_url: str, schemas: list[str] | None = None) -> str:

@@ -32,7 +32,7 @@ from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
 from ..contract import Contract
-from .tables import quoted, target_table
+from .tables import quoted_target, target_table
 
 ADDITIVE = "additive"
 BREAKING = "breaking"
@@ -100,7 +100,7 @@ class ContractTableMismatch(Exception):
 def compare_locked(conn: sa.Connection, contract: Contract) -> Plan:
     """``compare`` under ACCESS EXCLUSIVE on the table, taken first in ``conn``'s transaction: what is found
     is what stays until that transaction ends, so the additive DDL can be applied safely, once."""
-    conn.execute(sa.text(f"LOCK TABLE {quoted(target_table(contract))} IN ACCESS EXCLUSIVE MODE"))
+    conn.execute(sa.text(f"LOCK TABLE {quoted_target(contract)} IN ACCESS EXCLUSIVE MODE"))
     return compare(conn, contract)
 
 

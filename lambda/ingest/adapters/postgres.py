@@ -20,6 +20,7 @@ deadline is cancelled and fails with ``TableBusy`` (reason ``table_busy``), nami
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 import time
@@ -36,7 +37,7 @@ from sqlalchemy.dialects import postgresql as pg
 if TYPE_CHECKING:
     from sqlalchemy.util.typing import TupleAny
 
-from ..contract import ATTEMPTS_TABLE, DEFAULT_SCHEMA, LEDGER_TABLE, PIPELINE_SCHEMA, Contract
+from ..contract import ATTEMPTS_TABLE, DEFAULT_SCHEMA, LEDGER_TABLE, PIPELINE_SCHEMA, Contract, pipeline_schema
 from ..deadlines import awaited, call_at, in_thread
 from . import evolution
 from .evolution import ContractTableMismatch
@@ -44,10 +45,11 @@ from .network import DATABASE_CONNECT_TIMEOUT_SECONDS, ServiceUnreachable, kind_
 from .tables import (
     attempts,
     ledger,
-    pipeline_schema,
     quoted,
+    quoted_target,
     sql_identifier,
     staging_table,
+    target_schema,
     target_table,
 )
 
@@ -134,7 +136,7 @@ class Database:
         self, database_url: str, connect_timeout: int = DATABASE_CONNECT_TIMEOUT_SECONDS, schema: str | None = None
     ):
         #: the pipeline's own schema: ledger, attempts, big upserts' staging tables (INGEST_SCHEMA)
-        self.schema = schema or pipeline_schema()
+        self.schema = schema or pipeline_schema(os.environ)
         # libpq parses the URL (or key=value string) itself, exactly as psql would; SQLAlchemy only
         # pools the connections it makes.
         self.engine = sa.create_engine(
@@ -155,7 +157,7 @@ class Database:
         for (one cheap query): a warm runtime outlives tables dropped meanwhile (a developer starting
         afresh), and makes them again rather than failing every file on a table that is gone."""
         own = [f"{sql_identifier(self.schema)}.{sql_identifier(t)}" for t in (LEDGER_TABLE, ATTEMPTS_TABLE)]
-        wanted = own + ([quoted(target_table(contract))] if contract else [])
+        wanted = own + ([quoted_target(contract)] if contract else [])
         if all(t in self._ready_tables for t in wanted) and self._all_exist(wanted):
             return
         made: Contract | None = None  # the contract whose table this call made
@@ -170,7 +172,7 @@ class Database:
             if contract is not None:
                 if contract.schema != DEFAULT_SCHEMA:
                     _ensure_schema(conn, contract.schema, f"contract {contract.name}'s schema")
-                if not sa.inspect(conn).has_table(contract.table, schema=target_table(contract).schema):
+                if not sa.inspect(conn).has_table(contract.table, schema=target_schema(contract)):
                     target_table(contract).create(conn)
                     made = contract
         if made is not None:  # made from this very contract: no need to compare them

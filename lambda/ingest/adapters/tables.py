@@ -4,14 +4,12 @@ here: the PostgreSQL adapter and contract evolution both build on these descript
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from ..contract import ATTEMPTS_TABLE, DEFAULT_SCHEMA, IDENTIFIER, LEDGER_TABLE, PIPELINE_SCHEMA, Contract
+from ..contract import ATTEMPTS_TABLE, DEFAULT_SCHEMA, LEDGER_TABLE, PIPELINE_SCHEMA, Contract
 
 STATUSES = ("loaded", "rejected", "skipped", "failed")
 
@@ -101,12 +99,16 @@ def quoted(table: sa.Table) -> str:
     return f"{sql_identifier(table.schema)}.{name}" if table.schema else name
 
 
-def pipeline_schema(environ: Mapping[str, str] | None = None) -> str:
-    """The pipeline's own schema (ledger, attempts, big upserts' staging tables): INGEST_SCHEMA, else ingest_ledger."""
-    schema = (environ if environ is not None else os.environ).get("INGEST_SCHEMA") or PIPELINE_SCHEMA
-    if not IDENTIFIER.match(schema) or schema == "public" or schema.startswith("pg_"):
-        raise ValueError(f"INGEST_SCHEMA must be a lower-case SQL identifier of a schema of its own, got {schema!r}")
-    return schema
+def target_schema(contract: Contract) -> str | None:
+    """The schema statements name a contract's table in: None for the default one, which stays unqualified as
+    before contracts named schemas (the role's search_path finds it)."""
+    return None if contract.schema == DEFAULT_SCHEMA else contract.schema
+
+
+def quoted_target(contract: Contract) -> str:
+    """A contract's table as a statement writes it (see quoted), without describing the whole table."""
+    schema, name = target_schema(contract), sql_identifier(contract.table)
+    return f"{sql_identifier(schema)}.{name}" if schema else name
 
 
 def column_type(col: Any) -> Any:
@@ -141,9 +143,9 @@ def target_table(contract: Contract, meta: sa.MetaData | None = None) -> sa.Tabl
         ),
         sa.Column("_ingest_loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     ]
-    # The default schema stays unqualified, as before contracts named schemas (the role's search_path finds it).
-    schema = None if contract.schema == DEFAULT_SCHEMA else contract.schema
-    return sa.Table(contract.table, meta, *columns, schema=schema, comment=contract.description or None)
+    return sa.Table(
+        contract.table, meta, *columns, schema=target_schema(contract), comment=contract.description or None
+    )
 
 
 def staging_table(contract: Contract, backend_pid: int | None = None, schema: str = PIPELINE_SCHEMA) -> sa.Table:
