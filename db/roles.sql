@@ -1,5 +1,5 @@
 -- The function's database role: it may create tables in, and write, exactly the schemas it loads (the
--- pipeline's own, `ingest`, for its ledger, plus the schemas the contracts name), and nothing else: no
+-- pipeline's own, `ingest_ledger`, for its ledger, plus the schemas the contracts name), and nothing else: no
 -- privilege on `public` unless a contract loads there. It owns what it creates; every other table stays out
 -- of its reach (no SELECT, INSERT, UPDATE, DELETE, ALTER or DROP). The schemas are created here if missing,
 -- so the role needs no CREATE on the database. Run as a superuser or the database owner; the password is
@@ -24,6 +24,15 @@ BEGIN
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', s);
     EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO ingest_function', s);
   END LOOP;
+  -- A load waiting for its table behind an autovacuum cancels it after 100 ms instead of the server's second
+  -- (the function sets deadlock_timeout for its load's transaction where it may). Superusers may grant it.
+  IF current_setting('server_version_num')::int >= 150000 THEN
+    BEGIN
+      EXECUTE 'GRANT SET ON PARAMETER deadlock_timeout TO ingest_function';
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE NOTICE 'deadlock_timeout: not granted (needs a superuser); loads wait for autovacuum the server''s deadlock_timeout';
+    END;
+  END IF;
 END $$;
 SELECT set_config('ingest.password', '', false);
 -- If the ledger or a target table already exists (created by someone else), grant on it explicitly:

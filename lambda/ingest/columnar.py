@@ -755,6 +755,48 @@ def _repeated_header(batch: pa.RecordBatch, plan: HeaderPlan) -> np.ndarray:
     return same
 
 
+def _decide_unsure(
+    batch: pa.RecordBatch,
+    lines: np.ndarray,
+    plan: HeaderPlan,
+    exact: RowValidator,
+    columns: list[pa.Array],
+    unsure_cells: list[np.ndarray],
+    repeated: np.ndarray,
+) -> tuple[np.ndarray, list[RowError]]:
+    """Which rows of the batch are valid, and the errors of the others (in row order, then column order).
+
+    The cells the screens could not prove valid are decided one by one by the exact rules
+    (``RowValidator.validate_cell``); the values of those found valid are written into ``columns``. The cells
+    the screens proved are valid with those values by construction, so a row's verdict and errors are what
+    ``RowValidator.validate_cells`` gives for the whole row, at the cost of its unsure cells only: a row
+    with one bad cell of eight costs one cell's rules, not eight. Rows that repeat the header go whole."""
+    valid = ~repeated
+    errors_by_row: dict[int, list[RowError]] = {}
+    whole = np.flatnonzero(repeated)
+    if len(whole):
+        for row, raw in zip(whole.tolist(), batch.take(pa.array(whole)).to_pylist()):
+            _values, errors_by_row[row] = exact.validate_cells(int(lines[row]), list(raw.values()))
+    for j, (unsure, position) in enumerate(zip(unsure_cells, plan.positions)):
+        cells = np.flatnonzero(unsure & ~repeated)
+        if not len(cells):
+            continue
+        raw_cells = batch.column(position).take(pa.array(cells)).to_pylist() if position >= 0 else [""] * len(cells)
+        decided = np.zeros(len(valid), dtype=bool)
+        values: list[str | None] = []
+        for row, field in zip(cells.tolist(), raw_cells):
+            value, error = exact.validate_cell(j, int(lines[row]), field)
+            if error is None:
+                decided[row] = True
+                values.append(value)
+            else:
+                valid[row] = False
+                errors_by_row.setdefault(row, []).append(error)
+        if values:
+            columns[j] = pc.replace_with_mask(columns[j], pa.array(decided), pa.array(values, pa.string()))
+    return valid, [error for row in sorted(errors_by_row) for error in errors_by_row[row]]
+
+
 def _validate_batch(
     batch: pa.RecordBatch,
     lines: np.ndarray,
@@ -769,34 +811,14 @@ def _validate_batch(
     n = batch.num_rows
     empty = pa.array([""] * n, pa.string()) if -1 in plan.positions else None
     columns: list[pa.Array] = []
-    needs_exact = np.zeros(n, dtype=bool)
+    unsure_cells: list[np.ndarray] = []
     for screen, position in zip(screens, plan.positions):
         raw = batch.column(position) if position >= 0 else empty
         values, _is_null, unsure = screen(raw, has_control, ascii)
         columns.append(values)
-        needs_exact |= unsure
-    needs_exact |= _repeated_header(batch, plan)  # the exact rules name it
-
-    errors: list[RowError] = []
-    valid = ~needs_exact
-    rows = np.flatnonzero(needs_exact)
-    if len(rows):
-        raw_rows = batch.take(pa.array(rows)).to_pylist()
-        rescued_rows, rescued_values = [], []
-        for row_index, raw in zip(rows.tolist(), raw_rows):
-            values, row_errors = exact.validate_cells(int(lines[row_index]), list(raw.values()))
-            if values is None:
-                errors += row_errors
-            else:
-                rescued_rows.append(row_index)
-                rescued_values.append(values)
-        if rescued_rows:
-            mask = np.zeros(n, dtype=bool)
-            mask[rescued_rows] = True
-            valid |= mask
-            for j in range(len(columns)):
-                replacement = pa.array([v[j] for v in rescued_values], pa.string())
-                columns[j] = pc.replace_with_mask(columns[j], pa.array(mask), replacement)
+        unsure_cells.append(unsure)
+    repeated = _repeated_header(batch, plan)  # the exact rules name it
+    valid, errors = _decide_unsure(batch, lines, plan, exact, columns, unsure_cells, repeated)
 
     valid_rows = np.flatnonzero(valid)
     for label, indexes, seen in keys.checks:

@@ -180,19 +180,25 @@ class RowValidator:
             return None, [RowError(line, "", "repeated_header", shown, message)]
         values: list[str | None] = []
         errors: list[RowError] = []
-        for col, pos, required, coerce, nulls, trim in self._cells:
-            raw = (fields[pos].strip() if trim else fields[pos]) if pos >= 0 else ""
-            if raw in nulls:
-                if required:
-                    errors.append(RowError(line, col.name, "required", raw, f"{col.name} is required"))
-                values.append(None)
-                continue
-            try:
-                values.append(coerce(raw))
-            except CellError as exc:
-                errors.append(RowError(line, col.name, exc.rule, _cut(raw, MAX_REPORTED_VALUE), exc.message))
-                values.append(None)
+        for i, (_col, pos, *_rest) in enumerate(self._cells):
+            value, error = self.validate_cell(i, line, fields[pos] if pos >= 0 else "")
+            values.append(value)
+            if error is not None:
+                errors.append(error)
         return (None, errors) if errors else (values, [])
+
+    def validate_cell(self, i: int, line: int, field: str) -> tuple[str | None, RowError | None]:
+        """The contract's ``i``-th column's rules applied to one cell of the record at ``line``: (its value,
+        None), or (None, what is wrong with it). A row is valid when each of its cells is."""
+        col, _pos, required, coerce, nulls, trim = self._cells[i]
+        raw = field.strip() if trim else field
+        if raw in nulls:
+            error = RowError(line, col.name, "required", raw, f"{col.name} is required") if required else None
+            return None, error
+        try:
+            return coerce(raw), None
+        except CellError as exc:
+            return None, RowError(line, col.name, exc.rule, _cut(raw, MAX_REPORTED_VALUE), exc.message)
 
 
 def field_count_error(line: int, fields: list[str], width: int) -> RowError:

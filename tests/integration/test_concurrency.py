@@ -310,3 +310,45 @@ def test_a_load_that_waits_for_its_table_past_its_deadline_fails_as_table_busy_n
     assert (receipt["status"], receipt["reason"]) == ("failed", "table_busy")
     # the table is free again: the next delivery loads
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
+
+
+def test_an_upsert_behind_an_autovacuum_of_its_table_cancels_it_rather_than_wait_the_servers_deadlock_timeout(
+    pipeline,
+):
+    """After a big load autovacuum comes to its table, holding a lock the next upsert's MERGE needs. PostgreSQL
+    cancels an autovacuum that blocks a lock request, but only once the waiter looks for a deadlock: after its
+    deadlock_timeout. Here the server's is ten minutes and an autovacuum of the table crawls (a page per 100 ms
+    or more, past the load's deadline): the upsert gets its table in time because its transaction's
+    deadlock_timeout is DEADLOCK_TIMEOUT."""
+    if not pipeline.query("SELECT current_setting('is_superuser') = 'on' AS su")[0]["su"]:
+        pytest.skip("needs a superuser to make autovacuum come (ALTER SYSTEM)")
+    rows = b"".join(f"{n},a{n}@example.com,Name {n}\n".encode() for n in range(1, 30_001))
+    pipeline.upload("incoming/users/first.csv", b"id,email,full_name\n" + rows)
+    assert ingest_object(pipeline.bucket, "incoming/users/first.csv", pipeline.deps).status == "loaded"
+    with psycopg.connect(pipeline.database_url, autocommit=True) as admin:  # an autovacuum that crawls
+        admin.execute(
+            "ALTER TABLE users SET (autovacuum_vacuum_insert_threshold = 0, autovacuum_vacuum_insert_scale_factor = 0, "
+            "autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)"
+        )
+    try:
+        with psycopg.connect(pipeline.database_url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+            admin.execute("ALTER SYSTEM SET deadlock_timeout = '10min'")
+            admin.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 60
+            while not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                "AND datname = current_database() AND query LIKE '%users%'"
+            ).fetchone():
+                assert time.monotonic() < deadline, "no autovacuum of the table came within 60 s"
+                time.sleep(0.05)
+            pipeline.upload("incoming/users/again.csv", b"id,email,full_name\n" + rows + b"\n")
+            receipt = ingest_object(
+                pipeline.bucket, "incoming/users/again.csv", pipeline.deps, deadline=time.monotonic() + 20
+            )
+    finally:
+        with psycopg.connect(pipeline.database_url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            admin.execute("ALTER SYSTEM RESET deadlock_timeout")
+            admin.execute("SELECT pg_reload_conf()")
+    assert receipt.status == "loaded", receipt

@@ -128,6 +128,8 @@ def test_the_function_role_writes_exactly_its_schemas_and_cannot_touch_anything_
             pipeline.deps.database.dispose()
         with psycopg.connect(function_url, autocommit=True) as fn:
             assert fn.execute("SELECT count(*) FROM raw.users").fetchone() == (2,)
+            if fn.info.server_version >= 150000:  # a load behind an autovacuum cancels it sooner (DEADLOCK_TIMEOUT)
+                fn.execute("SET deadlock_timeout = '100ms'")
             for statement in (
                 "CREATE TABLE public.mine (id int)",
                 "SELECT * FROM public.secrets",

@@ -631,3 +631,28 @@ def test_a_row_that_starts_with_a_byte_order_mark_reads_alike_in_both_engines(us
     data = b"id,email,full_name\n" + b"\xef\xbb\xbf "
     exact, fast = both(data, users, chunk=97)
     assert fast == exact
+
+
+def test_rows_with_several_unsure_cells_get_every_error_in_column_order_and_rescued_values(users, small_blocks):
+    # The columnar engine decides only a row's unsure cells by the exact rules: a row with several bad cells
+    # must still name each (in the contract's column order), a row with bad and rescued cells ("+5",
+    # "007.10") must still be rejected for the bad ones, and a row with only rescued cells must load their
+    # exact values; between rows of clean cells, in many batches.
+    odd = [
+        "{},not-an-email,Ann,2020-13-40,DE,200,1.5,maybe",  # four bad cells
+        "{},a{}@b.co,Ann,2020-01-02,de,+5,007.10,yes",  # rescued cells only
+        "{},a@b.co,  Ann   Lee ,02.01.2020,XX1,+5,x,N",  # rescued and bad cells
+        "{},,,,,,,",  # required cells empty
+    ]
+    rows = ["id,email,full_name,signup_date,country,age,balance,is_active"]
+    for i in range(1, 400):
+        template = odd[(i // 7 - 1) % len(odd)] if i % 7 == 0 else "{},a{}@b.co,Ann Lee,2020-01-02,DE,30,1.50,true"
+        rows.append(template.format(i, i))
+    exact, fast = both(("\n".join(rows) + "\n").encode(), dataclasses.replace(users, max_rejected_share=1.0), 997)
+    assert_same(exact, fast)
+    assert fast.outcome.engine == "columnar"
+    errors = [e.split(",")[:2] for e in exact.errors.splitlines()[1:]]
+    assert [column for line, column in errors if line == "8"] == ["email", "signup_date", "age", "is_active"]
+    assert [column for line, column in errors if line == "22"] == ["country", "balance"]
+    assert "15" not in {line for line, _column in errors}  # rescued only: loaded
+    assert ",a14@b.co,Ann,2020-01-02,DE,5,7.10,true" in fast.valid
