@@ -179,17 +179,23 @@ class Bench:
     def settle(self) -> None:
         """A CHECKPOINT before a timed run: the dirty buffers and WAL of the runs before it are written now, so
         that no run pays for an earlier one's writes (a checkpoint falling inside a run added a second to one
-        of three 1M upserts). Skipped where the role may not (a BENCH_DATABASE_URL of the user's)."""
+        of three 1M upserts). Skipped where the role may not (a BENCH_DATABASE_URL of the user's).
+
+        Then the kernel's dirty page cache is written out (``sync``): the runs before (the files the bench
+        made, the emulator's objects, a spool) left up to 1.7 GB of it at 5M rows, which the kernel wrote back
+        during the next run; the slowest 5M first load (15.4 s against 9.9-11.3 s) began with the most."""
         with suppress(psycopg.errors.InsufficientPrivilege):
             self.sql("CHECKPOINT")
             self.settles += 1
+        os.sync()
 
     def as_loaded_earlier(self, table: str) -> None:
         """The table as a load of yesterday leaves it by today: vacuumed and analyzed. Right after a big load,
-        autovacuum comes to the table within a minute (the launcher's nap): in a third of the upsert runs it
-        began during the timed load, vacuuming a million rows beside it and holding the lock the MERGE waits for
-        (see postgres.DEADLOCK_TIMEOUT); and the load's first read of the rows set their hint bits, dirtying every
-        page. A daily upsert meets neither: this does their work before the clock starts."""
+        autovacuum comes to the table within a minute (the launcher's nap): in one of the first eight upsert
+        runs profiled it began during the timed load, vacuuming a million rows beside it and holding the lock
+        the MERGE waits for (see postgres.DEADLOCK_TIMEOUT); and the load's first read of the rows set their
+        hint bits, dirtying every page. A daily upsert meets neither: this does their work before the clock
+        starts."""
         self.sql(f"VACUUM (ANALYZE) {table}")
 
     def checkpoints(self) -> int:
