@@ -20,8 +20,9 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
-from ingest.adapters.postgres import Database, TableBusy
+from ingest.adapters.postgres import Database, Load, TableBusy
 from ingest.contract import ContractRegistry, parse_contract
 from ingest.service import Dependencies, ingest_object
 from tests.conftest import lock_waiters
@@ -310,6 +311,54 @@ def test_a_load_that_waits_for_its_table_past_its_deadline_fails_as_table_busy_n
     assert (receipt["status"], receipt["reason"]) == ("failed", "table_busy")
     # the table is free again: the next delivery loads
     assert ingest_object(pipeline.bucket, key, pipeline.deps).status == "loaded"
+
+
+def test_a_load_cancelled_at_its_deadline_never_cancels_what_its_connection_does_next(pipeline, monkeypatch):
+    """At a load's deadline its watchdog asks the server what the load waits for, then cancels its statement. A
+    load rolled back meanwhile (its caller reached the same deadline) had given its connection back to the
+    pool, and the late cancel stopped whatever the connection did next: in CI, the failure's own ledger row.
+    Here the lookup is held until the connection serves the next statement (one waiting for an advisory lock
+    the test holds): that statement must end as it would have."""
+    contract = pipeline.deps.contracts["users"]
+    database = Database(pipeline.database_url)  # one pooled connection: the next statement gets the load's
+    database.ensure_tables(contract)
+    looking, go_on = threading.Event(), threading.Event()
+
+    def lock_wait(_load: Load, _pid: int) -> str | None:
+        looking.set()
+        go_on.wait(30)
+        return None
+
+    monkeypatch.setattr(Load, "_lock_wait", lock_wait)
+    load = database.begin_load(contract, "0" * 32, deadline=time.monotonic() + 0.2)
+    assert looking.wait(30)  # the deadline came: the watchdog looks up what the load waits for
+    load.rollback()
+    outcome: list[Any] = []
+
+    def next_statement() -> None:
+        try:
+            with database.engine.connect() as conn:
+                outcome.append(conn.execute(sa.text("SELECT pg_advisory_lock(4242), pg_advisory_unlock(4242)")).all())
+        except Exception as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(pipeline.database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        thread = threading.Thread(target=next_statement)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not pipeline.query(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        ):
+            assert time.monotonic() < deadline, "the next statement never waited for the advisory lock"
+            time.sleep(0.02)
+        go_on.set()
+        assert load._watchdog is not None
+        load._watchdog.join(30)  # the watchdog has done all it does at the deadline
+        holder.execute("SELECT pg_advisory_unlock(4242)")
+    thread.join(30)
+    database.dispose()
+    assert outcome and not isinstance(outcome[0], Exception), outcome
 
 
 def test_an_upsert_behind_an_autovacuum_of_its_table_cancels_it_rather_than_wait_the_servers_deadlock_timeout(

@@ -457,6 +457,11 @@ class Load:
         # on the server, so that the caller can roll back and record a timeout while it still has time.
         self.cancelled = False
         self.waited_for: str | None = None  # what the load waited for when the watchdog cancelled it, if a lock
+        # The watchdog's cancel and the end of the load exclude each other: once the connection is released
+        # (back to the pool, serving someone else) no cancel is sent to it (see _release).
+        self._release_lock = threading.Lock()
+        self._released = False
+        self._cancel_sent = False
         self._watchdog = call_at(deadline, self._cancel)
         self._copy_open = False
         self._copied = 0
@@ -479,7 +484,7 @@ class Load:
         except BaseException as exc:
             self._disarm()
             self._transaction.rollback()
-            self._conn.close()
+            self._release()
             if self.waited_for is not None and not isinstance(exc, TableBusy):
                 raise TableBusy(contract.target, self.waited_for) from exc
             raise
@@ -556,10 +561,28 @@ class Load:
             self.waited_for = awaited(work, time.monotonic() + BLOCKER_LOOKUP_SECONDS, lambda: TimeoutError())
         except Exception:  # the server did not say in time: a plain timeout
             pass
-        try:
-            driver.cancel()  # type: ignore[union-attr]
-        except Exception:  # the connection may be gone already; the load fails either way
-            pass
+        with self._release_lock:
+            if self._released:  # the load ended meanwhile: its connection may be doing someone else's work
+                return
+            self._cancel_sent = True
+            try:
+                driver.cancel()  # type: ignore[union-attr]
+            except Exception:  # the connection may be gone already; the load fails either way
+                pass
+
+    def _release(self) -> None:
+        """Give the load's connection back, once the watchdog can no longer cancel what it does. The watchdog
+        looks up what the load waits for before it cancels (up to BLOCKER_LOOKUP_SECONDS): a load rolled back
+        meanwhile had returned its connection to the pool, and the late cancel stopped the next statement on
+        it, the failure's own ledger row (seen once in CI: a timeout with nothing on record). A connection a
+        cancel was sent to is closed, never pooled: a cancel still on its way would stop its next statement."""
+        with self._release_lock:
+            released, self._released = self._released, True
+        if released:
+            return
+        if self._cancel_sent:
+            self._conn.invalidate()
+        self._conn.close()
 
     def _lock_wait(self, pid: int) -> str | None:
         """What the session ``pid`` waits for, if it waits for a lock, and who holds it; asked on a connection
@@ -791,7 +814,7 @@ class Load:
         self._disarm()
         self._check_cancelled()
         self._transaction.commit()
-        self._conn.close()
+        self._release()
         self._matched(self.contract, True)
         return int(ledger_id)
 
@@ -908,7 +931,7 @@ class Load:
         finally:
             if self._transaction.is_active:
                 self._transaction.rollback()
-            self._conn.close()
+            self._release()
 
 
 #: Ledgers made before content identity became per table had one ``loaded`` row per MD5 across all tables.
