@@ -71,6 +71,19 @@ def _matches(values: pa.Array, pattern: str) -> np.ndarray:
     return _np(pc.match_substring_regex(values, pattern))
 
 
+def _with_nulls(values: pa.Array, nulls: np.ndarray) -> pa.Array:
+    """``values`` (strings) with NULL where ``nulls`` is True: a validity bitmap laid over the same buffers, not
+    a copy of every cell (``pc.if_else`` wrote the column anew: a copy per column per batch). A NULL cell keeps
+    its bytes under the bitmap, where no reader of a NULL looks (kernels skip NULL slots; ``Cells`` callers
+    mask NULLs themselves)."""
+    if not nulls.any():
+        return values
+    if values.offset or values.null_count:  # rare (a sliced array, NULLs already): the copying way
+        return pc.if_else(pa.array(nulls), pa.scalar(None, values.type), values)
+    bitmap = pa.py_buffer(np.packbits(~nulls, bitorder="little"))
+    return pa.Array.from_buffers(values.type, len(values), [bitmap, *values.buffers()[1:]])
+
+
 class Cells:
     """A string array as numpy views of its bytes: each cell is ``data[starts[i]:ends[i]]``, one after
     another (a NULL cell spans whatever its offsets say, normally nothing; callers mask NULLs themselves).
@@ -240,10 +253,7 @@ class ColumnScreen:
         needs_exact |= ~ok & ~is_null
         if self.col.required:
             needs_exact |= is_null
-        unset = is_null | needs_exact
-        if unset.any():
-            values = pc.if_else(pa.array(unset), pa.scalar(None, pa.string()), values)
-        return values, is_null, needs_exact
+        return _with_nulls(values, is_null | needs_exact), is_null, needs_exact
 
     # one method per contract type: (trimmed cells, their bytes, all ASCII?) -> (normalized values, proven valid)
 
@@ -281,7 +291,7 @@ class ColumnScreen:
         lead = cells.byte_at(negative.astype(np.int64))
         ok = (digits >= 1) & (digits <= 18) & (cells.count(_not_digit) == negative)
         ok &= np.where(negative, lead != 48, (digits == 1) | (lead != 48))  # "-0" is normalized to "0": exact
-        numbers = pc.cast(s if ok.all() else pc.if_else(pa.array(ok), s, "0"), pa.int64()).to_numpy()
+        numbers = pc.cast(_with_nulls(s, ~ok), pa.int64()).fill_null(0).to_numpy()
         ok &= (numbers >= low) & (numbers <= high) & _within(self.col, numbers.astype(np.float64), exact=True)
         return s, ok
 
@@ -326,7 +336,7 @@ class ColumnScreen:
         if col.scale is not None:
             ok &= fraction_digits <= col.scale  # trailing zeros beyond the scale: exact rules decide
         if col.min is not None or col.max is not None:
-            numbers = pc.cast(pc.if_else(pa.array(ok), s, "0"), pa.float64()).to_numpy()
+            numbers = pc.cast(_with_nulls(s, ~ok), pa.float64()).fill_null(0.0).to_numpy()
             ok &= _within(col, numbers, exact=False)
         return s, ok & ~pointed
 
