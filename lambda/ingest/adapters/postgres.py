@@ -77,8 +77,8 @@ SAMPLE_ROWS = 2000
 BLOCKER_LOOKUP_SECONDS = 1.0
 #: How long a load waits for a lock before PostgreSQL looks for a deadlock (its default: a second). That look
 #: is also what cancels an autovacuum holding the lock: after a big load autovacuum comes to its table, and the
-#: next load into that table (a MERGE's lock) waited a whole second for it, in one upsert run of three in
-#: ``make bench``. Set where the role may (superusers; db/roles.sql grants it from PostgreSQL 15).
+#: next load into that table (a MERGE's lock) waited 940 ms for it in one of eight upsert runs profiled with
+#: ``make bench``'s setup. Set where the role may (superusers; db/roles.sql grants it from PostgreSQL 15).
 DEADLOCK_TIMEOUT = "100ms"
 
 
@@ -495,9 +495,11 @@ class Load:
             may = "has_parameter_privilege('deadlock_timeout', 'SET')"
         else:
             may = "current_setting('is_superuser') = 'on'"
-        allowed = self._conn.execute(sa.text(f"SELECT {may}")).scalar()
-        if allowed:
-            self._conn.execute(sa.text(f"SET LOCAL deadlock_timeout = '{DEADLOCK_TIMEOUT}'"))
+        # one round trip: set_config(..., true) is SET LOCAL, asked for only where it is allowed
+        self._conn.execute(
+            sa.text(f"SELECT CASE WHEN {may} THEN set_config('deadlock_timeout', :value, true) END"),
+            {"value": DEADLOCK_TIMEOUT},
+        )
 
     @_busy_at_deadline
     def start(self, md5: str) -> None:
