@@ -127,13 +127,13 @@ def _ingest_all(
     if not refs:
         logger.info("nothing to ingest in this event (test event or not an object creation)")
         return [], []
+    out_of_reach = out_of_reach or OutOfReach()
     try:
-        if out_of_reach is not None and out_of_reach.dependencies is not None:
+        if out_of_reach.dependencies is not None:
             raise out_of_reach.dependencies  # an earlier record of this batch found them out of reach
         deps = bootstrap.dependencies()
     except Exception as exc:  # nothing can be read or recorded: each file's receipt says why, then retried
-        if out_of_reach is not None:
-            out_of_reach.dependencies = exc
+        out_of_reach.dependencies = exc
         for ref in refs:
             could_not_start(ref.bucket, ref.key, exc, bootstrap.notifier(), ends)
         return [], [f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}" for ref in refs]
@@ -150,11 +150,11 @@ def _ingest_all(
                     ends,
                     delivery,
                     ref.event_time,
-                    unreachable=out_of_reach.service if out_of_reach is not None else None,
+                    unreachable=out_of_reach.service,
                 )
             )
         except Exception as exc:
-            if isinstance(exc, ServiceUnreachable) and out_of_reach is not None and out_of_reach.service is None:
+            if isinstance(exc, ServiceUnreachable) and out_of_reach.service is None:
                 out_of_reach.service = exc
             failures.append(f"s3://{ref.bucket}/{ref.key}: {type(exc).__name__}: {exc}")
     return receipts, failures

@@ -78,7 +78,8 @@ BLOCKER_LOOKUP_SECONDS = 1.0
 #: How long a load waits for a lock before PostgreSQL looks for a deadlock (its default: a second). That look
 #: is also what cancels an autovacuum holding the lock: after a big load autovacuum comes to its table, and the
 #: next load into that table (a MERGE's lock) waited 940 ms for it in one of eight upsert runs profiled with
-#: ``make bench``'s setup. Set where the role may (superusers; db/roles.sql grants it from PostgreSQL 15).
+#: ``make bench``'s setup. Set for each connection where the role may (superusers; db/roles.sql grants it
+#: from PostgreSQL 15).
 DEADLOCK_TIMEOUT = "100ms"
 
 
@@ -127,9 +128,23 @@ class DatabaseUnreachable(ServiceUnreachable):
 
 def _connect(database_url: str, connect_timeout: int) -> psycopg.Connection[Any]:
     try:
-        return psycopg.connect(database_url, connect_timeout=connect_timeout, application_name="ingest")
+        conn = psycopg.connect(database_url, connect_timeout=connect_timeout, application_name="ingest")
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(" ".join(str(exc).split())) from exc
+    _wait_less_for_autovacuum(conn)
+    return conn
+
+
+def _wait_less_for_autovacuum(conn: psycopg.Connection[Any]) -> None:
+    """DEADLOCK_TIMEOUT for the connection's session, where the role may set it (else the server's stays):
+    once per connection, not per load (the pool keeps connections across files)."""
+    if conn.info.server_version >= 150000:
+        may = "has_parameter_privilege('deadlock_timeout', 'SET')"
+    else:
+        may = "current_setting('is_superuser') = 'on'"
+    # one round trip: set_config(..., false) is SET for the session, asked for only where it is allowed
+    conn.execute(f"SELECT CASE WHEN {may} THEN set_config('deadlock_timeout', %s, false) END", (DEADLOCK_TIMEOUT,))  # type: ignore[arg-type]
+    conn.commit()
 
 
 class SchemaMissing(RuntimeError):
@@ -474,7 +489,6 @@ class Load:
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
         try:
-            self._wait_less_for_autovacuum()
             locked = self._evolve(engine) if evolve else False
             self.strategy = self._choose_strategy(locked)
             if self.strategy == "staging":
@@ -488,18 +502,6 @@ class Load:
             if self.waited_for is not None and not isinstance(exc, TableBusy):
                 raise TableBusy(contract.target, self.waited_for) from exc
             raise
-
-    def _wait_less_for_autovacuum(self) -> None:
-        """DEADLOCK_TIMEOUT for this transaction, where the role may set it (else the server's stays)."""
-        if (self._conn.dialect.server_version_info or (0,)) >= (15,):
-            may = "has_parameter_privilege('deadlock_timeout', 'SET')"
-        else:
-            may = "current_setting('is_superuser') = 'on'"
-        # one round trip: set_config(..., true) is SET LOCAL, asked for only where it is allowed
-        self._conn.execute(
-            sa.text(f"SELECT CASE WHEN {may} THEN set_config('deadlock_timeout', :value, true) END"),
-            {"value": DEADLOCK_TIMEOUT},
-        )
 
     @_busy_at_deadline
     def start(self, md5: str) -> None:
